@@ -1,0 +1,147 @@
+//! The Redis key layout, in one place.
+//!
+//! Everything a batch owns hangs off `P:batch:{<batch_id>}` (a hash tag, so a batch's keys share
+//! a cluster slot and its scripts touch one slot). `P` is `redis.key_prefix`.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:apikey:<sha256(key)>` | string | project id of an API key |
+//! | `P:dir:<dir_id>` | string | directory record (JSON) |
+//! | `P:dir:<dir_id>:files` | zset | directory-file ids, scored by insertion sequence |
+//! | `P:dir:<dir_id>:seq` | string | last insertion sequence |
+//! | `P:dfile:<file_id>` | string | directory-file record (JSON) |
+//! | `P:dfile:<file_id>:runs` | list | processing results of that file (JSON), across batches |
+//! | `P:proj:<project>:dirs` / `:batches` | zset | ids by creation time |
+//! | `P:proj:<project>:dfiles` | set | every directory-file id of the project (tenancy check) |
+//! | `P:batch:{<id>}` | hash | batch record and counters |
+//! | `P:batch:{<id>}:config` | string | the job config as sent (JSON) |
+//! | `P:batch:{<id>}:input` | list | item ids of an `item_ids` batch, in order |
+//! | `P:batch:{<id>}:items` | zset | every item id, scored by input order |
+//! | `P:batch:{<id>}:st:<status>` | zset | item ids in that status, same scores |
+//! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error, result |
+//! | `P:batch:{<id>}:lease` | string | which dispatcher expands the batch, with a TTL |
+//! | `P:job:<job_id>` | string | `<batch_id>\n<item_id>` of a per-file job |
+//! | `P:expansion` | zset | batches whose expansion has not finished |
+//! | `P:events` | stream | outbox of status events, written by the same scripts as the transitions |
+
+use crate::model::ItemStatus;
+
+/// Builds every key from the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix itself (`P`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// API key digest → project id.
+    pub fn api_key(&self, digest_hex: &str) -> String {
+        format!("{}:apikey:{digest_hex}", self.prefix)
+    }
+
+    /// Directory record.
+    pub fn dir(&self, dir_id: &str) -> String {
+        format!("{}:dir:{dir_id}", self.prefix)
+    }
+
+    /// Files of a directory, by insertion sequence.
+    pub fn dir_files(&self, dir_id: &str) -> String {
+        format!("{}:dir:{dir_id}:files", self.prefix)
+    }
+
+    /// Insertion sequence of a directory.
+    pub fn dir_seq(&self, dir_id: &str) -> String {
+        format!("{}:dir:{dir_id}:seq", self.prefix)
+    }
+
+    /// Directory-file record.
+    pub fn dfile(&self, file_id: &str) -> String {
+        format!("{}:dfile:{file_id}", self.prefix)
+    }
+
+    /// Processing results of a directory file.
+    pub fn dfile_runs(&self, file_id: &str) -> String {
+        format!("{}:dfile:{file_id}:runs", self.prefix)
+    }
+
+    /// Directories of a project.
+    pub fn project_dirs(&self, project: &str) -> String {
+        format!("{}:proj:{project}:dirs", self.prefix)
+    }
+
+    /// Batches of a project.
+    pub fn project_batches(&self, project: &str) -> String {
+        format!("{}:proj:{project}:batches", self.prefix)
+    }
+
+    /// Directory-file ids of a project.
+    pub fn project_dfiles(&self, project: &str) -> String {
+        format!("{}:proj:{project}:dfiles", self.prefix)
+    }
+
+    /// The base every batch key hangs off; scripts derive item keys from it.
+    pub fn batch(&self, batch_id: &str) -> String {
+        format!("{}:batch:{{{batch_id}}}", self.prefix)
+    }
+
+    /// The job config of a batch.
+    pub fn batch_config(&self, batch_id: &str) -> String {
+        format!("{}:config", self.batch(batch_id))
+    }
+
+    /// Input item ids of an `item_ids` batch.
+    pub fn batch_input(&self, batch_id: &str) -> String {
+        format!("{}:input", self.batch(batch_id))
+    }
+
+    /// Every item of a batch, in input order.
+    pub fn batch_items(&self, batch_id: &str) -> String {
+        format!("{}:items", self.batch(batch_id))
+    }
+
+    /// Items of a batch in one status.
+    pub fn batch_status_set(&self, batch_id: &str, status: ItemStatus) -> String {
+        format!("{}:st:{}", self.batch(batch_id), status.as_str())
+    }
+
+    /// One item of a batch.
+    pub fn item(&self, batch_id: &str, item_id: &str) -> String {
+        format!("{}:item:{item_id}", self.batch(batch_id))
+    }
+
+    /// Expansion lease of a batch.
+    pub fn batch_lease(&self, batch_id: &str) -> String {
+        format!("{}:lease", self.batch(batch_id))
+    }
+
+    /// Per-file job id → batch and item.
+    pub fn job(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.prefix)
+    }
+
+    /// Prefix of [`Keys::job`], for scripts.
+    pub fn job_prefix(&self) -> String {
+        format!("{}:job:", self.prefix)
+    }
+
+    /// Batches awaiting expansion.
+    pub fn expansion(&self) -> String {
+        format!("{}:expansion", self.prefix)
+    }
+
+    /// The event outbox stream.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}

@@ -1,0 +1,45 @@
+-- Shared by every batch script. A batch's keys all derive from `base` = P:batch:{<id>}.
+local TERMINAL_BATCH = { completed = true, failed = true, cancelled = true }
+local TERMINAL_ITEM = { completed = true, failed = true, skipped = true, cancelled = true }
+
+-- Appends an event to the outbox with the batch's next sequence number.
+local function emit(batch_key, events_key, etype, bid, iid, status, now)
+  local seq = redis.call('HINCRBY', batch_key, 'seq', 1)
+  redis.call('XADD', events_key, 'MAXLEN', '~', 1000000, '*',
+    'type', etype, 'batch_id', bid, 'item_id', iid, 'status', status, 'seq', seq, 'at', now)
+end
+
+local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'error',
+  skipped = 'error', cancelled = 'cancelled' }
+
+-- Moves a non-terminal item to a terminal status and counts it once.
+local function settle(batch_key, events_key, base, bid, iid, from, to, order, now, fields)
+  local ik = base .. ':item:' .. iid
+  redis.call('HSET', ik, 'status', to, 'completed_at', now, 'updated_at', now)
+  for k, v in pairs(fields) do
+    if v ~= '' then redis.call('HSET', ik, k, v) end
+  end
+  redis.call('ZREM', base .. ':st:' .. from, iid)
+  redis.call('ZADD', base .. ':st:' .. to, order, iid)
+  redis.call('HINCRBY', batch_key, 'processed', 1)
+  redis.call('HINCRBY', batch_key, to, 1)
+  redis.call('HSET', batch_key, 'updated_at', now)
+  local jt = redis.call('HGET', batch_key, 'job_type')
+  emit(batch_key, events_key, jt .. '.' .. ITEM_EVENT[to], bid, iid, to, now)
+end
+
+-- Finishes the batch exactly once: expansion done and every item terminal.
+local function maybe_finish(batch_key, events_key, bid, now)
+  local b = redis.call('HMGET', batch_key, 'status', 'expanded', 'total', 'processed', 'failed')
+  if b[1] == false or TERMINAL_BATCH[b[1]] then return end
+  if b[2] ~= '1' then return end
+  local total, processed, failed = tonumber(b[3]), tonumber(b[4] or '0'), tonumber(b[5] or '0')
+  if processed < total then return end
+  local final, event = 'completed', 'batch.success'
+  if total > 0 and failed == total then final, event = 'failed', 'batch.error' end
+  redis.call('HSET', batch_key, 'status', final, 'completed_at', now, 'updated_at', now)
+  if redis.call('HEXISTS', batch_key, 'started_at') == 0 then
+    redis.call('HSET', batch_key, 'started_at', now)
+  end
+  emit(batch_key, events_key, event, bid, '', final, now)
+end

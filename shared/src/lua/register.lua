@@ -1,0 +1,25 @@
+-- Registers a page of items as pending, once each. KEYS: batch, events.
+-- ARGV: base, now, batch_id, job_key_prefix, then (item_id, name, order, job_id) groups.
+-- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
+local batch_key, events_key = KEYS[1], KEYS[2]
+local base, now, bid, job_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local st = redis.call('HGET', batch_key, 'status')
+if st == false then return -1 end
+if TERMINAL_BATCH[st] then return -2 end
+local jt = redis.call('HGET', batch_key, 'job_type')
+local n = 0
+for i = 5, #ARGV, 4 do
+  local iid, name, order, jid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local ik = base .. ':item:' .. iid
+  if redis.call('EXISTS', ik) == 0 then
+    redis.call('HSET', ik, 'status', 'pending', 'name', name, 'order', order, 'job_id', jid,
+      'attempts', 0, 'created_at', now, 'updated_at', now)
+    redis.call('ZADD', base .. ':items', order, iid)
+    redis.call('ZADD', base .. ':st:pending', order, iid)
+    redis.call('SET', job_prefix .. jid, bid .. '\n' .. iid)
+    redis.call('HINCRBY', batch_key, 'registered', 1)
+    emit(batch_key, events_key, jt .. '.pending', bid, iid, 'pending', now)
+    n = n + 1
+  end
+end
+return n

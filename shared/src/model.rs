@@ -1,0 +1,426 @@
+//! Status vocabularies and the job configurations a batch carries.
+//!
+//! Wire names follow the legacy LlamaCloud batch API (`../shared/spec/batch-api.md` in the
+//! reference material): statuses are lowercase, job types are `parse` / `classify`.
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of a batch: `pending → dispatched → running → completed|failed`, or `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchStatus {
+    /// Accepted; messages are being published.
+    Pending,
+    /// Every message is published and no item has started yet.
+    Dispatched,
+    /// At least one item has started.
+    Running,
+    /// Every item reached a terminal state and at least one did not fail.
+    Completed,
+    /// Every item failed.
+    Failed,
+    /// Cancelled by the user.
+    Cancelled,
+}
+
+impl BatchStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Dispatched => "dispatched",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "dispatched" => Self::Dispatched,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the batch will never change status again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Lifecycle of one item (one file) in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// Registered, waiting for a worker.
+    Pending,
+    /// A worker claimed it.
+    Processing,
+    /// Processed; its result is stored.
+    Completed,
+    /// Processing failed; `error_message` says why.
+    Failed,
+    /// Not processed on purpose; `skip_reason` says why.
+    Skipped,
+    /// The batch was cancelled before the item started.
+    Cancelled,
+}
+
+impl ItemStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [ItemStatus; 6] = [
+        Self::Pending,
+        Self::Processing,
+        Self::Completed,
+        Self::Failed,
+        Self::Skipped,
+        Self::Cancelled,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// What a batch runs on each file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// Per-page text and markdown.
+    Parse,
+    /// One type out of the user's rules.
+    Classify,
+}
+
+impl JobType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parse => "parse",
+            Self::Classify => "classify",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "parse" => Some(Self::Parse),
+            "classify" => Some(Self::Classify),
+            _ => None,
+        }
+    }
+
+    /// Prefix of the per-file job ids of this type.
+    pub fn job_id_prefix(self) -> &'static str {
+        match self {
+            Self::Parse => "pjb",
+            Self::Classify => "cjb",
+        }
+    }
+}
+
+/// `parameters.priority`, mapped onto RabbitMQ message priorities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Behind everything else.
+    Low,
+    /// The default.
+    #[default]
+    Medium,
+    /// Ahead of medium.
+    High,
+    /// Ahead of everything.
+    Critical,
+}
+
+impl Priority {
+    /// The AMQP message priority; the queue is declared with `x-max-priority` = 4.
+    pub fn amqp(self) -> u8 {
+        match self {
+            Self::Low => 1,
+            Self::Medium => 2,
+            Self::High => 3,
+            Self::Critical => 4,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "low" => Some(Self::Low),
+            "medium" => Some(Self::Medium),
+            "high" => Some(Self::High),
+            "critical" => Some(Self::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// `parameters.parse_mode`: the eight modes of the SDK's `ParsingMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParsingMode {
+    /// Text extraction, no model: what docfleet runs.
+    ParsePageWithoutLlm,
+    /// Needs a language model.
+    ParsePageWithLlm,
+    /// Needs a vision model.
+    ParsePageWithLvm,
+    /// Needs an agent.
+    ParsePageWithAgent,
+    /// Needs an agent.
+    ParsePageWithLayoutAgent,
+    /// Needs a language model.
+    ParseDocumentWithLlm,
+    /// Needs a vision model.
+    ParseDocumentWithLvm,
+    /// Needs an agent.
+    ParseDocumentWithAgent,
+}
+
+impl ParsingMode {
+    /// Whether the mode needs a model endpoint docfleet does not run by itself.
+    pub fn needs_model(self) -> bool {
+        self != Self::ParsePageWithoutLlm
+    }
+}
+
+/// `parameters.replace_failed_page_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailPageMode {
+    /// The raw text that could be read.
+    RawText,
+    /// An empty page.
+    BlankPage,
+    /// The error message in place of the page.
+    ErrorMessage,
+}
+
+/// `parameters.images_to_save` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageKind {
+    /// A rendered image of each page.
+    Screenshot,
+    /// Images embedded in the document.
+    Embedded,
+    /// Layout crops.
+    Layout,
+}
+
+/// The parse parameters docfleet acts on; every other SDK field is accepted and kept verbatim
+/// in the stored job config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ParseParameters {
+    /// Must be `parse` when sent.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Which engine; only `parse_page_without_llm` runs without a model endpoint.
+    pub parse_mode: Option<ParsingMode>,
+    /// Message priority of the whole batch.
+    pub priority: Option<Priority>,
+    /// Cap on pages parsed per file.
+    pub max_pages: Option<u32>,
+    /// Pages to parse: 0-based, comma-separated indexes and ranges (`0,2-4`).
+    pub target_pages: Option<String>,
+    /// Text between pages in whole-document output.
+    pub page_separator: Option<String>,
+    /// Text before each page in whole-document output.
+    pub page_prefix: Option<String>,
+    /// Text after each page in whole-document output.
+    pub page_suffix: Option<String>,
+    /// What a failed page becomes.
+    pub replace_failed_page_mode: Option<FailPageMode>,
+    /// Share of pages allowed to fail before the file fails.
+    pub page_error_tolerance: Option<f64>,
+    /// Skip OCR.
+    pub disable_ocr: Option<bool>,
+    /// One language code.
+    pub lang: Option<String>,
+    /// Language codes.
+    pub languages: Option<Vec<String>>,
+    /// Images to keep.
+    pub images_to_save: Option<Vec<ImageKind>>,
+    /// Echoed into the result.
+    pub custom_metadata: Option<serde_json::Value>,
+    /// Per-file deadline requested by the user, in seconds.
+    pub job_timeout_in_seconds: Option<f64>,
+    /// Callback for the whole batch.
+    pub webhook_url: Option<String>,
+    /// Webhook endpoints.
+    pub webhook_configurations: Option<Vec<serde_json::Value>>,
+}
+
+/// The parse variant of a batch's `job_config`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ParseJobConfig {
+    /// Fixed literal `parse_raw_file_job` when sent.
+    pub job_name: Option<String>,
+    /// The parse settings.
+    pub parameters: Option<ParseParameters>,
+    /// Tracking id that follows the batch into logs.
+    pub correlation_id: Option<String>,
+    /// Upstream request id.
+    pub session_id: Option<String>,
+    /// Callback URL.
+    pub webhook_url: Option<String>,
+}
+
+/// One classification rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifyRule {
+    /// The label assigned when the rule wins.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What documents of this type look like, in plain language.
+    pub description: String,
+}
+
+/// `mode` of a classify job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClassifyMode {
+    /// Local, text-based.
+    #[serde(rename = "FAST")]
+    Fast,
+    /// Needs a vision model endpoint.
+    #[serde(rename = "MULTIMODAL")]
+    Multimodal,
+}
+
+/// `parsing_configuration` of a classify job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClassifyParsing {
+    /// Language code.
+    pub lang: Option<String>,
+    /// Pages read per document.
+    pub max_pages: Option<u32>,
+    /// 0-based page indexes to read.
+    pub target_pages: Option<Vec<u32>>,
+}
+
+/// The classify variant of a batch's `job_config`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassifyJobConfig {
+    /// At least one rule.
+    pub rules: Vec<ClassifyRule>,
+    /// `FAST` unless given.
+    #[serde(default)]
+    pub mode: Option<ClassifyMode>,
+    /// How documents are read before scoring.
+    #[serde(default)]
+    pub parsing_configuration: Option<ClassifyParsing>,
+}
+
+/// A batch's job, as the worker needs it.
+#[derive(Debug, Clone)]
+pub enum JobSpec {
+    /// Parse each file.
+    Parse(ParseJobConfig),
+    /// Classify each file.
+    Classify(ClassifyJobConfig),
+}
+
+impl JobSpec {
+    /// The job type.
+    pub fn job_type(&self) -> JobType {
+        match self {
+            Self::Parse(_) => JobType::Parse,
+            Self::Classify(_) => JobType::Classify,
+        }
+    }
+
+    /// Reads a stored `job_config` JSON; a config with a `rules` key is classify.
+    pub fn from_json(raw: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        if raw.get("rules").is_some() {
+            Ok(Self::Classify(serde_json::from_value(raw.clone())?))
+        } else {
+            Ok(Self::Parse(serde_json::from_value(raw.clone())?))
+        }
+    }
+}
+
+/// Parses a 0-based page selection such as `0,2-4` into a sorted, de-duplicated list.
+pub fn parse_page_selection(spec: &str) -> Result<Vec<u32>, String> {
+    let mut pages = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: u32 = lo
+            .parse()
+            .map_err(|_| format!("{part:?} is not a page index or range"))?;
+        let hi: u32 = hi
+            .parse()
+            .map_err(|_| format!("{part:?} is not a page index or range"))?;
+        if hi < lo {
+            return Err(format!("{part:?} is a descending range"));
+        }
+        if hi - lo > 100_000 {
+            return Err(format!("{part:?} is too large a range"));
+        }
+        pages.extend(lo..=hi);
+    }
+    if pages.is_empty() {
+        return Err("no pages selected".into());
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    Ok(pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_selection_accepts_ranges_and_rejects_garbage() {
+        assert_eq!(parse_page_selection("0, 2-4,3").unwrap(), vec![0, 2, 3, 4]);
+        assert!(parse_page_selection("4-2").is_err());
+        assert!(parse_page_selection("a").is_err());
+        assert!(parse_page_selection("").is_err());
+    }
+
+    #[test]
+    fn job_spec_discriminates_on_rules() {
+        let c = serde_json::json!({"rules": [{"type": "a", "description": "b"}], "id": "x"});
+        assert_eq!(JobSpec::from_json(&c).unwrap().job_type(), JobType::Classify);
+        let p = serde_json::json!({"job_name": "parse_raw_file_job", "parameters": {"lang": "en"}});
+        assert_eq!(JobSpec::from_json(&p).unwrap().job_type(), JobType::Parse);
+    }
+}

@@ -1,0 +1,254 @@
+//! The Lua scripts that move items and batches between states.
+//!
+//! Each transition is one script, so it happens once, together with its counter updates and
+//! its outbox event, whatever runs concurrently. Every script starts from the prelude
+//! (`lua/prelude.lua`), which holds the shared moves: settle an item, finish a batch, emit.
+
+use redis::aio::ConnectionLike;
+use redis::Script;
+
+use crate::keys::Keys;
+
+macro_rules! batch_script {
+    ($file:literal) => {
+        concat!(include_str!("lua/prelude.lua"), "\n", include_str!($file))
+    };
+}
+
+/// What [`Scripts::claim`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Process it; this is delivery attempt `n` (1-based).
+    Run(u32),
+    /// Already terminal: a duplicate or redelivered message.
+    Done,
+    /// The batch was cancelled; the item is now cancelled.
+    Cancelled,
+    /// No such batch or item.
+    Missing,
+}
+
+/// An item's outcome as recorded by [`Scripts::finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted now.
+    Recorded,
+    /// It was already terminal; nothing counted.
+    Duplicate,
+    /// No such item.
+    Missing,
+}
+
+/// What [`Scripts::cancel`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Cancelled now.
+    Cancelled,
+    /// Already terminal in this status.
+    Terminal(String),
+    /// No such batch.
+    Missing,
+}
+
+/// The terminal outcome of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Processed.
+    Completed,
+    /// Processing failed.
+    Failed,
+    /// Not processed on purpose.
+    Skipped,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// One item to register.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    /// Directory-file id.
+    pub item_id: String,
+    /// Display name.
+    pub name: String,
+    /// Position in the batch's input.
+    pub order: i64,
+    /// Per-file job id, used only if the item is new.
+    pub job_id: String,
+}
+
+/// The fields of an outcome.
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeFields<'a> {
+    /// Why it failed.
+    pub error_message: &'a str,
+    /// Why it was skipped.
+    pub skip_reason: &'a str,
+    /// The result summary stored on the item (JSON).
+    pub result: &'a str,
+    /// The processing-results record appended to the file's history (JSON).
+    pub run_record: &'a str,
+}
+
+/// The loaded scripts, bound to a key layout.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    keys: Keys,
+    register: Script,
+    claim: Script,
+    finish: Script,
+    expanded: Script,
+    cancel: Script,
+    sweep: Script,
+}
+
+impl Scripts {
+    /// Scripts for keys under `keys`.
+    pub fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            register: Script::new(batch_script!("lua/register.lua")),
+            claim: Script::new(batch_script!("lua/claim.lua")),
+            finish: Script::new(batch_script!("lua/finish.lua")),
+            expanded: Script::new(batch_script!("lua/expanded.lua")),
+            cancel: Script::new(batch_script!("lua/cancel.lua")),
+            sweep: Script::new(batch_script!("lua/sweep.lua")),
+        }
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn invocation<'s>(&self, script: &'s Script, batch_id: &str) -> redis::ScriptInvocation<'s> {
+        let mut inv = script.prepare_invoke();
+        let base = self.keys.batch(batch_id);
+        inv.key(&base)
+            .key(self.keys.events())
+            .arg(&base)
+            .arg(crate::now_rfc3339())
+            .arg(batch_id);
+        inv
+    }
+
+    /// Registers items as pending once each; returns how many were new, or `None` when the
+    /// batch is missing or already terminal (nothing registered).
+    pub async fn register<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+        items: &[NewItem],
+    ) -> redis::RedisResult<Option<u64>> {
+        let mut inv = self.invocation(&self.register, batch_id);
+        inv.arg(self.keys.job_prefix());
+        for it in items {
+            inv.arg(&it.item_id)
+                .arg(&it.name)
+                .arg(it.order)
+                .arg(&it.job_id);
+        }
+        let n: i64 = inv.invoke_async(con).await?;
+        Ok(u64::try_from(n).ok())
+    }
+
+    /// Starts an item, or says why not.
+    pub async fn claim<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+        item_id: &str,
+    ) -> redis::RedisResult<Claim> {
+        let mut inv = self.invocation(&self.claim, batch_id);
+        inv.arg(item_id);
+        let reply: Vec<redis::Value> = inv.invoke_async(con).await?;
+        let tag: String = match reply.first() {
+            Some(v) => redis::from_redis_value(v.clone())?,
+            None => return Ok(Claim::Missing),
+        };
+        Ok(match tag.as_str() {
+            "run" => {
+                let n: u32 = match reply.get(1) {
+                    Some(v) => redis::from_redis_value(v.clone())?,
+                    None => 1,
+                };
+                Claim::Run(n)
+            }
+            "done" => Claim::Done,
+            "cancelled" => Claim::Cancelled,
+            _ => Claim::Missing,
+        })
+    }
+
+    /// Records an item's outcome; counts it only if it was not terminal yet.
+    pub async fn finish<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+        item_id: &str,
+        outcome: Outcome,
+        fields: &OutcomeFields<'_>,
+    ) -> redis::RedisResult<Recorded> {
+        let mut inv = self.invocation(&self.finish, batch_id);
+        inv.key(self.keys.dfile_runs(item_id))
+            .arg(item_id)
+            .arg(outcome.as_str())
+            .arg(fields.error_message)
+            .arg(fields.skip_reason)
+            .arg(fields.result)
+            .arg(fields.run_record);
+        let tag: String = inv.invoke_async(con).await?;
+        Ok(match tag.as_str() {
+            "recorded" => Recorded::Recorded,
+            "duplicate" => Recorded::Duplicate,
+            _ => Recorded::Missing,
+        })
+    }
+
+    /// Marks expansion finished; returns the batch status afterwards (empty if missing).
+    pub async fn expanded<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+    ) -> redis::RedisResult<String> {
+        self.invocation(&self.expanded, batch_id)
+            .invoke_async(con)
+            .await
+    }
+
+    /// Cancels a batch unless it is terminal.
+    pub async fn cancel<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+        reason: &str,
+    ) -> redis::RedisResult<CancelOutcome> {
+        let mut inv = self.invocation(&self.cancel, batch_id);
+        inv.arg(reason);
+        let reply: Vec<String> = inv.invoke_async(con).await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("cancelled") => CancelOutcome::Cancelled,
+            Some("terminal") => CancelOutcome::Terminal(reply.get(1).cloned().unwrap_or_default()),
+            _ => CancelOutcome::Missing,
+        })
+    }
+
+    /// Cancels up to `limit` pending items of a cancelled batch; returns how many.
+    pub async fn sweep<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+        limit: usize,
+    ) -> redis::RedisResult<u64> {
+        let mut inv = self.invocation(&self.sweep, batch_id);
+        inv.arg(limit);
+        inv.invoke_async(con).await
+    }
+}

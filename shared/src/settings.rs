@@ -1,0 +1,263 @@
+//! Typed configuration for both binaries.
+//!
+//! Every value has a default; an optional TOML file overrides them; `DOCFLEET__SECTION__KEY`
+//! environment variables override both. [`load`] validates before anyone opens a socket.
+
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// A configuration that was loaded but makes no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The sources could not be read or merged.
+    #[error("configuration could not be loaded: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where RabbitMQ is and how the fleet names its queues there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BrokerSettings {
+    /// AMQP URI, vhost included (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several fleets (or tests) share a vhost.
+    pub queue_prefix: String,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_prefix: "docfleet".into(),
+        }
+    }
+}
+
+/// Where Redis is and how the fleet names its keys there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// Redis URL (`redis://127.0.0.1:6379/0`).
+    pub url: String,
+    /// Prefix of every key, so several fleets (or tests) share a database.
+    pub key_prefix: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            key_prefix: "docfleet".into(),
+        }
+    }
+}
+
+/// Where uploaded files and parse outputs live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreSettings {
+    /// Root folder of the local file store.
+    pub root: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("var/store"),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// One JSON object per line instead of human-readable lines.
+    pub json: bool,
+    /// `tracing` filter directive; `RUST_LOG` wins when set.
+    pub filter: Option<String>,
+}
+
+/// The dispatcher's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DispatcherSettings {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// RabbitMQ.
+    pub broker: BrokerSettings,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// File store.
+    pub store: StoreSettings,
+    /// Logs.
+    pub log: LogSettings,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest `item_ids` list accepted by one create call.
+    pub max_item_ids: usize,
+    /// How long an expansion lease lasts without renewal; another replica takes over after it.
+    pub expansion_lease_secs: u64,
+    /// Parse modes that need a model endpoint are refused unless this is set (later work).
+    pub llm_endpoint: Option<String>,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            broker: BrokerSettings::default(),
+            redis: RedisSettings::default(),
+            store: StoreSettings::default(),
+            log: LogSettings::default(),
+            max_upload_bytes: 512 * 1024 * 1024,
+            max_item_ids: 100_000,
+            expansion_lease_secs: 15,
+            llm_endpoint: None,
+        }
+    }
+}
+
+/// The worker's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// RabbitMQ.
+    pub broker: BrokerSettings,
+    /// Redis.
+    pub redis: RedisSettings,
+    /// File store.
+    pub store: StoreSettings,
+    /// Logs.
+    pub log: LogSettings,
+    /// Items processed at once by one worker process.
+    pub concurrency: usize,
+    /// Unacknowledged deliveries the broker may hand this worker.
+    pub prefetch: u16,
+    /// Deadline for one item; past it the item fails (or retries).
+    pub item_deadline_secs: u64,
+    /// Files larger than this are skipped without being read.
+    pub max_file_bytes: u64,
+    /// Deliveries of one item before it is failed and dead-lettered.
+    pub max_attempts: u32,
+    /// How long a draining worker lets in-flight items finish after SIGTERM.
+    pub drain_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            broker: BrokerSettings::default(),
+            redis: RedisSettings::default(),
+            store: StoreSettings::default(),
+            log: LogSettings::default(),
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            prefetch: 16,
+            item_deadline_secs: 120,
+            max_file_bytes: 256 * 1024 * 1024,
+            max_attempts: 3,
+            drain_secs: 30,
+        }
+    }
+}
+
+/// Checks a loaded configuration before it is used.
+pub trait Validate {
+    /// Returns a message naming the offending key when the configuration is unusable.
+    fn validate(&self) -> Result<(), String>;
+}
+
+fn validate_common(
+    broker: &BrokerSettings,
+    redis: &RedisSettings,
+    store: &StoreSettings,
+) -> Result<(), String> {
+    if !(broker.url.starts_with("amqp://") || broker.url.starts_with("amqps://")) {
+        return Err(format!("broker.url must be an amqp:// URI, got {:?}", broker.url));
+    }
+    if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
+        return Err(format!("redis.url must be a redis:// URL, got {:?}", redis.url));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !name_ok(&broker.queue_prefix) {
+        return Err("broker.queue_prefix must be non-empty [A-Za-z0-9._-]".into());
+    }
+    if !name_ok(&redis.key_prefix) {
+        return Err("redis.key_prefix must be non-empty [A-Za-z0-9._-]".into());
+    }
+    if store.root.as_os_str().is_empty() {
+        return Err("store.root must be set".into());
+    }
+    Ok(())
+}
+
+impl Validate for DispatcherSettings {
+    fn validate(&self) -> Result<(), String> {
+        validate_common(&self.broker, &self.redis, &self.store)?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("listen must be host:port, got {:?}", self.listen));
+        }
+        if self.max_item_ids == 0 {
+            return Err("max_item_ids must be at least 1".into());
+        }
+        if self.expansion_lease_secs < 2 {
+            return Err("expansion_lease_secs must be at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+impl Validate for WorkerSettings {
+    fn validate(&self) -> Result<(), String> {
+        validate_common(&self.broker, &self.redis, &self.store)?;
+        if self.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
+        }
+        if (self.prefetch as usize) < self.concurrency {
+            return Err("prefetch must be at least concurrency".into());
+        }
+        if self.item_deadline_secs == 0 {
+            return Err("item_deadline_secs must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        if self.drain_secs == 0 {
+            return Err("drain_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Loads defaults, then `file` when given, then `DOCFLEET__…` variables, and validates.
+pub fn load<T>(file: Option<&Path>) -> Result<T, SettingsError>
+where
+    T: Default + Serialize + DeserializeOwned + Validate,
+{
+    let defaults = config::Config::try_from(&T::default())?;
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        builder = builder.add_source(config::File::from(path).required(true));
+    }
+    let merged = builder
+        .add_source(
+            config::Environment::with_prefix("DOCFLEET")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()?;
+    let settings: T = merged.try_deserialize()?;
+    settings.validate().map_err(SettingsError::Invalid)?;
+    Ok(settings)
+}
