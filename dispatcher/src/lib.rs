@@ -1,1 +1,138 @@
+//! The docfleet dispatcher: the HTTP API, batch expansion onto RabbitMQ, status from Redis.
+//!
+//! # Layout
+//! - [`http`], [`error`], [`auth`]: request plumbing: JSON `detail` errors, bearer keys.
+//! - [`directories`]: directories and uploads into the file store.
+//! - [`batch`]: create, list, status, cancel, items, processing results.
+//! - [`results`]: per-file parse and classify results.
+//! - [`expansion`]: the background loop that publishes one message per file.
+//! - [`publisher`]: confirmed publishing with reconnection.
 
+pub mod auth;
+pub mod batch;
+pub mod directories;
+pub mod error;
+pub mod expansion;
+pub mod http;
+pub mod publisher;
+pub mod records;
+pub mod results;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use docfleet_shared::keys::Keys;
+use docfleet_shared::scripts::Scripts;
+use docfleet_shared::settings::DispatcherSettings;
+use docfleet_shared::store::FileStore;
+use docfleet_shared::topology::Topology;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Why the dispatcher could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// Redis is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// RabbitMQ is unreachable.
+    #[error("rabbitmq: {0}")]
+    Broker(#[from] publisher::PublishError),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Connects to Redis and RabbitMQ and builds the shared state.
+pub async fn connect(settings: DispatcherSettings) -> Result<AppState, DispatcherError> {
+    let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let topology = Topology::new(settings.broker.queue_prefix.clone());
+    let publisher = publisher::Publisher::connect(&settings.broker.url, topology).await?;
+    Ok(AppState {
+        store: FileStore::local(settings.store.root.clone()),
+        scripts: Scripts::new(keys.clone()),
+        keys,
+        redis,
+        publisher: Arc::new(publisher),
+        expansion_wake: Arc::new(Notify::new()),
+        replica_id: format!("dispatcher-{}", uuid::Uuid::new_v4()).into(),
+        settings: Arc::new(settings),
+    })
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    let upload_limit = usize::try_from(state.settings.max_upload_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
+    let v1 = "/api/v1/beta";
+    Router::new()
+        .route(&format!("{v1}/directories"), post(directories::create).get(directories::list))
+        .route(&format!("{v1}/directories/{{directory_id}}"), get(directories::get))
+        .route(
+            &format!("{v1}/directories/{{directory_id}}/files/upload"),
+            post(directories::upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(&format!("{v1}/directories/{{directory_id}}/files"), get(directories::list_files))
+        .route(&format!("{v1}/batch-processing"), post(batch::create).get(batch::list))
+        .route(&format!("{v1}/batch-processing/{{job_id}}"), get(batch::status))
+        .route(&format!("{v1}/batch-processing/{{job_id}}/cancel"), post(batch::cancel))
+        .route(&format!("{v1}/batch-processing/{{job_id}}/items"), get(batch::items))
+        .route(
+            &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
+            get(batch::processing_results),
+        )
+        .route("/api/v2/parse/{job_id}", get(results::parse))
+        .route("/api/v2/classify/{job_id}", get(results::classify))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(state)
+}
+
+/// Readiness: connected to Redis and to the broker.
+async fn ready(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let mut con = st.redis.clone();
+    let redis_ok = redis::cmd("PING")
+        .query_async::<String>(&mut con)
+        .await
+        .is_ok();
+    let broker_ok = st.publisher.is_connected().await;
+    let code = if redis_ok && broker_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({ "redis": redis_ok, "broker": broker_ok })))
+}
+
+/// Serves the API on `listener` and runs expansion until `shutdown` resolves, then drains:
+/// in-flight requests finish and expansions hand their leases back.
+pub async fn run(
+    settings: DispatcherSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DispatcherError> {
+    let state = connect(settings).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let expansion = tokio::spawn(expansion::run(state.clone(), stop_rx));
+    tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = expansion.await;
+    tracing::info!("Dispatcher drained.");
+    served.map_err(DispatcherError::from)
+}

@@ -1,1 +1,93 @@
-fn main() {}
+//! `docfleet-dispatcher`: loads config, starts tracing, serves until SIGTERM/SIGINT, drains.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use docfleet_shared::settings::{self, DispatcherSettings};
+
+#[derive(Parser)]
+#[command(version, about = "docfleet HTTP API and batch expansion")]
+struct Cli {
+    /// Optional TOML configuration file; DOCFLEET__… variables override it.
+    #[arg(long, env = "DOCFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Create an API key for a project and print it.
+    CreateKey {
+        /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
+        #[arg(long)]
+        project: String,
+    },
+}
+
+/// Exit code for an unusable configuration (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings: DispatcherSettings = match settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("docfleet-dispatcher: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    docfleet_shared::telemetry::init(&settings.log);
+    match run(cli.command.unwrap_or(Command::Serve), settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "Dispatcher failed.");
+            eprintln!("docfleet-dispatcher: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<()> {
+    match command {
+        Command::CreateKey { project } => {
+            if !docfleet_dispatcher::auth::valid_project_id(&project) {
+                anyhow::bail!("--project must be 1-64 characters of [A-Za-z0-9_-]");
+            }
+            let mut con = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+            let keys = docfleet_shared::keys::Keys::new(settings.redis.key_prefix.clone());
+            let key = docfleet_dispatcher::auth::create_key(&mut con, &keys, &project).await?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(&settings.listen).await?;
+            docfleet_dispatcher::run(settings, listener, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes' graceful stop) or SIGINT (a developer's Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("Shutdown signal received; draining.");
+}

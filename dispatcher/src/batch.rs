@@ -1,0 +1,498 @@
+//! Batches: create, list, status, cancel, items, per-item processing results.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::{Path, State};
+use axum::Json;
+use docfleet_shared::model::{
+    parse_page_selection, BatchStatus, ClassifyJobConfig, ClassifyMode, ItemStatus, JobType,
+    ParseJobConfig,
+};
+use docfleet_shared::scripts::CancelOutcome;
+use docfleet_shared::{now_millis, now_rfc3339};
+use redis::AsyncCommands;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Project;
+use crate::error::ApiError;
+use crate::http::{parse_json, JsonBody, QueryParams};
+use crate::records::{job_item, BatchRecord, DirectoryFile};
+use crate::state::AppState;
+
+/// Most rules one classify job may carry.
+const MAX_RULES: usize = 100;
+/// Longest rule description, in characters.
+const MAX_RULE_DESCRIPTION: usize = 4000;
+
+/// `POST /api/v1/beta/batch-processing` body.
+#[derive(Debug, Deserialize)]
+pub struct CreateBatch {
+    job_config: Value,
+    #[serde(default)]
+    directory_id: Option<String>,
+    #[serde(default)]
+    item_ids: Option<Vec<String>>,
+    #[serde(default)]
+    page_size: Option<i64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    continue_as_new_threshold: Option<i64>,
+    #[serde(default)]
+    webhook_configurations: Option<Vec<Value>>,
+}
+
+/// A validated job config.
+struct ValidJob {
+    job_type: JobType,
+    priority: u8,
+    correlation_id: Option<String>,
+}
+
+fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
+    let obj = raw
+        .as_object()
+        .ok_or_else(|| ApiError::field("job_config", "must be an object"))?;
+    let bytes = serde_json::to_vec(raw)?;
+    // Re-parse through the typed view so errors name the path inside job_config.
+    let prefix = |e: ApiError| match e {
+        ApiError::Unprocessable(m) => ApiError::Unprocessable(format!("job_config.{m}")),
+        other => other,
+    };
+    if obj.contains_key("rules") {
+        let cfg: ClassifyJobConfig = parse_json(&bytes).map_err(prefix)?;
+        if cfg.rules.is_empty() {
+            return Err(ApiError::field("job_config.rules", "at least one rule is required"));
+        }
+        if cfg.rules.len() > MAX_RULES {
+            return Err(ApiError::field(
+                "job_config.rules",
+                format!("at most {MAX_RULES} rules"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let t = r.kind.trim();
+            if t.is_empty() || t.len() > 200 {
+                return Err(ApiError::field(
+                    &format!("job_config.rules[{i}].type"),
+                    "must be 1 to 200 characters",
+                ));
+            }
+            if !seen.insert(t.to_owned()) {
+                return Err(ApiError::field(
+                    &format!("job_config.rules[{i}].type"),
+                    format!("duplicate type {t:?}"),
+                ));
+            }
+            let d = r.description.trim();
+            if d.is_empty() || d.chars().count() > MAX_RULE_DESCRIPTION {
+                return Err(ApiError::field(
+                    &format!("job_config.rules[{i}].description"),
+                    format!("must be 1 to {MAX_RULE_DESCRIPTION} characters"),
+                ));
+            }
+        }
+        if cfg.mode == Some(ClassifyMode::Multimodal) {
+            return Err(ApiError::field(
+                "job_config.mode",
+                "MULTIMODAL needs a vision model endpoint, and none is configured; use FAST",
+            ));
+        }
+        if let Some(p) = &cfg.parsing_configuration {
+            if p.max_pages == Some(0) {
+                return Err(ApiError::field(
+                    "job_config.parsing_configuration.max_pages",
+                    "must be at least 1",
+                ));
+            }
+        }
+        return Ok(ValidJob {
+            job_type: JobType::Classify,
+            priority: docfleet_shared::model::Priority::Medium.amqp(),
+            correlation_id: None,
+        });
+    }
+    let cfg: ParseJobConfig = parse_json(&bytes).map_err(prefix)?;
+    if let Some(n) = cfg.job_name.as_deref() {
+        if n != "parse_raw_file_job" {
+            return Err(ApiError::field(
+                "job_config.job_name",
+                format!("must be \"parse_raw_file_job\", got {n:?}"),
+            ));
+        }
+    }
+    let params = cfg.parameters.clone().unwrap_or_default();
+    if let Some(k) = params.kind.as_deref() {
+        if k != "parse" {
+            return Err(ApiError::field(
+                "job_config.parameters.type",
+                format!("must be \"parse\", got {k:?}"),
+            ));
+        }
+    }
+    if let Some(mode) = params.parse_mode {
+        if mode.needs_model() && st.settings.llm_endpoint.is_none() {
+            let name = serde_json::to_value(mode)?;
+            return Err(ApiError::field(
+                "job_config.parameters.parse_mode",
+                format!(
+                    "{} needs a language or vision model endpoint, and none is configured; \
+                     use parse_page_without_llm",
+                    name.as_str().unwrap_or("this mode")
+                ),
+            ));
+        }
+    }
+    if params.max_pages == Some(0) {
+        return Err(ApiError::field("job_config.parameters.max_pages", "must be at least 1"));
+    }
+    if let Some(t) = params.target_pages.as_deref() {
+        parse_page_selection(t)
+            .map_err(|m| ApiError::field("job_config.parameters.target_pages", m))?;
+    }
+    if let Some(tol) = params.page_error_tolerance {
+        if !(0.0..=1.0).contains(&tol) {
+            return Err(ApiError::field(
+                "job_config.parameters.page_error_tolerance",
+                "must be between 0 and 1",
+            ));
+        }
+    }
+    Ok(ValidJob {
+        job_type: JobType::Parse,
+        priority: params.priority.unwrap_or_default().amqp(),
+        correlation_id: cfg.correlation_id.clone(),
+    })
+}
+
+/// Creates a batch: validates, persists it as `pending`, and returns; expansion is async.
+pub async fn create(
+    State(st): State<AppState>,
+    Project(project): Project,
+    JsonBody(body): JsonBody<CreateBatch>,
+) -> Result<Json<Value>, ApiError> {
+    let job = validate_job(&st, &body.job_config)?;
+    if let Some(w) = &body.webhook_configurations {
+        for (i, c) in w.iter().enumerate() {
+            if !c.is_object() {
+                return Err(ApiError::field(
+                    &format!("webhook_configurations[{i}]"),
+                    "must be an object",
+                ));
+            }
+        }
+    }
+    let page_size = match body.page_size {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::field(
+                "page_size",
+                format!("must be from 1 to 1000, got {n}"),
+            ))
+        }
+    };
+    let mut con = st.redis.clone();
+    let batch_id = format!("bjb-{}", uuid::Uuid::new_v4());
+    let now = now_rfc3339();
+    let mut fields: Vec<(&str, String)> = vec![
+        ("id", batch_id.clone()),
+        ("project_id", project.clone()),
+        ("job_type", job.job_type.as_str().into()),
+        ("status", BatchStatus::Pending.as_str().into()),
+        ("processed", "0".into()),
+        ("failed", "0".into()),
+        ("skipped", "0".into()),
+        ("registered", "0".into()),
+        ("expanded", "0".into()),
+        ("cursor", "0".into()),
+        ("page_size", page_size.to_string()),
+        ("priority", job.priority.to_string()),
+        ("created_at", now.clone()),
+        ("updated_at", now),
+    ];
+    if let Some(c) = job.correlation_id {
+        fields.push(("correlation_id", c));
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    match (&body.directory_id, &body.item_ids) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "directory_id, item_ids: give exactly one of them, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "directory_id, item_ids: one of them is required".into(),
+            ))
+        }
+        (Some(dir_id), None) => {
+            let dir = crate::directories::load(&st, &project, dir_id)
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound(_) => {
+                        ApiError::field("directory_id", format!("no directory {dir_id:?}"))
+                    }
+                    other => other,
+                })?;
+            // The batch covers the files present now: a snapshot by insertion sequence.
+            let snapshot: i64 = con.get::<_, Option<i64>>(st.keys.dir_seq(&dir.id)).await?.unwrap_or(0);
+            let total: u64 = con
+                .zcount(st.keys.dir_files(&dir.id), "-inf", snapshot)
+                .await?;
+            fields.push(("source", "directory".into()));
+            fields.push(("directory_id", dir.id.clone()));
+            fields.push(("snapshot", snapshot.to_string()));
+            fields.push(("total", total.to_string()));
+        }
+        (None, Some(ids)) => {
+            if ids.is_empty() {
+                return Err(ApiError::field("item_ids", "must not be empty"));
+            }
+            if ids.len() > st.settings.max_item_ids {
+                return Err(ApiError::field(
+                    "item_ids",
+                    format!("at most {} ids per batch", st.settings.max_item_ids),
+                ));
+            }
+            let mut seen = HashSet::with_capacity(ids.len());
+            let unique: Vec<&String> = ids.iter().filter(|i| seen.insert(i.as_str())).collect();
+            let known: Vec<bool> = redis::cmd("SMISMEMBER")
+                .arg(st.keys.project_dfiles(&project))
+                .arg(&unique)
+                .query_async(&mut con)
+                .await?;
+            if let Some(pos) = known.iter().position(|k| !k) {
+                let missing = unique[pos];
+                let index = ids.iter().position(|i| i == missing).unwrap_or(pos);
+                return Err(ApiError::field(
+                    &format!("item_ids[{index}]"),
+                    format!("no file {missing:?} in this project"),
+                ));
+            }
+            fields.push(("source", "items".into()));
+            fields.push(("total", unique.len().to_string()));
+            for chunk in unique.chunks(10_000) {
+                pipe.rpush(st.keys.batch_input(&batch_id), chunk);
+            }
+        }
+    }
+    pipe.hset_multiple(st.keys.batch(&batch_id), &fields)
+        .set(st.keys.batch_config(&batch_id), serde_json::to_string(&body.job_config)?)
+        .zadd(st.keys.project_batches(&project), &batch_id, now_millis())
+        .zadd(st.keys.expansion(), &batch_id, now_millis());
+    if let Some(w) = &body.webhook_configurations {
+        pipe.hset(st.keys.batch(&batch_id), "webhooks", serde_json::to_string(w)?);
+    }
+    let _: () = pipe.query_async(&mut con).await?;
+    st.expansion_wake.notify_one();
+    tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");
+    let rec = load(&st, &project, &batch_id).await?;
+    Ok(Json(rec.to_api()))
+}
+
+/// Loads a batch of `project`, or 404.
+pub async fn load(st: &AppState, project: &str, batch_id: &str) -> Result<BatchRecord, ApiError> {
+    let mut con = st.redis.clone();
+    let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
+    let rec = BatchRecord(h);
+    if rec.get("id").is_none() || rec.project() != project {
+        return Err(ApiError::not_found("batch", batch_id));
+    }
+    Ok(rec)
+}
+
+/// Lists the project's batches, newest first, with filters and offset paging.
+pub async fn list(
+    State(st): State<AppState>,
+    Project(project): Project,
+    q: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.int("limit", 50, 1, 1000)? as usize;
+    let offset = q.int("offset", 0, 0, u32::MAX as u64)? as usize;
+    let status = match q.get("status") {
+        None => None,
+        Some(s) => Some(BatchStatus::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
+            ApiError::field(
+                "status",
+                format!("must be one of pending, running, dispatched, completed, failed, cancelled; got {s:?}"),
+            )
+        })?),
+    };
+    let job_type = match q.get("job_type") {
+        None => None,
+        Some("extract") => Some("extract"),
+        Some(s) => Some(
+            JobType::parse(s)
+                .ok_or_else(|| {
+                    ApiError::field("job_type", format!("must be parse, extract or classify; got {s:?}"))
+                })?
+                .as_str(),
+        ),
+    };
+    let dir = q.get("directory_id");
+    let mut con = st.redis.clone();
+    let ids: Vec<String> = con.zrevrange(st.keys.project_batches(&project), 0, -1).await?;
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.hgetall(st.keys.batch(id));
+    }
+    let recs: Vec<HashMap<String, String>> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(&mut con).await?
+    };
+    let matching: Vec<BatchRecord> = recs
+        .into_iter()
+        .map(BatchRecord)
+        .filter(|r| r.get("id").is_some())
+        .filter(|r| status.is_none_or(|s| r.status() == s))
+        .filter(|r| job_type.is_none_or(|t| r.get("job_type") == Some(t)))
+        .filter(|r| dir.is_none_or(|d| r.get("directory_id") == Some(d)))
+        .collect();
+    let total = matching.len();
+    let items: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(BatchRecord::to_api)
+        .collect();
+    Ok(Json(json!({ "items": items, "total_size": total })))
+}
+
+/// `get_status`: the batch and its progress.
+pub async fn status(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(batch_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = load(&st, &project, &batch_id).await?;
+    Ok(Json(
+        json!({ "job": rec.to_api(), "progress_percentage": rec.progress() }),
+    ))
+}
+
+/// `POST .../cancel` body.
+#[derive(Debug, Deserialize, Default)]
+pub struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Cancels a batch: pending items become `cancelled`, in-flight ones may finish.
+pub async fn cancel(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(batch_id): Path<String>,
+    JsonBody(body): JsonBody<CancelBody>,
+) -> Result<Json<Value>, ApiError> {
+    load(&st, &project, &batch_id).await?;
+    let mut con = st.redis.clone();
+    let reason = body.reason.unwrap_or_default();
+    match st.scripts.cancel(&mut con, &batch_id, &reason).await? {
+        CancelOutcome::Cancelled => {}
+        CancelOutcome::Terminal(s) => {
+            // 400, not 409: the SDK retries 409.
+            return Err(ApiError::BadRequest(format!(
+                "batch {batch_id} is already {s} and cannot be cancelled"
+            )));
+        }
+        CancelOutcome::Missing => return Err(ApiError::not_found("batch", &batch_id)),
+    }
+    while st.scripts.sweep(&mut con, &batch_id, 1000).await? > 0 {}
+    tracing::info!(batch_id = %batch_id, "Batch cancelled.");
+    let rec = load(&st, &project, &batch_id).await?;
+    Ok(Json(json!({
+        "job_id": batch_id,
+        "message": if reason.is_empty() { "Batch cancelled.".to_owned() } else { format!("Batch cancelled: {reason}") },
+        "processed_items": rec.processed(),
+        "status": rec.status().as_str(),
+    })))
+}
+
+/// The items of a batch, optionally by status, with offset paging.
+pub async fn items(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(batch_id): Path<String>,
+    q: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    load(&st, &project, &batch_id).await?;
+    let limit = q.int("limit", 50, 1, 1000)? as isize;
+    let offset = q.int("offset", 0, 0, u32::MAX as u64)? as isize;
+    let set = match q.get("status") {
+        None => st.keys.batch_items(&batch_id),
+        Some(s) => {
+            let status = ItemStatus::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
+                ApiError::field(
+                    "status",
+                    format!("must be one of pending, processing, completed, failed, skipped, cancelled; got {s:?}"),
+                )
+            })?;
+            st.keys.batch_status_set(&batch_id, status)
+        }
+    };
+    let mut con = st.redis.clone();
+    let (ids, total): (Vec<String>, u64) = redis::pipe()
+        .zrange(&set, offset, offset + limit - 1)
+        .zcard(&set)
+        .query_async(&mut con)
+        .await?;
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.hgetall(st.keys.item(&batch_id, id));
+    }
+    let hashes: Vec<HashMap<String, String>> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(&mut con).await?
+    };
+    let items: Vec<Value> = ids
+        .iter()
+        .zip(hashes.iter())
+        .map(|(id, h)| job_item(id, h))
+        .collect();
+    Ok(Json(json!({ "items": items, "total_size": total })))
+}
+
+/// Every processing run of one item (directory file), across batches.
+pub async fn processing_results(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(item_id): Path<String>,
+    q: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let job_type = q.get("job_type");
+    if let Some(t) = job_type {
+        if !matches!(t, "parse" | "extract" | "classify") {
+            return Err(ApiError::field(
+                "job_type",
+                format!("must be parse, extract or classify; got {t:?}"),
+            ));
+        }
+    }
+    let mut con = st.redis.clone();
+    let raw: Option<String> = con.get(st.keys.dfile(&item_id)).await?;
+    let file: DirectoryFile = match raw {
+        Some(r) => serde_json::from_str(&r)?,
+        None => return Err(ApiError::not_found("item", &item_id)),
+    };
+    if file.project_id != project {
+        return Err(ApiError::not_found("item", &item_id));
+    }
+    let runs: Vec<String> = con.lrange(st.keys.dfile_runs(&item_id), 0, -1).await?;
+    let mut results = Vec::new();
+    for r in runs {
+        let v: Value = serde_json::from_str(&r)?;
+        if job_type.is_none_or(|t| v.get("job_type").and_then(Value::as_str) == Some(t)) {
+            results.push(v);
+        }
+    }
+    Ok(Json(json!({
+        "item_id": item_id,
+        "item_name": file.display_name,
+        "processing_results": results,
+    })))
+}

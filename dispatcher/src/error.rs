@@ -1,0 +1,84 @@
+//! The API's error type: every error is a JSON object with a `detail`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error answered to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is well-formed but not acceptable as a whole.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no or unknown API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 404: no such resource for this project.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413: the upload is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 422: a field has a wrong type or value; the message names the field.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: Redis, RabbitMQ or the file store failed; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    /// 404 for a resource kind and id.
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::NotFound(format!("{kind} {id:?} not found"))
+    }
+
+    /// 422 naming `field`.
+    pub fn field(field: &str, msg: impl std::fmt::Display) -> Self {
+        Self::Unprocessable(format!("{field}: {msg}"))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "Request failed on a dependency.");
+        }
+        let body = axum::Json(serde_json::json!({ "detail": self.to_string() }));
+        let mut resp = (status, body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(format!("state store unavailable: {e}"))
+    }
+}
+
+impl From<docfleet_shared::store::StoreError> for ApiError {
+    fn from(e: docfleet_shared::store::StoreError) -> Self {
+        Self::Unavailable(format!("file store unavailable: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Unavailable(format!("stored record unreadable: {e}"))
+    }
+}

@@ -1,0 +1,229 @@
+//! Expansion: turning a batch into one persistent message per file.
+//!
+//! Every dispatcher replica runs [`run`]. A batch waiting in `P:expansion` is expanded by the
+//! replica holding its lease (`SET NX PX`, renewed every page); if that replica dies the lease
+//! lapses and another replica, or the restarted one, resumes from the stored cursor.
+//!
+//! One page at a time: read ids from the cursor → register them as pending items (once each,
+//! by script) → publish their messages and await every confirm → advance the cursor. A crash
+//! between publishing and advancing re-publishes that page; workers recognise the duplicates,
+//! so no file is missed and none is counted twice. Memory is one page, whatever the batch size.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use docfleet_shared::model::{BatchStatus, JobType};
+use docfleet_shared::scripts::NewItem;
+use docfleet_shared::wire::ItemMessage;
+use redis::AsyncCommands;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::records::DirectoryFile;
+use crate::state::AppState;
+
+/// Batches one replica expands at once.
+const PARALLEL_EXPANSIONS: usize = 4;
+
+/// Renews a lease only if this replica still holds it.
+const RENEW_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+/// Releases a lease only if this replica holds it.
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Why one expansion step stopped early.
+#[derive(Debug, thiserror::Error)]
+enum ExpansionError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Publish(#[from] crate::publisher::PublishError),
+    #[error("stored directory file is unreadable: {0}")]
+    Record(#[from] serde_json::Error),
+}
+
+/// Expands waiting batches until `shutdown` turns true.
+pub async fn run(st: AppState, mut shutdown: watch::Receiver<bool>) {
+    let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = st.expansion_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        while tasks.try_join_next().is_some() {}
+        if let Err(error) = pick(&st, &active, &mut tasks, &shutdown).await {
+            tracing::warn!(%error, "Expansion scan failed; retrying.");
+        }
+    }
+    // In-flight expansions notice the flag between pages and hand their lease back.
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn pick(
+    st: &AppState,
+    active: &Arc<Mutex<HashSet<String>>>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &watch::Receiver<bool>,
+) -> redis::RedisResult<()> {
+    let mut con = st.redis.clone();
+    let waiting: Vec<String> = con.zrange(st.keys.expansion(), 0, 63).await?;
+    let lease_ms = st.settings.expansion_lease_secs * 1000;
+    for batch_id in waiting {
+        if active.lock().await.len() >= PARALLEL_EXPANSIONS {
+            break;
+        }
+        if active.lock().await.contains(&batch_id) {
+            continue;
+        }
+        let got: Option<String> = redis::cmd("SET")
+            .arg(st.keys.batch_lease(&batch_id))
+            .arg(&*st.replica_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms)
+            .query_async(&mut con)
+            .await?;
+        if got.is_none() {
+            continue;
+        }
+        active.lock().await.insert(batch_id.clone());
+        let (st, active, shutdown) = (st.clone(), active.clone(), shutdown.clone());
+        let span = tracing::info_span!("expansion", batch_id = %batch_id);
+        tasks.spawn(
+            async move {
+                if let Err(error) = expand(&st, &batch_id, &shutdown).await {
+                    tracing::warn!(%error, "Expansion interrupted; it will resume.");
+                }
+                let mut con = st.redis.clone();
+                let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LEASE)
+                    .key(st.keys.batch_lease(&batch_id))
+                    .arg(&*st.replica_id)
+                    .invoke_async(&mut con)
+                    .await;
+                active.lock().await.remove(&batch_id);
+            }
+            .instrument(span),
+        );
+    }
+    Ok(())
+}
+
+/// Expands one batch from its cursor to the end, unless stopped.
+async fn expand(
+    st: &AppState,
+    batch_id: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), ExpansionError> {
+    let mut con = st.redis.clone();
+    let lease_ms = st.settings.expansion_lease_secs * 1000;
+    let renew = redis::Script::new(RENEW_LEASE);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
+        let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
+        let status = BatchStatus::parse(get("status"));
+        if h.is_empty() || status.is_none_or(BatchStatus::is_terminal) || get("expanded") == "1" {
+            let _: () = redis::pipe()
+                .zrem(st.keys.expansion(), batch_id)
+                .del(st.keys.batch_input(batch_id))
+                .query_async(&mut con)
+                .await?;
+            return Ok(());
+        }
+        let cursor: i64 = get("cursor").parse().unwrap_or(0);
+        let page_size: i64 = get("page_size").parse().unwrap_or(100);
+        let job_type = JobType::parse(get("job_type")).unwrap_or(JobType::Parse);
+        let priority: u8 = get("priority").parse().unwrap_or(2);
+        let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) = if get("source") == "directory" {
+            let snapshot: i64 = get("snapshot").parse().unwrap_or(0);
+            let page: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+                .arg(st.keys.dir_files(get("directory_id")))
+                .arg(format!("({cursor}"))
+                .arg(snapshot)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(page_size)
+                .query_async(&mut con)
+                .await?;
+            let next = page.last().map(|(_, s)| *s).unwrap_or(cursor);
+            let (ids, orders) = page.into_iter().unzip();
+            (ids, orders, next)
+        } else {
+            let ids: Vec<String> = con
+                .lrange(
+                    st.keys.batch_input(batch_id),
+                    cursor as isize,
+                    (cursor + page_size - 1) as isize,
+                )
+                .await?;
+            let orders = (cursor..cursor + ids.len() as i64).collect();
+            let next = cursor + ids.len() as i64;
+            (ids, orders, next)
+        };
+        if ids.is_empty() {
+            let status = st.scripts.expanded(&mut con, batch_id).await?;
+            let _: () = redis::pipe()
+                .zrem(st.keys.expansion(), batch_id)
+                .del(st.keys.batch_input(batch_id))
+                .query_async(&mut con)
+                .await?;
+            tracing::info!(status = %status, "Batch expanded.");
+            return Ok(());
+        }
+        let records: Vec<Option<String>> = con
+            .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
+            .await?;
+        let mut items = Vec::with_capacity(ids.len());
+        for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
+            let name = match raw {
+                Some(r) => serde_json::from_str::<DirectoryFile>(&r)?.display_name,
+                None => id.clone(),
+            };
+            items.push(NewItem {
+                item_id: id.clone(),
+                name,
+                order,
+                job_id: format!("{}-{}", job_type.job_id_prefix(), uuid::Uuid::new_v4()),
+            });
+        }
+        if st.scripts.register(&mut con, batch_id, &items).await?.is_none() {
+            continue; // terminal now: the top of the loop cleans up
+        }
+        let bodies: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| ItemMessage::new(batch_id, id).encode())
+            .collect();
+        st.publisher.publish_all(&bodies, priority).await?;
+        let _: () = con
+            .hset(st.keys.batch(batch_id), "cursor", next_cursor)
+            .await?;
+        let held: i64 = renew
+            .key(st.keys.batch_lease(batch_id))
+            .arg(&*st.replica_id)
+            .arg(lease_ms)
+            .invoke_async(&mut con)
+            .await?;
+        if held == 0 {
+            tracing::warn!("Expansion lease lost to another replica; stopping here.");
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Publishing item messages with publisher confirms, reconnecting when the channel dies.
+
+use std::time::Duration;
+
+use docfleet_shared::topology::Topology;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use tokio::sync::Mutex;
+
+/// A publish that the broker did not confirm.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The connection or channel failed.
+    #[error("broker unavailable: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker refused a message (nack).
+    #[error("broker did not confirm {0} message(s)")]
+    Nacked(usize),
+}
+
+struct Link {
+    _connection: Connection,
+    channel: Channel,
+}
+
+/// One confirmed channel per dispatcher, re-opened on failure.
+pub struct Publisher {
+    url: String,
+    topology: Topology,
+    link: Mutex<Option<Link>>,
+}
+
+impl Publisher {
+    /// Connects and declares the topology.
+    pub async fn connect(url: &str, topology: Topology) -> Result<Self, PublishError> {
+        let p = Self {
+            url: url.to_owned(),
+            topology,
+            link: Mutex::new(None),
+        };
+        {
+            let mut guard = p.link.lock().await;
+            *guard = Some(p.open().await?);
+        }
+        Ok(p)
+    }
+
+    async fn open(&self) -> Result<Link, PublishError> {
+        let connection =
+            docfleet_shared::services::connect_amqp(&self.url, Duration::from_secs(10)).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&channel).await?;
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// Whether the channel is usable now (readiness).
+    pub async fn is_connected(&self) -> bool {
+        let guard = self.link.lock().await;
+        guard
+            .as_ref()
+            .map(|l| l.channel.status().connected())
+            .unwrap_or(false)
+    }
+
+    /// Publishes persistent messages to the work queue and waits until the broker confirms
+    /// every one. On failure some may have been delivered: callers re-publish the whole page,
+    /// which is safe because workers ignore items that are already settled.
+    pub async fn publish_all(&self, bodies: &[Vec<u8>], priority: u8) -> Result<(), PublishError> {
+        let mut guard = self.link.lock().await;
+        let healthy = guard
+            .as_ref()
+            .map(|l| l.channel.status().connected())
+            .unwrap_or(false);
+        if !healthy {
+            *guard = None;
+            *guard = Some(self.open().await?);
+        }
+        let Some(link) = guard.as_ref() else {
+            return Err(PublishError::Nacked(bodies.len()));
+        };
+        let queue = self.topology.items_queue();
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(priority)
+            .with_content_type("application/json".into());
+        let mut confirms = Vec::with_capacity(bodies.len());
+        let result: Result<(), PublishError> = async {
+            for body in bodies {
+                let confirm = link
+                    .channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        props.clone(),
+                    )
+                    .await?;
+                confirms.push(confirm);
+            }
+            let mut nacked = 0;
+            for c in confirms {
+                if !c.await?.is_ack() {
+                    nacked += 1;
+                }
+            }
+            if nacked > 0 {
+                return Err(PublishError::Nacked(nacked));
+            }
+            Ok(())
+        }
+        .await;
+        if matches!(result, Err(PublishError::Broker(_))) {
+            *guard = None;
+        }
+        result
+    }
+}

@@ -1,0 +1,167 @@
+//! Stored records and their API shapes.
+
+use std::collections::HashMap;
+
+use docfleet_shared::model::BatchStatus;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// A directory, stored as JSON and served as is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Directory {
+    /// `dir-<uuid>`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Owner.
+    pub project_id: String,
+    /// `user` or `ephemeral`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Free-form metadata.
+    pub system_metadata: Option<Value>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+    /// Never set: directories are not deleted yet.
+    pub deleted_at: Option<String>,
+}
+
+/// A file in a directory; the id is the item id of batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryFile {
+    /// `dfl-<uuid>`.
+    pub id: String,
+    /// Its directory.
+    pub directory_id: String,
+    /// Shown name; just a name, never a path.
+    pub display_name: String,
+    /// Owner.
+    pub project_id: String,
+    /// The caller's unique id, or the display name.
+    pub unique_id: String,
+    /// The underlying file id.
+    pub file_id: String,
+    /// Caller metadata.
+    pub metadata: Option<Value>,
+    /// The caller's external id.
+    pub external_file_id: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+    /// Never set yet.
+    pub deleted_at: Option<String>,
+    /// Where the bytes are (internal).
+    pub storage_key: String,
+    /// How many bytes (internal).
+    pub size_bytes: u64,
+}
+
+impl DirectoryFile {
+    /// The API shape: the record without internal fields.
+    pub fn to_api(&self) -> Value {
+        json!({
+            "id": self.id,
+            "directory_id": self.directory_id,
+            "display_name": self.display_name,
+            "project_id": self.project_id,
+            "unique_id": self.unique_id,
+            "file_id": self.file_id,
+            "metadata": self.metadata,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "deleted_at": self.deleted_at,
+        })
+    }
+}
+
+/// A batch hash as read from Redis.
+#[derive(Debug, Clone)]
+pub struct BatchRecord(pub HashMap<String, String>);
+
+impl BatchRecord {
+    /// A field, if set and non-empty.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    fn int(&self, k: &str) -> u64 {
+        self.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
+    /// The status.
+    pub fn status(&self) -> BatchStatus {
+        self.get("status")
+            .and_then(BatchStatus::parse)
+            .unwrap_or(BatchStatus::Pending)
+    }
+
+    /// The owner.
+    pub fn project(&self) -> &str {
+        self.get("project_id").unwrap_or("")
+    }
+
+    /// `total_items`.
+    pub fn total(&self) -> u64 {
+        self.int("total")
+    }
+
+    /// `processed_items`.
+    pub fn processed(&self) -> u64 {
+        self.int("processed")
+    }
+
+    /// Progress in percent; 100 for an empty batch only once it is terminal, so it never
+    /// goes down while an empty-looking batch is still being expanded.
+    pub fn progress(&self) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return if self.status().is_terminal() { 100.0 } else { 0.0 };
+        }
+        (100.0 * self.processed() as f64 / total as f64).min(100.0)
+    }
+
+    /// The `BatchJob` shape.
+    pub fn to_api(&self) -> Value {
+        json!({
+            "id": self.get("id"),
+            "job_type": self.get("job_type"),
+            "project_id": self.get("project_id"),
+            "status": self.status().as_str(),
+            "total_items": self.total(),
+            "processed_items": self.processed(),
+            "failed_items": self.int("failed"),
+            "skipped_items": self.int("skipped"),
+            "directory_id": self.get("directory_id"),
+            "error_message": self.get("error_message"),
+            "job_record_id": Value::Null,
+            "workflow_id": self.get("id"),
+            "created_at": self.get("created_at"),
+            "updated_at": self.get("updated_at"),
+            "started_at": self.get("started_at"),
+            "completed_at": self.get("completed_at"),
+            "effective_at": self.get("created_at"),
+        })
+    }
+}
+
+/// An item hash as read from Redis, in the `JobItem` shape.
+pub fn job_item(item_id: &str, h: &HashMap<String, String>) -> Value {
+    let get = |k: &str| h.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    json!({
+        "item_id": item_id,
+        "item_name": get("name").unwrap_or(item_id),
+        "status": get("status").unwrap_or("pending"),
+        "job_id": get("job_id"),
+        "error_message": get("error_message"),
+        "skip_reason": get("skip_reason"),
+        "job_record_id": Value::Null,
+        "started_at": get("started_at"),
+        "completed_at": get("completed_at"),
+        "effective_at": get("created_at"),
+    })
+}

@@ -1,0 +1,207 @@
+//! Per-file results: `GET /api/v2/parse/{job_id}` and `GET /api/v2/classify/{job_id}`.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use docfleet_shared::model::{ClassifyJobConfig, JobType};
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+
+use crate::auth::Project;
+use crate::error::ApiError;
+use crate::http::QueryParams;
+use crate::records::BatchRecord;
+use crate::state::AppState;
+
+/// A per-file job, resolved to its batch and item.
+struct Job {
+    batch: BatchRecord,
+    item_id: String,
+    item: HashMap<String, String>,
+}
+
+impl Job {
+    fn field(&self, k: &str) -> Option<&str> {
+        self.item.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+async fn resolve(
+    st: &AppState,
+    project: &str,
+    job_id: &str,
+    kind: JobType,
+) -> Result<Job, ApiError> {
+    let mut con = st.redis.clone();
+    let link: Option<String> = con.get(st.keys.job(job_id)).await?;
+    let not_found = || ApiError::not_found("job", job_id);
+    let (batch_id, item_id) = link
+        .as_deref()
+        .and_then(|l| l.split_once('\n'))
+        .ok_or_else(not_found)?;
+    let batch = crate::batch::load(st, project, batch_id)
+        .await
+        .map_err(|_| not_found())?;
+    if batch.get("job_type") != Some(kind.as_str()) {
+        return Err(not_found());
+    }
+    let item: HashMap<String, String> = con.hgetall(st.keys.item(batch_id, item_id)).await?;
+    if item.is_empty() {
+        return Err(not_found());
+    }
+    Ok(Job {
+        batch,
+        item_id: item_id.to_owned(),
+        item,
+    })
+}
+
+/// The per-file status in the v2 vocabulary; 2.13.0 classify clients know no `CANCELLED`.
+fn v2_status(item_status: &str, cancelled_allowed: bool) -> &'static str {
+    match item_status {
+        "pending" => "PENDING",
+        "processing" => "RUNNING",
+        "completed" => "COMPLETED",
+        "cancelled" if cancelled_allowed => "CANCELLED",
+        _ => "FAILED",
+    }
+}
+
+fn error_message(job: &Job) -> Option<String> {
+    match job.field("status") {
+        Some("failed") => job.field("error_message").map(str::to_owned),
+        Some("skipped") => Some(format!(
+            "skipped: {}",
+            job.field("skip_reason").unwrap_or("no reason recorded")
+        )),
+        Some("cancelled") => Some("cancelled with its batch".into()),
+        _ => None,
+    }
+}
+
+/// The parse output of one file, with the `expand` sections asked for.
+pub async fn parse(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(job_id): Path<String>,
+    q: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let job = resolve(&st, &project, &job_id, JobType::Parse).await?;
+    let mut expand: Vec<&str> = Vec::new();
+    for e in q.all("expand") {
+        expand.extend(e.split(',').map(str::trim).filter(|s| !s.is_empty()));
+    }
+    let status = job.field("status").unwrap_or("pending");
+    let mut body = json!({
+        "job": {
+            "id": job_id,
+            "project_id": project,
+            "status": v2_status(status, true),
+            "created_at": job.field("created_at"),
+            "updated_at": job.field("updated_at"),
+            "error_message": error_message(&job),
+            "name": job.field("name"),
+            "tier": "fast",
+            "user_metadata": {},
+        }
+    });
+    if status != "completed" || expand.is_empty() {
+        return Ok(Json(body));
+    }
+    let output_key = job
+        .field("result")
+        .and_then(|r| serde_json::from_str::<Value>(r).ok())
+        .and_then(|v| v.get("output_key").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| ApiError::Unavailable(format!("job {job_id} has no stored output")))?;
+    let output: Value = serde_json::from_slice(&st.store.get(&output_key).await?)?;
+    let pages = output
+        .get("pages")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let section = |f: &dyn Fn(&Value) -> Value| json!({ "pages": pages.iter().map(f).collect::<Vec<_>>() });
+    for e in expand {
+        let v = match e {
+            "text" => section(&|p| json!({ "page_number": p["page_number"], "text": p["text"] })),
+            "markdown" => section(&|p| {
+                if p["success"] == Value::Bool(false) {
+                    json!({ "page_number": p["page_number"], "success": false, "error": p["error"] })
+                } else {
+                    json!({ "page_number": p["page_number"], "success": true, "markdown": p["md"] })
+                }
+            }),
+            "items" => section(&|p| {
+                if p["success"] == Value::Bool(false) {
+                    json!({ "page_number": p["page_number"], "success": false, "error": p["error"] })
+                } else {
+                    json!({
+                        "page_number": p["page_number"], "success": true,
+                        "page_width": p["width"], "page_height": p["height"], "items": p["items"],
+                    })
+                }
+            }),
+            "text_full" => output["text_full"].clone(),
+            "markdown_full" => output["markdown_full"].clone(),
+            "metadata" => output["metadata"].clone(),
+            "job_metadata" => json!({ "batch_id": job.batch.get("id"), "item_id": job.item_id }),
+            _ => continue,
+        };
+        body[e] = v;
+    }
+    Ok(Json(body))
+}
+
+/// The classification of one file.
+pub async fn classify(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = resolve(&st, &project, &job_id, JobType::Classify).await?;
+    let batch_id = job.batch.get("id").unwrap_or_default().to_owned();
+    let mut con = st.redis.clone();
+    let raw: Option<String> = con.get(st.keys.batch_config(&batch_id)).await?;
+    let cfg: ClassifyJobConfig = serde_json::from_str(raw.as_deref().unwrap_or("{}"))?;
+    let parsing = cfg.parsing_configuration.as_ref().map(|p| {
+        // The legacy request carries 0-based integers; this response types them as a 1-based string.
+        let pages = p.target_pages.as_ref().map(|t| {
+            t.iter()
+                .map(|n| (n + 1).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        json!({
+            "lang": p.lang.clone().unwrap_or_else(|| "en".into()),
+            "max_pages": p.max_pages,
+            "target_pages": pages,
+        })
+    });
+    let status = job.field("status").unwrap_or("pending");
+    let result = if status == "completed" {
+        job.field("result")
+            .and_then(|r| serde_json::from_str::<Value>(r).ok())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "id": job_id,
+        "configuration": {
+            "rules": cfg.rules,
+            "mode": "FAST",
+            "parsing_configuration": parsing,
+        },
+        "document_input_type": "file_id",
+        "file_input": job.item_id,
+        "project_id": project,
+        "user_id": project,
+        "status": v2_status(status, false),
+        "result": result,
+        "error_message": error_message(&job),
+        "parse_job_id": Value::Null,
+        "configuration_id": Value::Null,
+        "transaction_id": Value::Null,
+        "created_at": job.field("created_at"),
+        "updated_at": job.field("updated_at"),
+    })))
+}

@@ -1,0 +1,32 @@
+//! What every request handler and the expansion loop share.
+
+use std::sync::Arc;
+
+use docfleet_shared::keys::Keys;
+use docfleet_shared::scripts::Scripts;
+use docfleet_shared::settings::DispatcherSettings;
+use docfleet_shared::store::FileStore;
+use tokio::sync::Notify;
+
+use crate::publisher::Publisher;
+
+/// Shared, cheaply cloned state.
+#[derive(Clone)]
+pub struct AppState {
+    /// The loaded configuration.
+    pub settings: Arc<DispatcherSettings>,
+    /// Redis, reconnecting by itself.
+    pub redis: redis::aio::ConnectionManager,
+    /// Key layout.
+    pub keys: Keys,
+    /// State-transition scripts.
+    pub scripts: Scripts,
+    /// Uploaded files.
+    pub store: FileStore,
+    /// Publishes item messages with confirms.
+    pub publisher: Arc<Publisher>,
+    /// Wakes the expansion loop when a batch is created.
+    pub expansion_wake: Arc<Notify>,
+    /// This replica's id, used as the expansion lease owner.
+    pub replica_id: Arc<str>,
+}
