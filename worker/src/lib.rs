@@ -1,1 +1,48 @@
+//! The docfleet worker: consumes item messages, parses or classifies each file, records the
+//! outcome atomically in Redis and acks only after that.
+//!
+//! # Layout
+//! - [`consumer`]: the AMQP loop: prefetch, concurrency, acks, reconnection, drain.
+//! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
+//! - [`parse`]: the parse engine.
+//! - [`classify`]: the classify engine.
 
+pub mod classify;
+pub mod consumer;
+pub mod item;
+pub mod parse;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use docfleet_shared::settings::WorkerSettings;
+use tokio::sync::watch;
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Redis is unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Runs the worker until `shutdown` resolves, then drains: stops consuming, lets in-flight
+/// items finish within `drain_secs`, hands unstarted deliveries back, and returns.
+pub async fn run(
+    settings: WorkerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let settings = Arc::new(settings);
+    let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    let processor = Arc::new(item::Processor::new(settings.clone(), redis));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let connected = Arc::new(AtomicBool::new(false));
+    consumer::run(settings, processor, connected, stop_rx).await;
+    tracing::info!("Worker drained.");
+    Ok(())
+}

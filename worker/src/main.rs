@@ -1,1 +1,56 @@
-fn main() {}
+//! `docfleet-worker`: loads config, starts tracing, consumes until SIGTERM/SIGINT, drains.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use docfleet_shared::settings::{self, WorkerSettings};
+
+#[derive(Parser)]
+#[command(version, about = "docfleet queue consumer: parse or classify one file per message")]
+struct Cli {
+    /// Optional TOML configuration file; DOCFLEET__… variables override it.
+    #[arg(long, env = "DOCFLEET_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Exit code for an unusable configuration (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings: WorkerSettings = match settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("docfleet-worker: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    docfleet_shared::telemetry::init(&settings.log);
+    match docfleet_worker::run(settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "Worker failed.");
+            eprintln!("docfleet-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes' graceful stop) or SIGINT (a developer's Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("Shutdown signal received; draining.");
+}

@@ -1,0 +1,156 @@
+//! The consume loop: bounded prefetch, bounded concurrency, manual acks, reconnection, drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use docfleet_shared::topology::Topology;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::message::Delivery;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::item::{Processor, Verdict};
+use docfleet_shared::settings::WorkerSettings;
+
+/// Why one consume session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The broker connection or channel failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker cancelled the consumer (queue deleted, node restart).
+    #[error("consumer stream ended")]
+    Ended,
+}
+
+/// Resolves once `stop` is true.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Consumes until `stop`, reconnecting with backoff whenever the broker goes away.
+pub async fn run(
+    settings: Arc<WorkerSettings>,
+    processor: Arc<Processor>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let session = consume(&settings, &processor, &connected, stop.clone()).await;
+        connected.store(false, std::sync::atomic::Ordering::Relaxed);
+        match session {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "Consumer lost the broker; reconnecting.");
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn consume(
+    settings: &WorkerSettings,
+    processor: &Arc<Processor>,
+    connected: &std::sync::atomic::AtomicBool,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ConsumeError> {
+    let topology = Topology::new(settings.broker.queue_prefix.clone());
+    let conn = docfleet_shared::services::connect_amqp(&settings.broker.url, Duration::from_secs(5)).await?;
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("docfleet-worker-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(
+            topology.items_queue().as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    connected.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(queue = %topology.items_queue(), "Consuming.");
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let mut tasks = JoinSet::new();
+    let outcome = loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => break Ok(()),
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+        };
+        let next = tokio::select! {
+            _ = stopped(&mut stop) => break Ok(()),
+            d = consumer.next() => d,
+        };
+        let delivery = match next {
+            None => break Err(ConsumeError::Ended),
+            Some(Err(e)) => break Err(ConsumeError::Broker(e)),
+            Some(Ok(d)) => d,
+        };
+        let processor = processor.clone();
+        tasks.spawn(async move {
+            let verdict = processor.handle(&delivery.data).await;
+            settle(&delivery, verdict).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    };
+    // Stop the flow first, then let in-flight items finish within the drain deadline.
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    let drain = Duration::from_secs(settings.drain_secs);
+    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("Drain deadline passed; unfinished items will be redelivered.");
+        tasks.abort_all();
+    }
+    // Closing hands every prefetched but unstarted delivery back to the queue.
+    let _ = channel.close(200, "worker draining".into()).await;
+    let _ = conn.close(200, "worker draining".into()).await;
+    outcome
+}
+
+async fn settle(delivery: &Delivery, verdict: Verdict) {
+    let result = match verdict {
+        Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Verdict::Requeue => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+        Verdict::DeadLetter => {
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+    };
+    if let Err(error) = result {
+        // The channel died after the outcome was recorded: the broker redelivers, and the
+        // claim script recognises the settled item and acks it without work.
+        tracing::warn!(%error, ?verdict, "Could not settle the delivery.");
+    }
+}

@@ -1,0 +1,430 @@
+//! One item, from delivery to recorded outcome.
+//!
+//! A failure is typed by what should happen next, and each type maps to exactly one broker
+//! action once the outcome (if any) is durable in Redis:
+//!
+//! | outcome | recorded as | broker action |
+//! |---|---|---|
+//! | success | `completed` | ack |
+//! | [`Failure::Skip`] | `skipped` | ack |
+//! | [`Failure::Fail`] (permanent for this file) | `failed` | reject → dead-letter queue |
+//! | [`Failure::Retry`] (transient) | nothing yet | nack + requeue; `failed` after `max_attempts` |
+//! | poison message | nothing | reject → dead-letter queue |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use docfleet_shared::keys::Keys;
+use docfleet_shared::model::{parse_page_selection, JobSpec};
+use docfleet_shared::scripts::{Claim, Outcome, OutcomeFields, Scripts};
+use docfleet_shared::settings::WorkerSettings;
+use docfleet_shared::store::{FileStore, StoreError};
+use docfleet_shared::wire::ItemMessage;
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::classify::Classifier;
+use crate::parse::{self, ParseRequest};
+
+/// What went wrong with an item, typed by what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Transient (Redis, file store): try again later.
+    #[error("{0}")]
+    Retry(String),
+    /// Permanent for this file (corrupt, unsupported, too slow).
+    #[error("{0}")]
+    Fail(String),
+    /// Not processed on purpose (over the size limit).
+    #[error("{0}")]
+    Skip(String),
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Retry(format!("state store: {e}"))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) | StoreError::InvalidKey(_) => {
+                Self::Fail(format!("stored file unavailable: {e}"))
+            }
+            StoreError::Io { .. } => Self::Retry(e.to_string()),
+        }
+    }
+}
+
+/// The broker action for a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with it.
+    Ack,
+    /// Put it back for another try.
+    Requeue,
+    /// Park it in the dead-letter queue.
+    DeadLetter,
+}
+
+/// What a worker knows about one batch; loaded once per batch, not per file.
+struct BatchContext {
+    project_id: String,
+    raw_config: Value,
+    spec: JobSpec,
+    parameters_hash: String,
+    classifier: Option<Classifier>,
+}
+
+/// Processes items; shared by every consumer task of a worker process.
+pub struct Processor {
+    settings: Arc<WorkerSettings>,
+    redis: redis::aio::ConnectionManager,
+    keys: Keys,
+    scripts: Scripts,
+    store: FileStore,
+    batches: Mutex<HashMap<String, Arc<BatchContext>>>,
+}
+
+/// Batch contexts kept before the cache is cleared.
+const BATCH_CACHE: usize = 256;
+
+impl Processor {
+    /// A processor over these connections.
+    pub fn new(settings: Arc<WorkerSettings>, redis: redis::aio::ConnectionManager) -> Self {
+        let keys = Keys::new(settings.redis.key_prefix.clone());
+        Self {
+            store: FileStore::local(settings.store.root.clone()),
+            scripts: Scripts::new(keys.clone()),
+            keys,
+            redis,
+            settings,
+            batches: Mutex::default(),
+        }
+    }
+
+    /// Whether Redis answers (readiness).
+    pub async fn redis_ok(&self) -> bool {
+        let mut con = self.redis.clone();
+        redis::cmd("PING").query_async::<String>(&mut con).await.is_ok()
+    }
+
+    /// Handles one delivery body and says what to do with the delivery.
+    pub async fn handle(&self, body: &[u8]) -> Verdict {
+        let msg = match ItemMessage::decode(body) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "Poison message; dead-lettering it.");
+                return Verdict::DeadLetter;
+            }
+        };
+        let span = tracing::info_span!("item", batch_id = %msg.batch_id, item_id = %msg.item_id);
+        self.handle_item(&msg).instrument(span).await
+    }
+
+    async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
+        let mut con = self.redis.clone();
+        let attempt = match self.scripts.claim(&mut con, &msg.batch_id, &msg.item_id).await {
+            Ok(Claim::Run(n)) => n,
+            Ok(Claim::Done) => {
+                tracing::debug!("Already settled; acking the duplicate.");
+                return Verdict::Ack;
+            }
+            Ok(Claim::Cancelled) => {
+                tracing::info!("Batch cancelled; item cancelled without work.");
+                return Verdict::Ack;
+            }
+            Ok(Claim::Missing) => {
+                tracing::warn!("No such batch or item; dead-lettering the message.");
+                return Verdict::DeadLetter;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not claim the item; requeueing.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Verdict::Requeue;
+            }
+        };
+        let max = self.settings.max_attempts;
+        if attempt > max {
+            let last: Option<String> = con
+                .hget(self.keys.item(&msg.batch_id, &msg.item_id), "last_error")
+                .await
+                .ok()
+                .flatten();
+            let error = format!(
+                "gave up after {max} attempts; last error: {}",
+                last.as_deref().unwrap_or("the worker stopped mid-item")
+            );
+            return self.record(msg, Err(Failure::Fail(error))).await;
+        }
+        let result = self.execute(msg).await;
+        if let Err(Failure::Retry(error)) = &result {
+            let _: redis::RedisResult<()> = con
+                .hset(self.keys.item(&msg.batch_id, &msg.item_id), "last_error", error)
+                .await;
+            if attempt < max {
+                tracing::warn!(%error, attempt, "Transient failure; requeueing.");
+                // A short pause so a dependency that just failed is not hammered.
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                return Verdict::Requeue;
+            }
+            let error = format!("gave up after {attempt} attempts; last error: {error}");
+            return self.record(msg, Err(Failure::Fail(error))).await;
+        }
+        self.record(msg, result).await
+    }
+
+    /// Makes the outcome durable, then says how to settle the delivery.
+    async fn record(&self, msg: &ItemMessage, result: Result<Done, Failure>) -> Verdict {
+        let (outcome, verdict, fields) = match &result {
+            Ok(done) => (
+                Outcome::Completed,
+                Verdict::Ack,
+                OutcomeFields {
+                    result: &done.result,
+                    run_record: &done.run_record,
+                    ..OutcomeFields::default()
+                },
+            ),
+            Err(Failure::Skip(reason)) => (
+                Outcome::Skipped,
+                Verdict::Ack,
+                OutcomeFields {
+                    skip_reason: reason,
+                    ..OutcomeFields::default()
+                },
+            ),
+            Err(Failure::Fail(error) | Failure::Retry(error)) => (
+                Outcome::Failed,
+                Verdict::DeadLetter,
+                OutcomeFields {
+                    error_message: error,
+                    ..OutcomeFields::default()
+                },
+            ),
+        };
+        let mut con = self.redis.clone();
+        match self
+            .scripts
+            .finish(&mut con, &msg.batch_id, &msg.item_id, outcome, &fields)
+            .await
+        {
+            Ok(recorded) => {
+                tracing::info!(outcome = ?outcome, recorded = ?recorded, "Item settled.");
+                verdict
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not record the outcome; requeueing.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Verdict::Requeue
+            }
+        }
+    }
+
+    async fn context(&self, batch_id: &str) -> Result<Arc<BatchContext>, Failure> {
+        if let Ok(cache) = self.batches.lock() {
+            if let Some(c) = cache.get(batch_id) {
+                return Ok(c.clone());
+            }
+        }
+        let mut con = self.redis.clone();
+        let (project, raw): (Option<String>, Option<String>) = redis::pipe()
+            .hget(self.keys.batch(batch_id), "project_id")
+            .get(self.keys.batch_config(batch_id))
+            .query_async(&mut con)
+            .await?;
+        let (Some(project_id), Some(raw)) = (project, raw) else {
+            return Err(Failure::Fail("batch record or job config missing".into()));
+        };
+        let raw_config: Value = serde_json::from_str(&raw)
+            .map_err(|e| Failure::Fail(format!("stored job config unreadable: {e}")))?;
+        let spec = JobSpec::from_json(&raw_config)
+            .map_err(|e| Failure::Fail(format!("stored job config invalid: {e}")))?;
+        let classifier = match &spec {
+            JobSpec::Classify(c) => Some(Classifier::new(&c.rules)),
+            JobSpec::Parse(_) => None,
+        };
+        let ctx = Arc::new(BatchContext {
+            project_id,
+            parameters_hash: hex::encode(Sha256::digest(raw.as_bytes())),
+            raw_config,
+            spec,
+            classifier,
+        });
+        if let Ok(mut cache) = self.batches.lock() {
+            if cache.len() >= BATCH_CACHE {
+                cache.clear();
+            }
+            cache.insert(batch_id.to_owned(), ctx.clone());
+        }
+        Ok(ctx)
+    }
+
+    async fn execute(&self, msg: &ItemMessage) -> Result<Done, Failure> {
+        let ctx = self.context(&msg.batch_id).await?;
+        let mut con = self.redis.clone();
+        let (file, job_id): (Option<String>, Option<String>) = redis::pipe()
+            .get(self.keys.dfile(&msg.item_id))
+            .hget(self.keys.item(&msg.batch_id, &msg.item_id), "job_id")
+            .query_async(&mut con)
+            .await?;
+        let file: Value = file
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .ok_or_else(|| Failure::Fail("directory file record missing".into()))?;
+        let job_id = job_id.unwrap_or_else(|| msg.item_id.clone());
+        let size = file["size_bytes"].as_u64().unwrap_or(0);
+        if size > self.settings.max_file_bytes {
+            return Err(Failure::Skip(format!(
+                "size limit exceeded: {size} bytes, limit {}",
+                self.settings.max_file_bytes
+            )));
+        }
+        let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
+        let name = file["display_name"].as_str().unwrap_or_default().to_owned();
+        let bytes = self.store.get(&storage_key).await?;
+        let deadline = Duration::from_secs(self.settings.item_deadline_secs);
+        let work_ctx = ctx.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_engine(&work_ctx, &bytes, &name)
+            }))
+        });
+        let output = match tokio::time::timeout(deadline, work).await {
+            Err(_) => {
+                return Err(Failure::Fail(format!(
+                    "exceeded the {}s per-item deadline",
+                    deadline.as_secs()
+                )))
+            }
+            Ok(Err(join)) => return Err(Failure::Fail(format!("parser task failed: {join}"))),
+            Ok(Ok(Err(panic))) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(Failure::Fail(format!("parser crashed: {what}")));
+            }
+            Ok(Ok(Ok(result))) => result?,
+        };
+        let output_key = format!(
+            "projects/{}/results/{}/{}.json",
+            ctx.project_id, msg.batch_id, job_id
+        );
+        let body = serde_json::to_vec(&output.stored)
+            .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
+        self.store.put(&output_key, &body).await?;
+        let result = match output.summary {
+            Some(s) => s,
+            None => json!({ "output_key": output_key, "pages": output.pages }),
+        };
+        let run_record = json!({
+            "item_id": msg.item_id,
+            "job_config": ctx.raw_config,
+            "job_type": ctx.spec.job_type().as_str(),
+            "output_s3_path": self.store.uri(&output_key),
+            "parameters_hash": ctx.parameters_hash,
+            "processed_at": docfleet_shared::now_rfc3339(),
+            "result_id": job_id,
+            "output_metadata": { "pages": output.pages },
+        });
+        Ok(Done {
+            result: result.to_string(),
+            run_record: run_record.to_string(),
+        })
+    }
+}
+
+/// A successful item, ready to record.
+struct Done {
+    result: String,
+    run_record: String,
+}
+
+/// What the engine produced.
+struct EngineOutput {
+    /// Written to the file store.
+    stored: Value,
+    /// Stored on the item itself (classify); parse items point at the file instead.
+    summary: Option<Value>,
+    pages: usize,
+}
+
+/// Runs parse or classify on one file; CPU-bound, called on a blocking thread.
+fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutput, Failure> {
+    match &ctx.spec {
+        JobSpec::Parse(cfg) => {
+            let params = cfg.parameters.clone().unwrap_or_default();
+            let target_pages = match params.target_pages.as_deref() {
+                Some(t) => Some(parse_page_selection(t).map_err(Failure::Fail)?),
+                None => None,
+            };
+            let req = ParseRequest {
+                target_pages,
+                max_pages: params.max_pages,
+            };
+            let parsed = parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            let separator = params.page_separator.clone().unwrap_or_else(|| "\n\n".into());
+            let wrap = |s: &str, n: u32| {
+                let pre = params.page_prefix.as_deref().unwrap_or("").replace("{pageNumber}", &n.to_string());
+                let suf = params.page_suffix.as_deref().unwrap_or("").replace("{pageNumber}", &n.to_string());
+                format!("{pre}{s}{suf}")
+            };
+            let text_full = parsed
+                .pages
+                .iter()
+                .map(|p| wrap(&p.text, p.page_number))
+                .collect::<Vec<_>>()
+                .join(&separator);
+            let markdown_full = parsed
+                .pages
+                .iter()
+                .map(|p| wrap(&p.md, p.page_number))
+                .collect::<Vec<_>>()
+                .join(&separator);
+            let stored = json!({
+                "pages": parsed.pages,
+                "text_full": text_full,
+                "markdown_full": markdown_full,
+                "metadata": {
+                    "format": parsed.format,
+                    "page_count": parsed.page_count,
+                    "pages_parsed": parsed.pages.len(),
+                    "title": parsed.title,
+                    "ocr_pages": [],
+                    "custom_metadata": params.custom_metadata,
+                },
+            });
+            Ok(EngineOutput {
+                pages: parsed.pages.len(),
+                stored,
+                summary: None,
+            })
+        }
+        JobSpec::Classify(cfg) => {
+            let pc = cfg.parsing_configuration.clone().unwrap_or_default();
+            let req = ParseRequest {
+                target_pages: pc.target_pages.clone(),
+                max_pages: Some(pc.max_pages.unwrap_or(5)),
+            };
+            let parsed = parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            let text = parsed.full_text("\n");
+            let classifier = ctx
+                .classifier
+                .as_ref()
+                .ok_or_else(|| Failure::Fail("classifier missing".into()))?;
+            let c = classifier.classify(&text);
+            let summary = serde_json::to_value(&c)
+                .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
+            Ok(EngineOutput {
+                pages: parsed.pages.len(),
+                stored: summary.clone(),
+                summary: Some(summary),
+            })
+        }
+    }
+}

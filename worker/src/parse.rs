@@ -1,0 +1,442 @@
+//! The parse engine: bytes in, per-page text, markdown and structured items out.
+//!
+//! Text-layer PDFs go through `unpdf` (MIT, pure Rust; the most accurate Rust extractor on
+//! our corpus, see `../shared/parse-bench.md`). Plain text, Markdown and CSV are read
+//! directly, decoding non-UTF-8 input with `encoding_rs`. Everything else fails with a
+//! message naming the detected type; nothing is guessed.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Why a document could not be parsed. Every variant is permanent for that file.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// A format this build does not read.
+    #[error("unsupported file type: {0}")]
+    Unsupported(String),
+    /// The file claims a format but its bytes are broken.
+    #[error("could not read {format}: {reason}")]
+    Corrupt {
+        /// Detected format.
+        format: &'static str,
+        /// What the reader said.
+        reason: String,
+    },
+    /// The selected pages do not exist.
+    #[error("none of the selected pages exist (document has {0} pages)")]
+    NoPages(usize),
+}
+
+/// What to extract.
+#[derive(Debug, Clone, Default)]
+pub struct ParseRequest {
+    /// 0-based pages to keep; all when `None`.
+    pub target_pages: Option<Vec<u32>>,
+    /// At most this many pages.
+    pub max_pages: Option<u32>,
+}
+
+/// One page of output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// 1-based.
+    pub page_number: u32,
+    /// Plain text.
+    pub text: String,
+    /// Markdown.
+    pub md: String,
+    /// Structured items (`heading`, `text`, `table`).
+    pub items: Vec<Value>,
+    /// Points.
+    pub width: f32,
+    /// Points.
+    pub height: f32,
+    /// Whether the page was read.
+    pub success: bool,
+    /// Why not, when it was not.
+    pub error: Option<String>,
+}
+
+/// A parsed document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parsed {
+    /// Selected pages in order.
+    pub pages: Vec<Page>,
+    /// Detected format.
+    pub format: &'static str,
+    /// Pages in the whole document.
+    pub page_count: usize,
+    /// Document title, when the file says.
+    pub title: Option<String>,
+}
+
+impl Parsed {
+    /// All page texts joined.
+    pub fn full_text(&self, separator: &str) -> String {
+        self.pages
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
+}
+
+/// Detects the format from the bytes first, the name second.
+pub fn detect(bytes: &[u8], name: &str) -> &'static str {
+    let lower = name.to_ascii_lowercase();
+    let ext = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    let head = &bytes[..bytes.len().min(1024)];
+    if head.windows(5).any(|w| w == b"%PDF-") {
+        return "pdf";
+    }
+    if bytes.starts_with(b"PK\x03\x04") {
+        return match ext {
+            "docx" => "docx",
+            "pptx" => "pptx",
+            "xlsx" => "xlsx",
+            _ => "zip",
+        };
+    }
+    if bytes.starts_with(b"\x89PNG") {
+        return "png";
+    }
+    if bytes.starts_with(b"\xFF\xD8\xFF") {
+        return "jpeg";
+    }
+    if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        return "tiff";
+    }
+    if bytes.starts_with(b"\xD0\xCF\x11\xE0") {
+        return "ole"; // legacy Office or an encrypted OOXML container
+    }
+    if looks_binary(head) {
+        return "binary";
+    }
+    match ext {
+        "md" | "markdown" => "markdown",
+        "csv" => "csv",
+        "htm" | "html" => "html",
+        _ => "text",
+    }
+}
+
+fn looks_binary(head: &[u8]) -> bool {
+    if head.contains(&0) {
+        // UTF-16 text has NULs too; a BOM says so.
+        return !(head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF"));
+    }
+    let control = head
+        .iter()
+        .filter(|b| **b < 0x09 || (**b > 0x0D && **b < 0x20))
+        .count();
+    control * 10 > head.len()
+}
+
+/// Parses a document.
+pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, ParseError> {
+    let format = detect(bytes, name);
+    let parsed = match format {
+        "pdf" => parse_pdf(bytes, req)?,
+        "text" | "markdown" | "csv" => parse_text(bytes, format),
+        "docx" | "pptx" | "xlsx" => {
+            return Err(ParseError::Unsupported(format!(
+                "{format} (office documents are not supported by this build yet)"
+            )))
+        }
+        "png" | "jpeg" | "tiff" => {
+            return Err(ParseError::Unsupported(format!(
+                "{format} image (needs OCR, not supported by this build yet)"
+            )))
+        }
+        other => {
+            return Err(ParseError::Unsupported(format!(
+                "{other} (the bytes match no supported format)"
+            )))
+        }
+    };
+    select(parsed, req)
+}
+
+fn select(mut parsed: Parsed, req: &ParseRequest) -> Result<Parsed, ParseError> {
+    if let Some(targets) = &req.target_pages {
+        parsed
+            .pages
+            .retain(|p| targets.contains(&(p.page_number - 1)));
+        if parsed.pages.is_empty() {
+            return Err(ParseError::NoPages(parsed.page_count));
+        }
+    }
+    if let Some(max) = req.max_pages {
+        parsed.pages.truncate(max as usize);
+    }
+    Ok(parsed)
+}
+
+fn decode_text(bytes: &[u8]) -> String {
+    if let Some((enc, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
+        let (text, _) = enc.decode_without_bom_handling(&bytes[bom_len..]);
+        return text.into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        // Not UTF-8 and no BOM: Windows-1252 is the most common legacy encoding.
+        Err(_) => encoding_rs::WINDOWS_1252.decode(bytes).0.into_owned(),
+    }
+}
+
+fn parse_text(bytes: &[u8], format: &'static str) -> Parsed {
+    let text = decode_text(bytes);
+    // A form feed is the one page break plain text has.
+    let pages: Vec<Page> = text
+        .split('\u{000C}')
+        .enumerate()
+        .map(|(i, chunk)| {
+            let (md, items) = match format {
+                "markdown" => (chunk.to_owned(), markdown_items(chunk)),
+                "csv" => csv_page(chunk),
+                _ => (chunk.to_owned(), paragraph_items(chunk)),
+            };
+            Page {
+                page_number: i as u32 + 1,
+                text: chunk.to_owned(),
+                md,
+                items,
+                width: 0.0,
+                height: 0.0,
+                success: true,
+                error: None,
+            }
+        })
+        .collect();
+    let title = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.trim_start_matches('#').trim().chars().take(200).collect());
+    Parsed {
+        page_count: pages.len(),
+        pages,
+        format,
+        title,
+    }
+}
+
+fn paragraph_items(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| json!({ "type": "text", "value": p, "md": p }))
+        .collect()
+}
+
+fn markdown_items(text: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    for block in text.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
+        let hashes = block.chars().take_while(|c| *c == '#').count();
+        if (1..=6).contains(&hashes) && block[hashes..].starts_with(' ') && !block.contains('\n') {
+            let value = block[hashes..].trim();
+            items.push(json!({ "type": "heading", "lvl": hashes, "value": value, "md": block }));
+        } else {
+            items.push(json!({ "type": "text", "value": block, "md": block }));
+        }
+    }
+    items
+}
+
+fn csv_page(text: &str) -> (String, Vec<Value>) {
+    let rows: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(split_csv_line)
+        .collect();
+    let md = markdown_table(&rows);
+    let item = json!({ "type": "table", "rows": rows, "md": md });
+    (md, vec![item])
+}
+
+/// Splits one CSV line, honouring double quotes.
+fn split_csv_line(line: &str) -> Vec<String> {
+    let mut cells = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => cells.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    cells.push(cur);
+    cells
+}
+
+fn markdown_table(rows: &[Vec<String>]) -> String {
+    let Some(width) = rows.iter().map(Vec::len).max() else {
+        return String::new();
+    };
+    let line = |r: &[String]| {
+        let mut cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
+        cells.resize(width, String::new());
+        format!("| {} |", cells.join(" | "))
+    };
+    let mut out = vec![line(&rows[0])];
+    out.push(format!("|{}", " --- |".repeat(width)));
+    out.extend(rows[1..].iter().map(|r| line(r)));
+    out.join("\n")
+}
+
+fn parse_pdf(bytes: &[u8], req: &ParseRequest) -> Result<Parsed, ParseError> {
+    let mut opts = unpdf::ParseOptions::new().sequential().lenient();
+    if let Some(t) = &req.target_pages {
+        opts = opts.with_pages(unpdf::PageSelection::Pages(t.iter().map(|p| p + 1).collect()));
+    }
+    let doc = unpdf::parse_bytes_with_options(bytes, opts).map_err(|e| ParseError::Corrupt {
+        format: "pdf",
+        reason: e.to_string(),
+    })?;
+    let render = unpdf::RenderOptions {
+        page_markers: unpdf::render::PageMarkerStyle::Comment,
+        ..unpdf::RenderOptions::default()
+    };
+    let markdown = unpdf::render::to_markdown(&doc, &render).unwrap_or_default();
+    let mut md_by_page = split_page_markers(&markdown);
+    let pages = doc
+        .pages
+        .iter()
+        .map(|p| Page {
+            page_number: p.number,
+            text: p.plain_text(),
+            md: md_by_page.remove(&p.number).unwrap_or_default(),
+            items: pdf_items(p),
+            width: p.width,
+            height: p.height,
+            success: true,
+            error: None,
+        })
+        .collect();
+    Ok(Parsed {
+        pages,
+        format: "pdf",
+        page_count: doc.metadata.page_count.max(doc.pages.len() as u32) as usize,
+        title: doc.metadata.title.clone().filter(|t| !t.trim().is_empty()),
+    })
+}
+
+/// Splits markdown rendered with `<!-- page N -->` markers into pages.
+fn split_page_markers(md: &str) -> std::collections::HashMap<u32, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<u32> = None;
+    let mut buf = String::new();
+    for line in md.lines() {
+        let t = line.trim();
+        if let Some(n) = t
+            .strip_prefix("<!-- page ")
+            .and_then(|r| r.strip_suffix(" -->"))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+        {
+            if let Some(c) = current {
+                out.insert(c, buf.trim().to_owned());
+            }
+            buf.clear();
+            current = Some(n);
+            continue;
+        }
+        buf.push_str(line);
+        buf.push('\n');
+    }
+    if let Some(c) = current {
+        out.insert(c, buf.trim().to_owned());
+    }
+    out
+}
+
+fn pdf_items(page: &unpdf::Page) -> Vec<Value> {
+    let mut items = Vec::new();
+    for block in &page.elements {
+        match block {
+            unpdf::Block::Paragraph(p) => {
+                let text = p.plain_text();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                match p.heading_level() {
+                    Some(lvl) => items.push(json!({
+                        "type": "heading", "lvl": lvl, "value": text,
+                        "md": format!("{} {}", "#".repeat(lvl as usize), text),
+                    })),
+                    None => items.push(json!({ "type": "text", "value": text, "md": text })),
+                }
+            }
+            unpdf::Block::Table(t) => {
+                let rows: Vec<Vec<String>> = t
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        r.cells
+                            .iter()
+                            .map(|c| {
+                                c.content
+                                    .iter()
+                                    .map(|p| p.plain_text())
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let md = if rows.is_empty() {
+                    String::new()
+                } else {
+                    markdown_table(&rows)
+                };
+                items.push(json!({ "type": "table", "rows": rows, "md": md }));
+            }
+            unpdf::Block::Code { content } | unpdf::Block::Raw { content } => {
+                items.push(json!({ "type": "text", "value": content, "md": content }));
+            }
+            _ => {}
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_markdown_and_csv() {
+        let p = parse(b"# Title\n\nHello world.\x0cPage two", "a.md", &ParseRequest::default()).unwrap();
+        assert_eq!(p.pages.len(), 2);
+        assert_eq!(p.pages[0].items[0]["type"], "heading");
+        assert_eq!(p.pages[1].text, "Page two");
+        let c = parse(b"a,b\n1,\"x,y\"\n", "t.csv", &ParseRequest::default()).unwrap();
+        assert_eq!(c.pages[0].items[0]["rows"][1][1], "x,y");
+        assert!(c.pages[0].md.starts_with("| a | b |"));
+    }
+
+    #[test]
+    fn binary_and_images_fail_with_the_detected_type() {
+        let e = parse(b"\x89PNG\r\n\x1a\n....", "x.txt", &ParseRequest::default()).unwrap_err();
+        assert!(e.to_string().contains("png"), "{e}");
+        let e = parse(&[0u8, 1, 2, 3, 4, 5, 6, 7], "x.bin", &ParseRequest::default()).unwrap_err();
+        assert!(e.to_string().contains("binary"), "{e}");
+        let e = parse(b"%PDF-1.4 garbage", "x.pdf", &ParseRequest::default()).unwrap_err();
+        assert!(e.to_string().contains("pdf"), "{e}");
+    }
+
+    #[test]
+    fn page_selection_applies() {
+        let req = ParseRequest { target_pages: Some(vec![1]), max_pages: None };
+        let p = parse(b"one\x0ctwo\x0cthree", "a.txt", &req).unwrap();
+        assert_eq!(p.pages.len(), 1);
+        assert_eq!(p.pages[0].text, "two");
+        let req = ParseRequest { target_pages: Some(vec![7]), max_pages: None };
+        assert!(matches!(parse(b"one", "a.txt", &req), Err(ParseError::NoPages(1))));
+    }
+}
