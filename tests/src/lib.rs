@@ -1,1 +1,419 @@
+//! Test harness: a whole docfleet fleet in one process, against the real RabbitMQ and Redis.
+//!
+//! Each [`Fleet`] gets its own queue prefix, Redis key prefix and file-store folder, so tests
+//! run in parallel, and its [`Drop`] removes all three, so a test leaves nothing behind even
+//! when it fails.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use docfleet_shared::keys::Keys;
+use docfleet_shared::settings::{DispatcherSettings, WorkerSettings};
+use docfleet_shared::topology::Topology;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The AMQP URL tests use (`DOCFLEET_TEST_AMQP_URL`, default the local broker).
+pub fn amqp_url() -> String {
+    std::env::var("DOCFLEET_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The Redis URL tests use (`DOCFLEET_TEST_REDIS_URL`, default the local server).
+pub fn redis_url() -> String {
+    std::env::var("DOCFLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The sample documents shipped in `deploy/samples`.
+pub fn sample(name: &str) -> Vec<u8> {
+    let p = repo_root().join("deploy/samples").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("sample {}: {e}", p.display()))
+}
+
+struct Service {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<()>,
+}
+
+impl Service {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.handle).await;
+    }
+}
+
+/// A dispatcher and workers, in-process, on isolated names.
+pub struct Fleet {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// An API key of project `proj-a`.
+    pub api_key: String,
+    /// Key layout of this fleet.
+    pub keys: Keys,
+    /// Redis.
+    pub redis: redis::aio::ConnectionManager,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// The dispatcher's settings.
+    pub dispatcher_settings: DispatcherSettings,
+    /// Settings new workers start from.
+    pub worker_settings: WorkerSettings,
+    dispatcher: Option<Service>,
+    workers: Vec<Service>,
+    cleaned: bool,
+}
+
+impl Fleet {
+    /// Starts a dispatcher and `workers` workers.
+    pub async fn start(workers: usize) -> Fleet {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = format!("dft-{}", &id[..12]);
+        let mut ds = DispatcherSettings::default();
+        ds.listen = "127.0.0.1:0".into();
+        ds.broker.url = amqp_url();
+        ds.broker.queue_prefix = prefix.clone();
+        ds.redis.url = redis_url();
+        ds.redis.key_prefix = prefix.clone();
+        ds.store.root = std::env::temp_dir().join(&prefix);
+        ds.expansion_lease_secs = 3;
+        let mut ws = WorkerSettings::default();
+        ws.broker = ds.broker.clone();
+        ws.redis = ds.redis.clone();
+        ws.store = ds.store.clone();
+        ws.concurrency = 2;
+        ws.prefetch = 4;
+        ws.item_deadline_secs = 30;
+        ws.drain_secs = 10;
+        let redis = docfleet_shared::services::connect_redis(&ds.redis.url)
+            .await
+            .expect("redis");
+        let mut fleet = Fleet {
+            base_url: String::new(),
+            api_key: String::new(),
+            keys: Keys::new(prefix),
+            redis,
+            http: reqwest::Client::new(),
+            dispatcher_settings: ds,
+            worker_settings: ws,
+            dispatcher: None,
+            workers: Vec::new(),
+            cleaned: false,
+        };
+        fleet.start_dispatcher().await;
+        fleet.api_key = fleet.new_key("proj-a").await;
+        for _ in 0..workers {
+            fleet.start_worker().await;
+        }
+        fleet
+    }
+
+    /// Starts (or restarts) the dispatcher on a new port.
+    pub async fn start_dispatcher(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        self.base_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let settings = self.dispatcher_settings.clone();
+        let handle = tokio::spawn(async move {
+            docfleet_dispatcher::run(settings, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("dispatcher");
+        });
+        self.dispatcher = Some(Service {
+            stop: Some(tx),
+            handle,
+        });
+        for _ in 0..100 {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base_url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("dispatcher did not become ready");
+    }
+
+    /// Stops the dispatcher gracefully.
+    pub async fn stop_dispatcher(&mut self) {
+        if let Some(d) = self.dispatcher.take() {
+            d.stop().await;
+        }
+    }
+
+    /// Starts one worker with the fleet's worker settings.
+    pub async fn start_worker(&mut self) {
+        let settings = self.worker_settings.clone();
+        self.start_worker_with(settings).await;
+    }
+
+    /// Starts one worker with these settings.
+    pub async fn start_worker_with(&mut self, settings: WorkerSettings) {
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            docfleet_worker::run(settings, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("worker");
+        });
+        self.workers.push(Service {
+            stop: Some(tx),
+            handle,
+        });
+    }
+
+    /// Stops every worker gracefully.
+    pub async fn stop_workers(&mut self) {
+        let all: Vec<Service> = self.workers.drain(..).collect();
+        futures_util::future::join_all(all.into_iter().map(Service::stop)).await;
+    }
+
+    /// A new API key for `project`.
+    pub async fn new_key(&self, project: &str) -> String {
+        let mut con = self.redis.clone();
+        docfleet_dispatcher::auth::create_key(&mut con, &self.keys, project)
+            .await
+            .expect("create key")
+    }
+
+    /// A request with the fleet's key.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base_url))
+            .bearer_auth(&self.api_key)
+    }
+
+    /// GET with a key, returning status and JSON body.
+    pub async fn get_as(&self, key: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("send");
+        split(r).await
+    }
+
+    /// GET with the fleet's key.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(&self.api_key, path).await
+    }
+
+    /// POST JSON with a key.
+    pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("send");
+        split(r).await
+    }
+
+    /// POST JSON with the fleet's key.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_as(&self.api_key, path, body).await
+    }
+
+    /// Creates a directory and returns its id.
+    pub async fn create_dir(&self, key: &str, name: &str) -> String {
+        let (s, b) = self
+            .post_as(key, "/api/v1/beta/directories", &serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Uploads a file and returns its directory-file id.
+    pub async fn upload(&self, key: &str, dir: &str, name: &str, bytes: Vec<u8>) -> String {
+        let form = reqwest::multipart::Form::new()
+            .part("upload_file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()));
+        let r = self
+            .http
+            .post(format!("{}/api/v1/beta/directories/{dir}/files/upload", self.base_url))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        let (s, b) = split(r).await;
+        assert_eq!(s, 200, "{b}");
+        b["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Polls `get_status` until the batch is terminal, asserting progress never goes down.
+    pub async fn wait_terminal(&self, batch_id: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_progress = 0.0;
+        loop {
+            let (s, b) = self
+                .get(&format!("/api/v1/beta/batch-processing/{batch_id}"))
+                .await;
+            assert_eq!(s, 200, "{b}");
+            let p = b["progress_percentage"].as_f64().expect("progress");
+            assert!(p >= last_progress, "progress went down: {last_progress} -> {p}");
+            last_progress = p;
+            let status = b["job"]["status"].as_str().unwrap_or("");
+            if matches!(status, "completed" | "failed" | "cancelled") {
+                return b;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "batch not terminal in time: {b}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every item of a batch (all pages).
+    pub async fn items(&self, batch_id: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let (s, b) = self
+                .get(&format!(
+                    "/api/v1/beta/batch-processing/{batch_id}/items?limit=100&offset={}",
+                    out.len()
+                ))
+                .await;
+            assert_eq!(s, 200, "{b}");
+            let page = b["items"].as_array().cloned().unwrap_or_default();
+            let total = b["total_size"].as_u64().unwrap_or(0) as usize;
+            let done = page.is_empty();
+            out.extend(page);
+            if done || out.len() >= total {
+                return out;
+            }
+        }
+    }
+
+    /// The outbox events of a batch, in stream order, as (type, item_id).
+    pub async fn events(&self, batch_id: &str) -> Vec<(String, String)> {
+        let mut con = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.events())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("xrange");
+        reply
+            .ids
+            .iter()
+            .filter(|e| e.get::<String>("batch_id").as_deref() == Some(batch_id))
+            .map(|e| {
+                (
+                    e.get::<String>("type").unwrap_or_default(),
+                    e.get::<String>("item_id").unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Messages ready in the work queue and the dead-letter queue.
+    pub async fn queue_depths(&self) -> (u32, u32) {
+        let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp");
+        let ch = conn.create_channel().await.expect("channel");
+        let t = Topology::new(self.dispatcher_settings.broker.queue_prefix.clone());
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let a = ch
+            .queue_declare(t.items_queue().as_str().into(), passive, Default::default())
+            .await
+            .expect("items queue");
+        let b = ch
+            .queue_declare(t.dead_queue().as_str().into(), passive, Default::default())
+            .await
+            .expect("dead queue");
+        let _ = conn.close(200, "".into()).await;
+        (a.message_count(), b.message_count())
+    }
+
+    /// Stops everything and removes this fleet's queues, keys and files.
+    pub async fn shutdown(mut self) {
+        self.stop_workers().await;
+        self.stop_dispatcher().await;
+        cleanup(&self.dispatcher_settings).await;
+        self.cleaned = true;
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // A failed test: still leave nothing behind.
+        for s in self.workers.drain(..).chain(self.dispatcher.take()) {
+            s.handle.abort();
+        }
+        let settings = self.dispatcher_settings.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(cleanup(&settings));
+            }
+        })
+        .join();
+    }
+}
+
+async fn cleanup(settings: &DispatcherSettings) {
+    if let Ok(conn) =
+        lapin::Connection::connect(&settings.broker.url, lapin::ConnectionProperties::default()).await
+    {
+        if let Ok(ch) = conn.create_channel().await {
+            let _ = Topology::new(settings.broker.queue_prefix.clone())
+                .delete(&ch)
+                .await;
+        }
+        let _ = conn.close(200, "".into()).await;
+    }
+    if let Ok(mut con) = docfleet_shared::services::connect_redis(&settings.redis.url).await {
+        let pattern = format!("{}:*", settings.redis.key_prefix);
+        let mut cursor: u64 = 0;
+        loop {
+            let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await;
+            let Ok((next, keys)) = r else { break };
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&settings.store.root);
+}
+
+async fn split(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}

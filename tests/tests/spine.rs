@@ -1,0 +1,307 @@
+//! The spine end to end: HTTP API → RabbitMQ → workers → Redis, on the real services.
+
+use std::time::Duration;
+
+use docfleet_tests::{sample, Fleet};
+use serde_json::{json, Value};
+
+const BATCH: &str = "/api/v1/beta/batch-processing";
+
+fn parse_config() -> Value {
+    json!({ "job_name": "parse_raw_file_job", "parameters": { "type": "parse", "lang": "en" } })
+}
+
+fn classify_config() -> Value {
+    json!({
+        "rules": [
+            { "type": "invoice", "description": "A bill requesting payment, with line items, amounts, VAT and a total due" },
+            { "type": "resume", "description": "A CV describing a person's work experience, education and skills" },
+            { "type": "meeting_notes", "description": "Minutes of a meeting: attendees, decisions and action items" }
+        ],
+        "mode": "FAST",
+        // The SDK types classify configs as whole job records; these must be accepted and ignored.
+        "id": "ignored", "project_id": "ignored", "user_id": "ignored", "status": "PENDING"
+    })
+}
+
+async fn upload_samples(f: &Fleet, dir: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for name in [
+        "invoice-1042.pdf",
+        "jane-doe-cv.pdf",
+        "meeting-minutes.txt",
+        "release-notes.md",
+        "parts-price-list.csv",
+    ] {
+        ids.push(f.upload(&f.api_key, dir, name, sample(name)).await);
+    }
+    ids
+}
+
+fn assert_exact_accounting(status: &Value, items: &[Value]) {
+    let job = &status["job"];
+    let total = job["total_items"].as_u64().unwrap();
+    assert_eq!(items.len() as u64, total, "one item record per counted item");
+    let terminal = items
+        .iter()
+        .filter(|i| matches!(i["status"].as_str(), Some("completed" | "failed" | "skipped" | "cancelled")))
+        .count() as u64;
+    assert_eq!(job["processed_items"].as_u64().unwrap(), terminal, "{status}");
+    let failed = items.iter().filter(|i| i["status"] == "failed").count() as u64;
+    assert_eq!(job["failed_items"].as_u64().unwrap(), failed);
+    if job["status"] == "completed" {
+        assert_eq!(terminal, total);
+        assert_eq!(status["progress_percentage"].as_f64().unwrap(), 100.0);
+        assert!(job["completed_at"].is_string() && job["started_at"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parse_batch_over_a_directory_with_two_workers() {
+    let f = Fleet::start(2).await;
+    let dir = f.create_dir(&f.api_key, "samples").await;
+    upload_samples(&f, &dir).await;
+    let (s, b) = f
+        .post(BATCH, &json!({ "job_config": parse_config(), "directory_id": dir, "page_size": 2 }))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["status"], "pending");
+    assert_eq!(b["job_type"], "parse");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    assert_eq!(status["job"]["total_items"], 5);
+    let items = f.items(&id).await;
+    assert_exact_accounting(&status, &items);
+    assert!(items.iter().all(|i| i["status"] == "completed"), "{items:?}");
+
+    // The PDF's text came out page by page.
+    let invoice = items.iter().find(|i| i["item_name"] == "invoice-1042.pdf").unwrap();
+    let job = invoice["job_id"].as_str().unwrap();
+    let (s, r) = f
+        .get(&format!("/api/v2/parse/{job}?expand=text&expand=markdown&expand=items&expand=metadata"))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["job"]["status"], "COMPLETED");
+    let pages = r["text"]["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), 2);
+    assert_eq!(pages[0]["page_number"], 1);
+    assert!(pages[0]["text"].as_str().unwrap().contains("INVOICE 1042"), "{r}");
+    assert!(pages[1]["text"].as_str().unwrap().contains("Total due: 126.00"), "{r}");
+    assert_eq!(r["markdown"]["pages"][1]["success"], true);
+    assert_eq!(r["metadata"]["page_count"], 2);
+    // Without expand, only the job.
+    let (_, bare) = f.get(&format!("/api/v2/parse/{job}")).await;
+    assert!(bare.get("text").is_none());
+
+    // Processing results name the run.
+    let item_id = invoice["item_id"].as_str().unwrap();
+    let (s, pr) = f
+        .get(&format!("{BATCH}/items/{item_id}/processing-results?job_type=parse"))
+        .await;
+    assert_eq!(s, 200, "{pr}");
+    assert_eq!(pr["processing_results"][0]["result_id"], job);
+
+    // Exactly one terminal batch event and one success event per item.
+    let events = f.events(&id).await;
+    let terminal = events.iter().filter(|(t, _)| t == "batch.success").count();
+    assert_eq!(terminal, 1, "{events:?}");
+    assert_eq!(events.iter().filter(|(t, _)| t == "parse.success").count(), 5);
+    assert_eq!(f.queue_depths().await, (0, 0));
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classify_batch_over_item_ids_with_two_workers() {
+    let f = Fleet::start(2).await;
+    let dir = f.create_dir(&f.api_key, "to-classify").await;
+    let ids = upload_samples(&f, &dir).await;
+    // Duplicates in the input count once.
+    let mut item_ids = ids[..3].to_vec();
+    item_ids.push(ids[0].clone());
+    let (s, b) = f
+        .post(BATCH, &json!({ "job_config": classify_config(), "item_ids": item_ids }))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["total_items"], 3);
+    let id = b["id"].as_str().unwrap().to_owned();
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    let items = f.items(&id).await;
+    assert_exact_accounting(&status, &items);
+    let expect = [
+        ("invoice-1042.pdf", "invoice"),
+        ("jane-doe-cv.pdf", "resume"),
+        ("meeting-minutes.txt", "meeting_notes"),
+    ];
+    for (name, want) in expect {
+        let item = items.iter().find(|i| i["item_name"] == name).unwrap();
+        let (s, r) = f
+            .get(&format!("/api/v2/classify/{}", item["job_id"].as_str().unwrap()))
+            .await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["status"], "COMPLETED");
+        assert_eq!(r["result"]["type"], want, "{name}: {r}");
+        let c = r["result"]["confidence"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c));
+        assert!(r["result"]["reasoning"].as_str().unwrap().contains(want), "{r}");
+        assert_eq!(r["configuration"]["mode"], "FAST");
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_delivered_twice_counts_once() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "dup").await;
+    let ids = upload_samples(&f, &dir).await;
+    let (_, b) = f
+        .post(BATCH, &json!({ "job_config": parse_config(), "item_ids": ids }))
+        .await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    // Wait until every message is published, then publish each one again.
+    for _ in 0..200 {
+        let (_, s) = f.get(&format!("{BATCH}/{id}")).await;
+        if s["job"]["status"] == "dispatched" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let publisher = docfleet_dispatcher::publisher::Publisher::connect(
+        &docfleet_tests::amqp_url(),
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
+    )
+    .await
+    .unwrap();
+    let bodies: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|i| docfleet_shared::wire::ItemMessage::new(&id, i).encode())
+        .collect();
+    publisher.publish_all(&bodies, 2).await.unwrap();
+    assert_eq!(f.queue_depths().await.0, 10);
+    f.start_worker().await;
+    f.start_worker().await;
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["processed_items"], 5, "{status}");
+    assert_eq!(status["job"]["total_items"], 5);
+    // Let the duplicates drain, then check nothing was counted again.
+    for _ in 0..100 {
+        if f.queue_depths().await == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.queue_depths().await, (0, 0));
+    let (_, again) = f.get(&format!("{BATCH}/{id}")).await;
+    assert_eq!(again["job"]["processed_items"], 5);
+    let events = f.events(&id).await;
+    assert_eq!(events.iter().filter(|(t, _)| t == "parse.success").count(), 5);
+    assert_eq!(events.iter().filter(|(t, _)| t == "batch.success").count(), 1);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_workers_finishing_together_make_one_terminal_transition() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "race").await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            f.upload(&f.api_key, &dir, &format!("n{i}.txt"), format!("note {i}").into_bytes())
+                .await,
+        );
+    }
+    let (_, b) = f
+        .post(BATCH, &json!({ "job_config": parse_config(), "item_ids": ids }))
+        .await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    for _ in 0..200 {
+        let (_, s) = f.get(&format!("{BATCH}/{id}")).await;
+        if s["job"]["status"] == "dispatched" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Twenty workers, each taking at most two items at once, all start on a full queue.
+    let mut ws = f.worker_settings.clone();
+    ws.concurrency = 1;
+    ws.prefetch = 2;
+    for _ in 0..20 {
+        f.start_worker_with(ws.clone()).await;
+    }
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed");
+    assert_eq!(status["job"]["processed_items"], 40);
+    let events = f.events(&id).await;
+    let terminal: Vec<_> = events
+        .iter()
+        .filter(|(t, _)| t.starts_with("batch.") && t != "batch.running")
+        .collect();
+    assert_eq!(terminal.len(), 1, "{events:?}");
+    assert_eq!(events.iter().filter(|(t, _)| t == "batch.running").count(), 1);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_mid_batch_stops_new_work() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "cancel").await;
+    for i in 0..30 {
+        f.upload(&f.api_key, &dir, &format!("c{i}.txt"), format!("cancel me {i}").into_bytes())
+            .await;
+    }
+    let (_, b) = f
+        .post(BATCH, &json!({ "job_config": parse_config(), "directory_id": dir }))
+        .await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    // One slow-ish worker so the batch is surely mid-way when cancelled.
+    let mut ws = f.worker_settings.clone();
+    ws.concurrency = 1;
+    ws.prefetch = 1;
+    f.start_worker_with(ws).await;
+    for _ in 0..400 {
+        let (_, s) = f.get(&format!("{BATCH}/{id}")).await;
+        if s["job"]["processed_items"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (s, c) = f
+        .post(&format!("{BATCH}/{id}/cancel"), &json!({ "reason": "changed my mind" }))
+        .await;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["status"], "cancelled");
+    assert_eq!(c["job_id"], id);
+    // In-flight items may finish; then every item is terminal and counted once.
+    let status = f.wait_terminal(&id, Duration::from_secs(5)).await;
+    assert_eq!(status["job"]["status"], "cancelled");
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        items = f.items(&id).await;
+        if items.iter().all(|i| i["status"] != "processing") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, status) = f.get(&format!("{BATCH}/{id}")).await;
+    assert_exact_accounting(&status, &items);
+    let cancelled = items.iter().filter(|i| i["status"] == "cancelled").count();
+    let completed = items.iter().filter(|i| i["status"] == "completed").count();
+    assert!(cancelled > 0 && completed >= 3, "cancelled {cancelled}, completed {completed}");
+    assert_eq!(cancelled + completed, items.len());
+    // Workers drain the rest of the queue without doing work.
+    for _ in 0..100 {
+        if f.queue_depths().await.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, after) = f.get(&format!("{BATCH}/{id}/items?status=completed&limit=100")).await;
+    assert_eq!(after["total_size"].as_u64().unwrap() as usize, completed);
+    // Cancelling a terminal batch is a 400 with a detail, never a 409.
+    let (s, e) = f.post(&format!("{BATCH}/{id}/cancel"), &json!({})).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("already cancelled"));
+    assert_eq!(f.events(&id).await.iter().filter(|(t, _)| t == "batch.cancelled").count(), 1);
+    f.shutdown().await;
+}
