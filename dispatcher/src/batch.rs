@@ -62,7 +62,10 @@ fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
     if obj.contains_key("rules") {
         let cfg: ClassifyJobConfig = parse_json(&bytes).map_err(prefix)?;
         if cfg.rules.is_empty() {
-            return Err(ApiError::field("job_config.rules", "at least one rule is required"));
+            return Err(ApiError::field(
+                "job_config.rules",
+                "at least one rule is required",
+            ));
         }
         if cfg.rules.len() > MAX_RULES {
             return Err(ApiError::field(
@@ -145,7 +148,10 @@ fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
         }
     }
     if params.max_pages == Some(0) {
-        return Err(ApiError::field("job_config.parameters.max_pages", "must be at least 1"));
+        return Err(ApiError::field(
+            "job_config.parameters.max_pages",
+            "must be at least 1",
+        ));
     }
     if let Some(t) = params.target_pages.as_deref() {
         parse_page_selection(t)
@@ -238,7 +244,10 @@ pub async fn create(
                     other => other,
                 })?;
             // The batch covers the files present now: a snapshot by insertion sequence.
-            let snapshot: i64 = con.get::<_, Option<i64>>(st.keys.dir_seq(&dir.id)).await?.unwrap_or(0);
+            let snapshot: i64 = con
+                .get::<_, Option<i64>>(st.keys.dir_seq(&dir.id))
+                .await?
+                .unwrap_or(0);
             let total: u64 = con
                 .zcount(st.keys.dir_files(&dir.id), "-inf", snapshot)
                 .await?;
@@ -280,11 +289,18 @@ pub async fn create(
         }
     }
     pipe.hset_multiple(st.keys.batch(&batch_id), &fields)
-        .set(st.keys.batch_config(&batch_id), serde_json::to_string(&body.job_config)?)
+        .set(
+            st.keys.batch_config(&batch_id),
+            serde_json::to_string(&body.job_config)?,
+        )
         .zadd(st.keys.project_batches(&project), &batch_id, now_millis())
         .zadd(st.keys.expansion(), &batch_id, now_millis());
     if let Some(w) = &body.webhook_configurations {
-        pipe.hset(st.keys.batch(&batch_id), "webhooks", serde_json::to_string(w)?);
+        pipe.hset(
+            st.keys.batch(&batch_id),
+            "webhooks",
+            serde_json::to_string(w)?,
+        );
     }
     let _: () = pipe.query_async(&mut con).await?;
     st.expansion_wake.notify_one();
@@ -327,14 +343,19 @@ pub async fn list(
         Some(s) => Some(
             JobType::parse(s)
                 .ok_or_else(|| {
-                    ApiError::field("job_type", format!("must be parse, extract or classify; got {s:?}"))
+                    ApiError::field(
+                        "job_type",
+                        format!("must be parse, extract or classify; got {s:?}"),
+                    )
                 })?
                 .as_str(),
         ),
     };
     let dir = q.get("directory_id");
     let mut con = st.redis.clone();
-    let ids: Vec<String> = con.zrevrange(st.keys.project_batches(&project), 0, -1).await?;
+    let ids: Vec<String> = con
+        .zrevrange(st.keys.project_batches(&project), 0, -1)
+        .await?;
     let mut pipe = redis::pipe();
     for id in &ids {
         pipe.hgetall(st.keys.batch(id));

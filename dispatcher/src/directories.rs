@@ -94,7 +94,9 @@ pub async fn get(
     Project(project): Project,
     Path(dir_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(serde_json::to_value(load(&st, &project, &dir_id).await?)?))
+    Ok(Json(serde_json::to_value(
+        load(&st, &project, &dir_id).await?,
+    )?))
 }
 
 /// Cursor paging over a sorted set: the token is the offset of the next page.
@@ -218,14 +220,21 @@ pub async fn upload(
     let Some(staged) = staged else {
         return Err(ApiError::field("upload_file", "missing file part"));
     };
-    let metadata = match text.get("metadata").map(|m| m.trim()).filter(|m| !m.is_empty()) {
+    let metadata = match text
+        .get("metadata")
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+    {
         None => None,
         Some(m) => match serde_json::from_str::<Value>(m) {
             Ok(v @ Value::Object(_)) => Some(v),
             Ok(Value::Null) => None,
             _ => {
                 staged.abort().await;
-                return Err(ApiError::field("metadata", "must be a JSON object encoded as a string"));
+                return Err(ApiError::field(
+                    "metadata",
+                    "must be a JSON object encoded as a string",
+                ));
             }
         },
     };
@@ -281,7 +290,8 @@ pub async fn list_files(
     let contains = q.get("display_name_contains");
     let unique = q.get("unique_id");
     let file_id = q.get("file_id");
-    let filtered = filter_name.is_some() || contains.is_some() || unique.is_some() || file_id.is_some();
+    let filtered =
+        filter_name.is_some() || contains.is_some() || unique.is_some() || file_id.is_some();
     let mut con = st.redis.clone();
     let key = st.keys.dir_files(&dir_id);
     let ids: Vec<String> = if filtered {

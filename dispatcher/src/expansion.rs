@@ -151,33 +151,34 @@ async fn expand(
         let page_size: i64 = get("page_size").parse().unwrap_or(100);
         let job_type = JobType::parse(get("job_type")).unwrap_or(JobType::Parse);
         let priority: u8 = get("priority").parse().unwrap_or(2);
-        let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) = if get("source") == "directory" {
-            let snapshot: i64 = get("snapshot").parse().unwrap_or(0);
-            let page: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
-                .arg(st.keys.dir_files(get("directory_id")))
-                .arg(format!("({cursor}"))
-                .arg(snapshot)
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(page_size)
-                .query_async(&mut con)
-                .await?;
-            let next = page.last().map(|(_, s)| *s).unwrap_or(cursor);
-            let (ids, orders) = page.into_iter().unzip();
-            (ids, orders, next)
-        } else {
-            let ids: Vec<String> = con
-                .lrange(
-                    st.keys.batch_input(batch_id),
-                    cursor as isize,
-                    (cursor + page_size - 1) as isize,
-                )
-                .await?;
-            let orders = (cursor..cursor + ids.len() as i64).collect();
-            let next = cursor + ids.len() as i64;
-            (ids, orders, next)
-        };
+        let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) =
+            if get("source") == "directory" {
+                let snapshot: i64 = get("snapshot").parse().unwrap_or(0);
+                let page: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(st.keys.dir_files(get("directory_id")))
+                    .arg(format!("({cursor}"))
+                    .arg(snapshot)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(page_size)
+                    .query_async(&mut con)
+                    .await?;
+                let next = page.last().map(|(_, s)| *s).unwrap_or(cursor);
+                let (ids, orders) = page.into_iter().unzip();
+                (ids, orders, next)
+            } else {
+                let ids: Vec<String> = con
+                    .lrange(
+                        st.keys.batch_input(batch_id),
+                        cursor as isize,
+                        (cursor + page_size - 1) as isize,
+                    )
+                    .await?;
+                let orders = (cursor..cursor + ids.len() as i64).collect();
+                let next = cursor + ids.len() as i64;
+                (ids, orders, next)
+            };
         if ids.is_empty() {
             let status = st.scripts.expanded(&mut con, batch_id).await?;
             let _: () = redis::pipe()
@@ -204,7 +205,12 @@ async fn expand(
                 job_id: format!("{}-{}", job_type.job_id_prefix(), uuid::Uuid::new_v4()),
             });
         }
-        if st.scripts.register(&mut con, batch_id, &items).await?.is_none() {
+        if st
+            .scripts
+            .register(&mut con, batch_id, &items)
+            .await?
+            .is_none()
+        {
             continue; // terminal now: the top of the loop cleans up
         }
         let bodies: Vec<Vec<u8>> = ids

@@ -102,7 +102,10 @@ impl QueryParams {
             None => Ok(false),
             Some("true" | "1") => Ok(true),
             Some("false" | "0") => Ok(false),
-            Some(v) => Err(ApiError::field(name, format!("must be true or false, got {v:?}"))),
+            Some(v) => Err(ApiError::field(
+                name,
+                format!("must be true or false, got {v:?}"),
+            )),
         }
     }
 }

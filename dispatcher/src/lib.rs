@@ -77,24 +77,48 @@ pub fn router(state: AppState) -> Router {
         .saturating_add(1 << 20);
     let v1 = "/api/v1/beta";
     Router::new()
-        .route(&format!("{v1}/directories"), post(directories::create).get(directories::list))
-        .route(&format!("{v1}/directories/{{directory_id}}"), get(directories::get))
+        .route(
+            &format!("{v1}/directories"),
+            post(directories::create).get(directories::list),
+        )
+        .route(
+            &format!("{v1}/directories/{{directory_id}}"),
+            get(directories::get),
+        )
         .route(
             &format!("{v1}/directories/{{directory_id}}/files/upload"),
             post(directories::upload).layer(DefaultBodyLimit::max(upload_limit)),
         )
-        .route(&format!("{v1}/directories/{{directory_id}}/files"), get(directories::list_files))
-        .route(&format!("{v1}/batch-processing"), post(batch::create).get(batch::list))
-        .route(&format!("{v1}/batch-processing/{{job_id}}"), get(batch::status))
-        .route(&format!("{v1}/batch-processing/{{job_id}}/cancel"), post(batch::cancel))
-        .route(&format!("{v1}/batch-processing/{{job_id}}/items"), get(batch::items))
+        .route(
+            &format!("{v1}/directories/{{directory_id}}/files"),
+            get(directories::list_files),
+        )
+        .route(
+            &format!("{v1}/batch-processing"),
+            post(batch::create).get(batch::list),
+        )
+        .route(
+            &format!("{v1}/batch-processing/{{job_id}}"),
+            get(batch::status),
+        )
+        .route(
+            &format!("{v1}/batch-processing/{{job_id}}/cancel"),
+            post(batch::cancel),
+        )
+        .route(
+            &format!("{v1}/batch-processing/{{job_id}}/items"),
+            get(batch::items),
+        )
         .route(
             &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
             get(batch::processing_results),
         )
         .route("/api/v2/parse/{job_id}", get(results::parse))
         .route("/api/v2/classify/{job_id}", get(results::classify))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(64 << 20))
@@ -114,7 +138,10 @@ async fn ready(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Valu
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({ "redis": redis_ok, "broker": broker_ok })))
+    (
+        code,
+        Json(json!({ "redis": redis_ok, "broker": broker_ok })),
+    )
 }
 
 /// Serves the API on `listener` and runs expansion until `shutdown` resolves, then drains:

@@ -120,7 +120,11 @@ impl BatchRecord {
     pub fn progress(&self) -> f64 {
         let total = self.total();
         if total == 0 {
-            return if self.status().is_terminal() { 100.0 } else { 0.0 };
+            return if self.status().is_terminal() {
+                100.0
+            } else {
+                0.0
+            };
         }
         (100.0 * self.processed() as f64 / total as f64).min(100.0)
     }

@@ -23,7 +23,10 @@ struct Job {
 
 impl Job {
     fn field(&self, k: &str) -> Option<&str> {
-        self.item.get(k).map(String::as_str).filter(|v| !v.is_empty())
+        self.item
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -112,7 +115,11 @@ pub async fn parse(
     let output_key = job
         .field("result")
         .and_then(|r| serde_json::from_str::<Value>(r).ok())
-        .and_then(|v| v.get("output_key").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("output_key")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .ok_or_else(|| ApiError::Unavailable(format!("job {job_id} has no stored output")))?;
     let output: Value = serde_json::from_slice(&st.store.get(&output_key).await?)?;
     let pages = output
@@ -120,7 +127,8 @@ pub async fn parse(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let section = |f: &dyn Fn(&Value) -> Value| json!({ "pages": pages.iter().map(f).collect::<Vec<_>>() });
+    let section =
+        |f: &dyn Fn(&Value) -> Value| json!({ "pages": pages.iter().map(f).collect::<Vec<_>>() });
     for e in expand {
         let v = match e {
             "text" => section(&|p| json!({ "page_number": p["page_number"], "text": p["text"] })),

@@ -350,7 +350,7 @@ pub struct ClassifyJobConfig {
 #[derive(Debug, Clone)]
 pub enum JobSpec {
     /// Parse each file.
-    Parse(ParseJobConfig),
+    Parse(Box<ParseJobConfig>),
     /// Classify each file.
     Classify(ClassifyJobConfig),
 }
@@ -369,7 +369,7 @@ impl JobSpec {
         if raw.get("rules").is_some() {
             Ok(Self::Classify(serde_json::from_value(raw.clone())?))
         } else {
-            Ok(Self::Parse(serde_json::from_value(raw.clone())?))
+            Ok(Self::Parse(Box::new(serde_json::from_value(raw.clone())?)))
         }
     }
 }
@@ -419,7 +419,10 @@ mod tests {
     #[test]
     fn job_spec_discriminates_on_rules() {
         let c = serde_json::json!({"rules": [{"type": "a", "description": "b"}], "id": "x"});
-        assert_eq!(JobSpec::from_json(&c).unwrap().job_type(), JobType::Classify);
+        assert_eq!(
+            JobSpec::from_json(&c).unwrap().job_type(),
+            JobType::Classify
+        );
         let p = serde_json::json!({"job_name": "parse_raw_file_job", "parameters": {"lang": "en"}});
         assert_eq!(JobSpec::from_json(&p).unwrap().job_type(), JobType::Parse);
     }

@@ -179,10 +179,16 @@ fn validate_common(
     store: &StoreSettings,
 ) -> Result<(), String> {
     if !(broker.url.starts_with("amqp://") || broker.url.starts_with("amqps://")) {
-        return Err(format!("broker.url must be an amqp:// URI, got {:?}", broker.url));
+        return Err(format!(
+            "broker.url must be an amqp:// URI, got {:?}",
+            broker.url
+        ));
     }
     if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-        return Err(format!("redis.url must be a redis:// URL, got {:?}", redis.url));
+        return Err(format!(
+            "redis.url must be a redis:// URL, got {:?}",
+            redis.url
+        ));
     }
     let name_ok = |s: &str| {
         !s.is_empty()

@@ -51,10 +51,13 @@ pub struct Staged {
 impl Staged {
     /// Appends bytes.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(chunk).await.map_err(|source| StoreError::Io {
-            key: self.key.clone(),
-            source,
-        })?;
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(|source| StoreError::Io {
+                key: self.key.clone(),
+                source,
+            })?;
         self.written += chunk.len() as u64;
         Ok(())
     }
@@ -154,7 +157,9 @@ impl FileStore {
     /// Reads a whole object.
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.path(key)?;
-        tokio::fs::read(&path).await.map_err(|source| map_io(key, source))
+        tokio::fs::read(&path)
+            .await
+            .map_err(|source| map_io(key, source))
     }
 
     /// The size of an object, without reading it.
@@ -195,12 +200,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("docfleet-store-{}", uuid::Uuid::new_v4()));
         let store = FileStore::local(&dir);
         for bad in ["../x", "/etc/passwd", "a/../b", "a//b", "", "a/b c"] {
-            assert!(matches!(store.put(bad, b"x").await, Err(StoreError::InvalidKey(_))), "{bad}");
+            assert!(
+                matches!(store.put(bad, b"x").await, Err(StoreError::InvalidKey(_))),
+                "{bad}"
+            );
         }
         store.put("projects/p/files/f1", b"hello").await.unwrap();
         assert_eq!(store.get("projects/p/files/f1").await.unwrap(), b"hello");
         assert_eq!(store.size("projects/p/files/f1").await.unwrap(), 5);
-        assert!(matches!(store.get("projects/p/files/none").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get("projects/p/files/none").await,
+            Err(StoreError::NotFound(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -65,7 +65,10 @@ mod tests {
     fn round_trip_and_poison() {
         let m = ItemMessage::new("bjb-1", "dfl-2");
         assert_eq!(ItemMessage::decode(&m.encode()).unwrap(), m);
-        assert!(matches!(ItemMessage::decode(b"nope"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            ItemMessage::decode(b"nope"),
+            Err(DecodeError::Malformed(_))
+        ));
         assert!(matches!(
             ItemMessage::decode(br#"{"v":9,"batch_id":"a","item_id":"b"}"#),
             Err(DecodeError::UnknownVersion(9))

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use docfleet_shared::keys::Keys;
-use docfleet_shared::settings::{DispatcherSettings, WorkerSettings};
+use docfleet_shared::settings::{
+    BrokerSettings, DispatcherSettings, RedisSettings, StoreSettings, WorkerSettings,
+};
 use docfleet_shared::topology::Topology;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -79,22 +81,32 @@ impl Fleet {
     pub async fn start(workers: usize) -> Fleet {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("dft-{}", &id[..12]);
-        let mut ds = DispatcherSettings::default();
-        ds.listen = "127.0.0.1:0".into();
-        ds.broker.url = amqp_url();
-        ds.broker.queue_prefix = prefix.clone();
-        ds.redis.url = redis_url();
-        ds.redis.key_prefix = prefix.clone();
-        ds.store.root = std::env::temp_dir().join(&prefix);
-        ds.expansion_lease_secs = 3;
-        let mut ws = WorkerSettings::default();
-        ws.broker = ds.broker.clone();
-        ws.redis = ds.redis.clone();
-        ws.store = ds.store.clone();
-        ws.concurrency = 2;
-        ws.prefetch = 4;
-        ws.item_deadline_secs = 30;
-        ws.drain_secs = 10;
+        let ds = DispatcherSettings {
+            listen: "127.0.0.1:0".into(),
+            broker: BrokerSettings {
+                url: amqp_url(),
+                queue_prefix: prefix.clone(),
+            },
+            redis: RedisSettings {
+                url: redis_url(),
+                key_prefix: prefix.clone(),
+            },
+            store: StoreSettings {
+                root: std::env::temp_dir().join(&prefix),
+            },
+            expansion_lease_secs: 3,
+            ..DispatcherSettings::default()
+        };
+        let ws = WorkerSettings {
+            broker: ds.broker.clone(),
+            redis: ds.redis.clone(),
+            store: ds.store.clone(),
+            concurrency: 2,
+            prefetch: 4,
+            item_deadline_secs: 30,
+            drain_secs: 10,
+            ..WorkerSettings::default()
+        };
         let redis = docfleet_shared::services::connect_redis(&ds.redis.url)
             .await
             .expect("redis");
@@ -138,7 +150,12 @@ impl Fleet {
             handle,
         });
         for _ in 0..100 {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.base_url)).send().await {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/readyz", self.base_url))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
@@ -236,7 +253,11 @@ impl Fleet {
     /// Creates a directory and returns its id.
     pub async fn create_dir(&self, key: &str, name: &str) -> String {
         let (s, b) = self
-            .post_as(key, "/api/v1/beta/directories", &serde_json::json!({ "name": name }))
+            .post_as(
+                key,
+                "/api/v1/beta/directories",
+                &serde_json::json!({ "name": name }),
+            )
             .await;
         assert_eq!(s, 200, "{b}");
         b["id"].as_str().expect("id").to_owned()
@@ -244,11 +265,16 @@ impl Fleet {
 
     /// Uploads a file and returns its directory-file id.
     pub async fn upload(&self, key: &str, dir: &str, name: &str, bytes: Vec<u8>) -> String {
-        let form = reqwest::multipart::Form::new()
-            .part("upload_file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()));
+        let form = reqwest::multipart::Form::new().part(
+            "upload_file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
         let r = self
             .http
-            .post(format!("{}/api/v1/beta/directories/{dir}/files/upload", self.base_url))
+            .post(format!(
+                "{}/api/v1/beta/directories/{dir}/files/upload",
+                self.base_url
+            ))
             .bearer_auth(key)
             .multipart(form)
             .send()
@@ -269,13 +295,19 @@ impl Fleet {
                 .await;
             assert_eq!(s, 200, "{b}");
             let p = b["progress_percentage"].as_f64().expect("progress");
-            assert!(p >= last_progress, "progress went down: {last_progress} -> {p}");
+            assert!(
+                p >= last_progress,
+                "progress went down: {last_progress} -> {p}"
+            );
             last_progress = p;
             let status = b["job"]["status"].as_str().unwrap_or("");
             if matches!(status, "completed" | "failed" | "cancelled") {
                 return b;
             }
-            assert!(tokio::time::Instant::now() < deadline, "batch not terminal in time: {b}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "batch not terminal in time: {b}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -367,7 +399,10 @@ impl Drop for Fleet {
         }
         let settings = self.dispatcher_settings.clone();
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(cleanup(&settings));
             }
         })
@@ -377,7 +412,8 @@ impl Drop for Fleet {
 
 async fn cleanup(settings: &DispatcherSettings) {
     if let Ok(conn) =
-        lapin::Connection::connect(&settings.broker.url, lapin::ConnectionProperties::default()).await
+        lapin::Connection::connect(&settings.broker.url, lapin::ConnectionProperties::default())
+            .await
     {
         if let Ok(ch) = conn.create_channel().await {
             let _ = Topology::new(settings.broker.queue_prefix.clone())
@@ -400,7 +436,8 @@ async fn cleanup(settings: &DispatcherSettings) {
                 .await;
             let Ok((next, keys)) = r else { break };
             if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
             }
             if next == 0 {
                 break;

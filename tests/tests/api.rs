@@ -13,33 +13,118 @@ async fn bad_input_is_a_4xx_naming_the_field() {
     let parse = json!({ "job_name": "parse_raw_file_job", "parameters": {} });
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!({ "job_config": parse }), 400, "directory_id"),
-        (json!({ "job_config": parse, "directory_id": dir, "item_ids": [file] }), 400, "item_ids"),
-        (json!({ "job_config": parse, "directory_id": null, "item_ids": null }), 400, "directory_id"),
+        (
+            json!({ "job_config": parse, "directory_id": dir, "item_ids": [file] }),
+            400,
+            "item_ids",
+        ),
+        (
+            json!({ "job_config": parse, "directory_id": null, "item_ids": null }),
+            400,
+            "directory_id",
+        ),
         (json!({ "directory_id": dir }), 422, "job_config"),
-        (json!({ "job_config": parse, "item_ids": [] }), 422, "item_ids"),
-        (json!({ "job_config": parse, "item_ids": [file, "dfl-nope"] }), 422, "item_ids[1]"),
-        (json!({ "job_config": parse, "item_ids": "dfl-x" }), 422, "item_ids"),
-        (json!({ "job_config": parse, "directory_id": "dir-nope" }), 422, "directory_id"),
-        (json!({ "job_config": parse, "directory_id": dir, "page_size": 0 }), 422, "page_size"),
-        (json!({ "job_config": parse, "directory_id": dir, "page_size": "big" }), 422, "page_size"),
-        (json!({ "job_config": { "rules": [] }, "directory_id": dir }), 422, "job_config.rules"),
-        (json!({ "job_config": { "rules": [{ "type": "a" }] }, "directory_id": dir }), 422, "rules[0]"),
-        (json!({ "job_config": { "rules": [{ "type": "a", "description": "x" }, { "type": "a", "description": "y" }] }, "directory_id": dir }), 422, "rules[1].type"),
-        (json!({ "job_config": { "rules": [{ "type": "a", "description": "x" }], "mode": "MULTIMODAL" }, "directory_id": dir }), 422, "job_config.mode"),
-        (json!({ "job_config": { "rules": [{ "type": "a", "description": "x" }], "mode": "SLOW" }, "directory_id": dir }), 422, "mode"),
-        (json!({ "job_config": { "parameters": { "parse_mode": "parse_page_with_llm" } }, "directory_id": dir }), 422, "parse_mode"),
-        (json!({ "job_config": { "parameters": { "parse_mode": "nonsense" } }, "directory_id": dir }), 422, "parse_mode"),
-        (json!({ "job_config": { "parameters": { "priority": "urgent" } }, "directory_id": dir }), 422, "priority"),
-        (json!({ "job_config": { "parameters": { "max_pages": "ten" } }, "directory_id": dir }), 422, "max_pages"),
-        (json!({ "job_config": { "parameters": { "target_pages": "3-1" } }, "directory_id": dir }), 422, "target_pages"),
-        (json!({ "job_config": { "parameters": { "type": "extract" } }, "directory_id": dir }), 422, "parameters.type"),
-        (json!({ "job_config": [1, 2], "directory_id": dir }), 422, "job_config"),
+        (
+            json!({ "job_config": parse, "item_ids": [] }),
+            422,
+            "item_ids",
+        ),
+        (
+            json!({ "job_config": parse, "item_ids": [file, "dfl-nope"] }),
+            422,
+            "item_ids[1]",
+        ),
+        (
+            json!({ "job_config": parse, "item_ids": "dfl-x" }),
+            422,
+            "item_ids",
+        ),
+        (
+            json!({ "job_config": parse, "directory_id": "dir-nope" }),
+            422,
+            "directory_id",
+        ),
+        (
+            json!({ "job_config": parse, "directory_id": dir, "page_size": 0 }),
+            422,
+            "page_size",
+        ),
+        (
+            json!({ "job_config": parse, "directory_id": dir, "page_size": "big" }),
+            422,
+            "page_size",
+        ),
+        (
+            json!({ "job_config": { "rules": [] }, "directory_id": dir }),
+            422,
+            "job_config.rules",
+        ),
+        (
+            json!({ "job_config": { "rules": [{ "type": "a" }] }, "directory_id": dir }),
+            422,
+            "rules[0]",
+        ),
+        (
+            json!({ "job_config": { "rules": [{ "type": "a", "description": "x" }, { "type": "a", "description": "y" }] }, "directory_id": dir }),
+            422,
+            "rules[1].type",
+        ),
+        (
+            json!({ "job_config": { "rules": [{ "type": "a", "description": "x" }], "mode": "MULTIMODAL" }, "directory_id": dir }),
+            422,
+            "job_config.mode",
+        ),
+        (
+            json!({ "job_config": { "rules": [{ "type": "a", "description": "x" }], "mode": "SLOW" }, "directory_id": dir }),
+            422,
+            "mode",
+        ),
+        (
+            json!({ "job_config": { "parameters": { "parse_mode": "parse_page_with_llm" } }, "directory_id": dir }),
+            422,
+            "parse_mode",
+        ),
+        (
+            json!({ "job_config": { "parameters": { "parse_mode": "nonsense" } }, "directory_id": dir }),
+            422,
+            "parse_mode",
+        ),
+        (
+            json!({ "job_config": { "parameters": { "priority": "urgent" } }, "directory_id": dir }),
+            422,
+            "priority",
+        ),
+        (
+            json!({ "job_config": { "parameters": { "max_pages": "ten" } }, "directory_id": dir }),
+            422,
+            "max_pages",
+        ),
+        (
+            json!({ "job_config": { "parameters": { "target_pages": "3-1" } }, "directory_id": dir }),
+            422,
+            "target_pages",
+        ),
+        (
+            json!({ "job_config": { "parameters": { "type": "extract" } }, "directory_id": dir }),
+            422,
+            "parameters.type",
+        ),
+        (
+            json!({ "job_config": [1, 2], "directory_id": dir }),
+            422,
+            "job_config",
+        ),
     ];
     for (body, want, field) in cases {
         let (s, b) = f.post(BATCH, &body).await;
         assert_eq!(s, want, "{body} -> {b}");
-        let detail = b["detail"].as_str().unwrap_or_else(|| panic!("no detail: {b}"));
-        assert!(detail.contains(field), "{body}: detail {detail:?} does not name {field}");
+        let detail = b["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail: {b}"));
+        assert!(
+            detail.contains(field),
+            "{body}: detail {detail:?} does not name {field}"
+        );
     }
     // Malformed JSON.
     let r = f
@@ -52,26 +137,47 @@ async fn bad_input_is_a_4xx_naming_the_field() {
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.json::<Value>().await.unwrap()["detail"].is_string());
     // Bad query parameters.
-    for q in ["limit=abc", "limit=0", "offset=-1", "status=done", "job_type=ocr"] {
+    for q in [
+        "limit=abc",
+        "limit=0",
+        "offset=-1",
+        "status=done",
+        "job_type=ocr",
+    ] {
         let (s, b) = f.get(&format!("{BATCH}?{q}")).await;
         assert_eq!(s, 422, "{q}: {b}");
-        assert!(b["detail"].as_str().unwrap().contains(q.split('=').next().unwrap()));
+        assert!(b["detail"]
+            .as_str()
+            .unwrap()
+            .contains(q.split('=').next().unwrap()));
     }
     // An upload without the file part, and a path-like display name that stays a name.
     let form = reqwest::multipart::Form::new().text("display_name", "x");
     let r = f
-        .req(reqwest::Method::POST, &format!("/api/v1/beta/directories/{dir}/files/upload"))
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/beta/directories/{dir}/files/upload"),
+        )
         .multipart(form)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 422);
-    assert!(r.json::<Value>().await.unwrap()["detail"].as_str().unwrap().contains("upload_file"));
+    assert!(r.json::<Value>().await.unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("upload_file"));
     let form = reqwest::multipart::Form::new()
         .text("display_name", "../../etc/passwd")
-        .part("upload_file", reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("p"));
+        .part(
+            "upload_file",
+            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("p"),
+        );
     let r = f
-        .req(reqwest::Method::POST, &format!("/api/v1/beta/directories/{dir}/files/upload"))
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v1/beta/directories/{dir}/files/upload"),
+        )
         .multipart(form)
         .send()
         .await
@@ -86,7 +192,10 @@ async fn bad_input_is_a_4xx_naming_the_field() {
     // Priority is accepted in every spelling the SDK has.
     for p in ["low", "medium", "high", "critical"] {
         let (s, b) = f
-            .post(BATCH, &json!({ "job_config": { "parameters": { "priority": p } }, "item_ids": [file] }))
+            .post(
+                BATCH,
+                &json!({ "job_config": { "parameters": { "priority": p } }, "item_ids": [file] }),
+            )
             .await;
         assert_eq!(s, 200, "{p}: {b}");
     }
@@ -98,12 +207,19 @@ async fn keys_see_only_their_own_project() {
     let f = Fleet::start(1).await;
     let other = f.new_key("proj-b").await;
     let a_dir = f.create_dir(&f.api_key, "a").await;
-    let a_file = f.upload(&f.api_key, &a_dir, "m.txt", sample("meeting-minutes.txt")).await;
+    let a_file = f
+        .upload(&f.api_key, &a_dir, "m.txt", sample("meeting-minutes.txt"))
+        .await;
     let (_, b) = f
-        .post(BATCH, &json!({ "job_config": { "parameters": {} }, "item_ids": [a_file] }))
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": [a_file] }),
+        )
         .await;
     let batch = b["id"].as_str().unwrap().to_owned();
-    let done = f.wait_terminal(&batch, std::time::Duration::from_secs(30)).await;
+    let done = f
+        .wait_terminal(&batch, std::time::Duration::from_secs(30))
+        .await;
     let (_, items) = f.get(&format!("{BATCH}/{batch}/items")).await;
     let job = items["items"][0]["job_id"].as_str().unwrap().to_owned();
     assert_eq!(done["job"]["status"], "completed");
@@ -121,15 +237,25 @@ async fn keys_see_only_their_own_project() {
         assert_eq!(s, 404, "{path}: {b}");
         assert!(b["detail"].is_string());
     }
-    let (s, _) = f.post_as(&other, &format!("{BATCH}/{batch}/cancel"), &json!({})).await;
+    let (s, _) = f
+        .post_as(&other, &format!("{BATCH}/{batch}/cancel"), &json!({}))
+        .await;
     assert_eq!(s, 404);
     // B cannot batch A's files or directory.
     let (s, b) = f
-        .post_as(&other, BATCH, &json!({ "job_config": { "parameters": {} }, "item_ids": [a_file] }))
+        .post_as(
+            &other,
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": [a_file] }),
+        )
         .await;
     assert_eq!(s, 422, "{b}");
     let (s, _) = f
-        .post_as(&other, BATCH, &json!({ "job_config": { "parameters": {} }, "directory_id": a_dir }))
+        .post_as(
+            &other,
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "directory_id": a_dir }),
+        )
         .await;
     assert_eq!(s, 422);
     // Lists are per project.
@@ -140,7 +266,12 @@ async fn keys_see_only_their_own_project() {
     let (_, l) = f.get(BATCH).await;
     assert_eq!(l["total_size"], 1);
     // No key, wrong key: 401 with a detail.
-    let r = f.http.get(format!("{}{BATCH}", f.base_url)).send().await.unwrap();
+    let r = f
+        .http
+        .get(format!("{}{BATCH}", f.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let (s, b) = f.get_as("dfk_wrong", BATCH).await;
     assert_eq!(s, 401);

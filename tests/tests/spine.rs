@@ -41,12 +41,25 @@ async fn upload_samples(f: &Fleet, dir: &str) -> Vec<String> {
 fn assert_exact_accounting(status: &Value, items: &[Value]) {
     let job = &status["job"];
     let total = job["total_items"].as_u64().unwrap();
-    assert_eq!(items.len() as u64, total, "one item record per counted item");
+    assert_eq!(
+        items.len() as u64,
+        total,
+        "one item record per counted item"
+    );
     let terminal = items
         .iter()
-        .filter(|i| matches!(i["status"].as_str(), Some("completed" | "failed" | "skipped" | "cancelled")))
+        .filter(|i| {
+            matches!(
+                i["status"].as_str(),
+                Some("completed" | "failed" | "skipped" | "cancelled")
+            )
+        })
         .count() as u64;
-    assert_eq!(job["processed_items"].as_u64().unwrap(), terminal, "{status}");
+    assert_eq!(
+        job["processed_items"].as_u64().unwrap(),
+        terminal,
+        "{status}"
+    );
     let failed = items.iter().filter(|i| i["status"] == "failed").count() as u64;
     assert_eq!(job["failed_items"].as_u64().unwrap(), failed);
     if job["status"] == "completed" {
@@ -62,7 +75,10 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     let dir = f.create_dir(&f.api_key, "samples").await;
     upload_samples(&f, &dir).await;
     let (s, b) = f
-        .post(BATCH, &json!({ "job_config": parse_config(), "directory_id": dir, "page_size": 2 }))
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "directory_id": dir, "page_size": 2 }),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["status"], "pending");
@@ -73,21 +89,38 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     assert_eq!(status["job"]["total_items"], 5);
     let items = f.items(&id).await;
     assert_exact_accounting(&status, &items);
-    assert!(items.iter().all(|i| i["status"] == "completed"), "{items:?}");
+    assert!(
+        items.iter().all(|i| i["status"] == "completed"),
+        "{items:?}"
+    );
 
     // The PDF's text came out page by page.
-    let invoice = items.iter().find(|i| i["item_name"] == "invoice-1042.pdf").unwrap();
+    let invoice = items
+        .iter()
+        .find(|i| i["item_name"] == "invoice-1042.pdf")
+        .unwrap();
     let job = invoice["job_id"].as_str().unwrap();
     let (s, r) = f
-        .get(&format!("/api/v2/parse/{job}?expand=text&expand=markdown&expand=items&expand=metadata"))
+        .get(&format!(
+            "/api/v2/parse/{job}?expand=text&expand=markdown&expand=items&expand=metadata"
+        ))
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["job"]["status"], "COMPLETED");
     let pages = r["text"]["pages"].as_array().unwrap();
     assert_eq!(pages.len(), 2);
     assert_eq!(pages[0]["page_number"], 1);
-    assert!(pages[0]["text"].as_str().unwrap().contains("INVOICE 1042"), "{r}");
-    assert!(pages[1]["text"].as_str().unwrap().contains("Total due: 126.00"), "{r}");
+    assert!(
+        pages[0]["text"].as_str().unwrap().contains("INVOICE 1042"),
+        "{r}"
+    );
+    assert!(
+        pages[1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Total due: 126.00"),
+        "{r}"
+    );
     assert_eq!(r["markdown"]["pages"][1]["success"], true);
     assert_eq!(r["metadata"]["page_count"], 2);
     // Without expand, only the job.
@@ -97,7 +130,9 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     // Processing results name the run.
     let item_id = invoice["item_id"].as_str().unwrap();
     let (s, pr) = f
-        .get(&format!("{BATCH}/items/{item_id}/processing-results?job_type=parse"))
+        .get(&format!(
+            "{BATCH}/items/{item_id}/processing-results?job_type=parse"
+        ))
         .await;
     assert_eq!(s, 200, "{pr}");
     assert_eq!(pr["processing_results"][0]["result_id"], job);
@@ -106,7 +141,10 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     let events = f.events(&id).await;
     let terminal = events.iter().filter(|(t, _)| t == "batch.success").count();
     assert_eq!(terminal, 1, "{events:?}");
-    assert_eq!(events.iter().filter(|(t, _)| t == "parse.success").count(), 5);
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "parse.success").count(),
+        5
+    );
     assert_eq!(f.queue_depths().await, (0, 0));
     f.shutdown().await;
 }
@@ -120,7 +158,10 @@ async fn classify_batch_over_item_ids_with_two_workers() {
     let mut item_ids = ids[..3].to_vec();
     item_ids.push(ids[0].clone());
     let (s, b) = f
-        .post(BATCH, &json!({ "job_config": classify_config(), "item_ids": item_ids }))
+        .post(
+            BATCH,
+            &json!({ "job_config": classify_config(), "item_ids": item_ids }),
+        )
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["total_items"], 3);
@@ -137,14 +178,20 @@ async fn classify_batch_over_item_ids_with_two_workers() {
     for (name, want) in expect {
         let item = items.iter().find(|i| i["item_name"] == name).unwrap();
         let (s, r) = f
-            .get(&format!("/api/v2/classify/{}", item["job_id"].as_str().unwrap()))
+            .get(&format!(
+                "/api/v2/classify/{}",
+                item["job_id"].as_str().unwrap()
+            ))
             .await;
         assert_eq!(s, 200, "{r}");
         assert_eq!(r["status"], "COMPLETED");
         assert_eq!(r["result"]["type"], want, "{name}: {r}");
         let c = r["result"]["confidence"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&c));
-        assert!(r["result"]["reasoning"].as_str().unwrap().contains(want), "{r}");
+        assert!(
+            r["result"]["reasoning"].as_str().unwrap().contains(want),
+            "{r}"
+        );
         assert_eq!(r["configuration"]["mode"], "FAST");
     }
     f.shutdown().await;
@@ -156,7 +203,10 @@ async fn a_message_delivered_twice_counts_once() {
     let dir = f.create_dir(&f.api_key, "dup").await;
     let ids = upload_samples(&f, &dir).await;
     let (_, b) = f
-        .post(BATCH, &json!({ "job_config": parse_config(), "item_ids": ids }))
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "item_ids": ids }),
+        )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
     // Wait until every message is published, then publish each one again.
@@ -195,8 +245,14 @@ async fn a_message_delivered_twice_counts_once() {
     let (_, again) = f.get(&format!("{BATCH}/{id}")).await;
     assert_eq!(again["job"]["processed_items"], 5);
     let events = f.events(&id).await;
-    assert_eq!(events.iter().filter(|(t, _)| t == "parse.success").count(), 5);
-    assert_eq!(events.iter().filter(|(t, _)| t == "batch.success").count(), 1);
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "parse.success").count(),
+        5
+    );
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "batch.success").count(),
+        1
+    );
     f.shutdown().await;
 }
 
@@ -207,12 +263,20 @@ async fn twenty_workers_finishing_together_make_one_terminal_transition() {
     let mut ids = Vec::new();
     for i in 0..40 {
         ids.push(
-            f.upload(&f.api_key, &dir, &format!("n{i}.txt"), format!("note {i}").into_bytes())
-                .await,
+            f.upload(
+                &f.api_key,
+                &dir,
+                &format!("n{i}.txt"),
+                format!("note {i}").into_bytes(),
+            )
+            .await,
         );
     }
     let (_, b) = f
-        .post(BATCH, &json!({ "job_config": parse_config(), "item_ids": ids }))
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "item_ids": ids }),
+        )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
     for _ in 0..200 {
@@ -238,7 +302,10 @@ async fn twenty_workers_finishing_together_make_one_terminal_transition() {
         .filter(|(t, _)| t.starts_with("batch.") && t != "batch.running")
         .collect();
     assert_eq!(terminal.len(), 1, "{events:?}");
-    assert_eq!(events.iter().filter(|(t, _)| t == "batch.running").count(), 1);
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "batch.running").count(),
+        1
+    );
     f.shutdown().await;
 }
 
@@ -247,11 +314,19 @@ async fn cancel_mid_batch_stops_new_work() {
     let mut f = Fleet::start(0).await;
     let dir = f.create_dir(&f.api_key, "cancel").await;
     for i in 0..30 {
-        f.upload(&f.api_key, &dir, &format!("c{i}.txt"), format!("cancel me {i}").into_bytes())
-            .await;
+        f.upload(
+            &f.api_key,
+            &dir,
+            &format!("c{i}.txt"),
+            format!("cancel me {i}").into_bytes(),
+        )
+        .await;
     }
     let (_, b) = f
-        .post(BATCH, &json!({ "job_config": parse_config(), "directory_id": dir }))
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "directory_id": dir }),
+        )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
     // One slow-ish worker so the batch is surely mid-way when cancelled.
@@ -267,7 +342,10 @@ async fn cancel_mid_batch_stops_new_work() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (s, c) = f
-        .post(&format!("{BATCH}/{id}/cancel"), &json!({ "reason": "changed my mind" }))
+        .post(
+            &format!("{BATCH}/{id}/cancel"),
+            &json!({ "reason": "changed my mind" }),
+        )
         .await;
     assert_eq!(s, 200, "{c}");
     assert_eq!(c["status"], "cancelled");
@@ -287,7 +365,10 @@ async fn cancel_mid_batch_stops_new_work() {
     assert_exact_accounting(&status, &items);
     let cancelled = items.iter().filter(|i| i["status"] == "cancelled").count();
     let completed = items.iter().filter(|i| i["status"] == "completed").count();
-    assert!(cancelled > 0 && completed >= 3, "cancelled {cancelled}, completed {completed}");
+    assert!(
+        cancelled > 0 && completed >= 3,
+        "cancelled {cancelled}, completed {completed}"
+    );
     assert_eq!(cancelled + completed, items.len());
     // Workers drain the rest of the queue without doing work.
     for _ in 0..100 {
@@ -296,12 +377,21 @@ async fn cancel_mid_batch_stops_new_work() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, after) = f.get(&format!("{BATCH}/{id}/items?status=completed&limit=100")).await;
+    let (_, after) = f
+        .get(&format!("{BATCH}/{id}/items?status=completed&limit=100"))
+        .await;
     assert_eq!(after["total_size"].as_u64().unwrap() as usize, completed);
     // Cancelling a terminal batch is a 400 with a detail, never a 409.
     let (s, e) = f.post(&format!("{BATCH}/{id}/cancel"), &json!({})).await;
     assert_eq!(s, 400, "{e}");
     assert!(e["detail"].as_str().unwrap().contains("already cancelled"));
-    assert_eq!(f.events(&id).await.iter().filter(|(t, _)| t == "batch.cancelled").count(), 1);
+    assert_eq!(
+        f.events(&id)
+            .await
+            .iter()
+            .filter(|(t, _)| t == "batch.cancelled")
+            .count(),
+        1
+    );
     f.shutdown().await;
 }

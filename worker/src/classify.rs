@@ -24,11 +24,64 @@ pub struct Classification {
 }
 
 const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is",
-    "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "with", "which",
-    "such", "any", "other", "e", "g", "eg", "ie", "etc", "document", "documents", "contains",
-    "containing", "usually", "often", "typically", "like", "about", "their", "they", "them",
-    "these", "those", "who", "what", "when", "where", "will", "can", "may", "one", "more",
+    "a",
+    "an",
+    "and",
+    "are",
+    "as",
+    "at",
+    "be",
+    "by",
+    "for",
+    "from",
+    "has",
+    "have",
+    "in",
+    "is",
+    "it",
+    "its",
+    "of",
+    "on",
+    "or",
+    "that",
+    "the",
+    "this",
+    "to",
+    "was",
+    "were",
+    "with",
+    "which",
+    "such",
+    "any",
+    "other",
+    "e",
+    "g",
+    "eg",
+    "ie",
+    "etc",
+    "document",
+    "documents",
+    "contains",
+    "containing",
+    "usually",
+    "often",
+    "typically",
+    "like",
+    "about",
+    "their",
+    "they",
+    "them",
+    "these",
+    "those",
+    "who",
+    "what",
+    "when",
+    "where",
+    "will",
+    "can",
+    "may",
+    "one",
+    "more",
 ];
 
 /// Lower-cased word stems: a light suffix strip so `invoices`/`invoiced` meet `invoice`.
@@ -126,7 +179,11 @@ impl Classifier {
                 hits.sort_by(|a, b| b.1.total_cmp(&a.1));
                 let found: f64 = hits.iter().map(|h| h.1).sum();
                 let score = if total > 0.0 { found / total } else { 0.0 };
-                (score, kind.as_str(), hits.into_iter().map(|h| h.0).collect())
+                (
+                    score,
+                    kind.as_str(),
+                    hits.into_iter().map(|h| h.0).collect(),
+                )
             })
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -134,7 +191,11 @@ impl Classifier {
         let runner = scored.get(1);
         let second = runner.map(|r| r.0).unwrap_or(0.0);
         // Ahead by a clear margin and with a good share of its terms found: both are needed.
-        let margin = if *best > 0.0 { (best - second) / best } else { 0.0 };
+        let margin = if *best > 0.0 {
+            (best - second) / best
+        } else {
+            0.0
+        };
         let strength = (best / 0.35).min(1.0);
         let confidence = ((0.15 + 0.85 * margin) * strength).clamp(0.0, 1.0);
         let show = |h: &[&str]| {
@@ -181,7 +242,8 @@ mod tests {
         vec![
             ClassifyRule {
                 kind: "invoice".into(),
-                description: "A bill requesting payment, with line items, amounts and a total due".into(),
+                description: "A bill requesting payment, with line items, amounts and a total due"
+                    .into(),
             },
             ClassifyRule {
                 kind: "resume".into(),
@@ -193,7 +255,8 @@ mod tests {
     #[test]
     fn picks_the_matching_rule_and_explains_it() {
         let c = Classifier::new(&rules());
-        let r = c.classify("INVOICE #123. Payment due in 30 days. Total due: $400. Line items below.");
+        let r =
+            c.classify("INVOICE #123. Payment due in 30 days. Total due: $400. Line items below.");
         assert_eq!(r.kind.as_deref(), Some("invoice"));
         assert!(r.confidence > 0.5, "{r:?}");
         assert!(r.reasoning.contains("'invoice'") && r.reasoning.contains("Runner-up 'resume'"));

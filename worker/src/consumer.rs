@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use docfleet_shared::topology::Topology;
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::message::Delivery;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -69,7 +69,9 @@ async fn consume(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumeError> {
     let topology = Topology::new(settings.broker.queue_prefix.clone());
-    let conn = docfleet_shared::services::connect_amqp(&settings.broker.url, Duration::from_secs(5)).await?;
+    let conn =
+        docfleet_shared::services::connect_amqp(&settings.broker.url, Duration::from_secs(5))
+            .await?;
     let channel = conn.create_channel().await?;
     topology.declare(&channel).await?;
     channel
@@ -142,11 +144,7 @@ async fn settle(delivery: &Delivery, verdict: Verdict) {
                 })
                 .await
         }
-        Verdict::DeadLetter => {
-            delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
+        Verdict::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
     };
     if let Err(error) = result {
         // The channel died after the outcome was recorded: the broker redelivers, and the

@@ -110,7 +110,10 @@ impl Processor {
     /// Whether Redis answers (readiness).
     pub async fn redis_ok(&self) -> bool {
         let mut con = self.redis.clone();
-        redis::cmd("PING").query_async::<String>(&mut con).await.is_ok()
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .is_ok()
     }
 
     /// Handles one delivery body and says what to do with the delivery.
@@ -128,7 +131,11 @@ impl Processor {
 
     async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
         let mut con = self.redis.clone();
-        let attempt = match self.scripts.claim(&mut con, &msg.batch_id, &msg.item_id).await {
+        let attempt = match self
+            .scripts
+            .claim(&mut con, &msg.batch_id, &msg.item_id)
+            .await
+        {
             Ok(Claim::Run(n)) => n,
             Ok(Claim::Done) => {
                 tracing::debug!("Already settled; acking the duplicate.");
@@ -164,7 +171,11 @@ impl Processor {
         let result = self.execute(msg).await;
         if let Err(Failure::Retry(error)) = &result {
             let _: redis::RedisResult<()> = con
-                .hset(self.keys.item(&msg.batch_id, &msg.item_id), "last_error", error)
+                .hset(
+                    self.keys.item(&msg.batch_id, &msg.item_id),
+                    "last_error",
+                    error,
+                )
                 .await;
             if attempt < max {
                 tracing::warn!(%error, attempt, "Transient failure; requeueing.");
@@ -367,11 +378,23 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 target_pages,
                 max_pages: params.max_pages,
             };
-            let parsed = parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
-            let separator = params.page_separator.clone().unwrap_or_else(|| "\n\n".into());
+            let parsed =
+                parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            let separator = params
+                .page_separator
+                .clone()
+                .unwrap_or_else(|| "\n\n".into());
             let wrap = |s: &str, n: u32| {
-                let pre = params.page_prefix.as_deref().unwrap_or("").replace("{pageNumber}", &n.to_string());
-                let suf = params.page_suffix.as_deref().unwrap_or("").replace("{pageNumber}", &n.to_string());
+                let pre = params
+                    .page_prefix
+                    .as_deref()
+                    .unwrap_or("")
+                    .replace("{pageNumber}", &n.to_string());
+                let suf = params
+                    .page_suffix
+                    .as_deref()
+                    .unwrap_or("")
+                    .replace("{pageNumber}", &n.to_string());
                 format!("{pre}{s}{suf}")
             };
             let text_full = parsed
@@ -391,6 +414,7 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 "text_full": text_full,
                 "markdown_full": markdown_full,
                 "metadata": {
+                    "pages": parsed.pages.iter().map(|p| json!({ "page_number": p.page_number })).collect::<Vec<_>>(),
                     "format": parsed.format,
                     "page_count": parsed.page_count,
                     "pages_parsed": parsed.pages.len(),
@@ -411,7 +435,8 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 target_pages: pc.target_pages.clone(),
                 max_pages: Some(pc.max_pages.unwrap_or(5)),
             };
-            let parsed = parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            let parsed =
+                parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
             let text = parsed.full_text("\n");
             let classifier = ctx
                 .classifier

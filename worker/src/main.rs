@@ -7,7 +7,10 @@ use clap::Parser;
 use docfleet_shared::settings::{self, WorkerSettings};
 
 #[derive(Parser)]
-#[command(version, about = "docfleet queue consumer: parse or classify one file per message")]
+#[command(
+    version,
+    about = "docfleet queue consumer: parse or classify one file per message"
+)]
 struct Cli {
     /// Optional TOML configuration file; DOCFLEET__… variables override it.
     #[arg(long, env = "DOCFLEET_CONFIG")]

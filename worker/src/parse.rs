@@ -235,7 +235,7 @@ fn markdown_items(text: &str) -> Vec<Value> {
         let hashes = block.chars().take_while(|c| *c == '#').count();
         if (1..=6).contains(&hashes) && block[hashes..].starts_with(' ') && !block.contains('\n') {
             let value = block[hashes..].trim();
-            items.push(json!({ "type": "heading", "lvl": hashes, "value": value, "md": block }));
+            items.push(json!({ "type": "heading", "level": hashes, "value": value, "md": block }));
         } else {
             items.push(json!({ "type": "text", "value": block, "md": block }));
         }
@@ -249,8 +249,8 @@ fn csv_page(text: &str) -> (String, Vec<Value>) {
         .filter(|l| !l.trim().is_empty())
         .map(split_csv_line)
         .collect();
-    let md = markdown_table(&rows);
-    let item = json!({ "type": "table", "rows": rows, "md": md });
+    let item = table_item(&rows);
+    let md = item["md"].as_str().unwrap_or_default().to_owned();
     (md, vec![item])
 }
 
@@ -275,6 +275,44 @@ fn split_csv_line(line: &str) -> Vec<String> {
     cells
 }
 
+/// A `table` item in every representation the SDK's `TableItem` requires.
+fn table_item(rows: &[Vec<String>]) -> Value {
+    let md = markdown_table(rows);
+    let csv = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| {
+                    if c.contains([',', '"', '\n']) {
+                        format!("\"{}\"", c.replace('"', "\"\""))
+                    } else {
+                        c.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let esc = |c: &str| {
+        c.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let html = format!(
+        "<table>{}</table>",
+        rows.iter()
+            .map(|r| format!(
+                "<tr>{}</tr>",
+                r.iter()
+                    .map(|c| format!("<td>{}</td>", esc(c)))
+                    .collect::<String>()
+            ))
+            .collect::<String>()
+    );
+    json!({ "type": "table", "rows": rows, "md": md, "csv": csv, "html": html })
+}
+
 fn markdown_table(rows: &[Vec<String>]) -> String {
     let Some(width) = rows.iter().map(Vec::len).max() else {
         return String::new();
@@ -291,14 +329,20 @@ fn markdown_table(rows: &[Vec<String>]) -> String {
 }
 
 fn parse_pdf(bytes: &[u8], req: &ParseRequest) -> Result<Parsed, ParseError> {
-    let mut opts = unpdf::ParseOptions::new().sequential().lenient();
-    if let Some(t) = &req.target_pages {
-        opts = opts.with_pages(unpdf::PageSelection::Pages(t.iter().map(|p| p + 1).collect()));
-    }
-    let doc = unpdf::parse_bytes_with_options(bytes, opts).map_err(|e| ParseError::Corrupt {
-        format: "pdf",
-        reason: e.to_string(),
-    })?;
+    let opts = unpdf::ParseOptions::new().sequential().lenient();
+    // Parsing only the selected pages is much cheaper on long documents, but unpdf refuses a
+    // selection naming pages the file lacks; then parse everything and select afterwards.
+    let selected = req.target_pages.as_ref().and_then(|t| {
+        let pages = unpdf::PageSelection::Pages(t.iter().map(|p| p + 1).collect());
+        unpdf::parse_bytes_with_options(bytes, opts.clone().with_pages(pages)).ok()
+    });
+    let doc = match selected {
+        Some(doc) => doc,
+        None => unpdf::parse_bytes_with_options(bytes, opts).map_err(|e| ParseError::Corrupt {
+            format: "pdf",
+            reason: e.to_string(),
+        })?,
+    };
     let render = unpdf::RenderOptions {
         page_markers: unpdf::render::PageMarkerStyle::Comment,
         ..unpdf::RenderOptions::default()
@@ -366,7 +410,7 @@ fn pdf_items(page: &unpdf::Page) -> Vec<Value> {
                 }
                 match p.heading_level() {
                     Some(lvl) => items.push(json!({
-                        "type": "heading", "lvl": lvl, "value": text,
+                        "type": "heading", "level": lvl, "value": text,
                         "md": format!("{} {}", "#".repeat(lvl as usize), text),
                     })),
                     None => items.push(json!({ "type": "text", "value": text, "md": text })),
@@ -389,12 +433,7 @@ fn pdf_items(page: &unpdf::Page) -> Vec<Value> {
                             .collect()
                     })
                     .collect();
-                let md = if rows.is_empty() {
-                    String::new()
-                } else {
-                    markdown_table(&rows)
-                };
-                items.push(json!({ "type": "table", "rows": rows, "md": md }));
+                items.push(table_item(&rows));
             }
             unpdf::Block::Code { content } | unpdf::Block::Raw { content } => {
                 items.push(json!({ "type": "text", "value": content, "md": content }));
@@ -411,7 +450,12 @@ mod tests {
 
     #[test]
     fn text_markdown_and_csv() {
-        let p = parse(b"# Title\n\nHello world.\x0cPage two", "a.md", &ParseRequest::default()).unwrap();
+        let p = parse(
+            b"# Title\n\nHello world.\x0cPage two",
+            "a.md",
+            &ParseRequest::default(),
+        )
+        .unwrap();
         assert_eq!(p.pages.len(), 2);
         assert_eq!(p.pages[0].items[0]["type"], "heading");
         assert_eq!(p.pages[1].text, "Page two");
@@ -424,7 +468,12 @@ mod tests {
     fn binary_and_images_fail_with_the_detected_type() {
         let e = parse(b"\x89PNG\r\n\x1a\n....", "x.txt", &ParseRequest::default()).unwrap_err();
         assert!(e.to_string().contains("png"), "{e}");
-        let e = parse(&[0u8, 1, 2, 3, 4, 5, 6, 7], "x.bin", &ParseRequest::default()).unwrap_err();
+        let e = parse(
+            &[0u8, 1, 2, 3, 4, 5, 6, 7],
+            "x.bin",
+            &ParseRequest::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("binary"), "{e}");
         let e = parse(b"%PDF-1.4 garbage", "x.pdf", &ParseRequest::default()).unwrap_err();
         assert!(e.to_string().contains("pdf"), "{e}");
@@ -432,11 +481,20 @@ mod tests {
 
     #[test]
     fn page_selection_applies() {
-        let req = ParseRequest { target_pages: Some(vec![1]), max_pages: None };
+        let req = ParseRequest {
+            target_pages: Some(vec![1]),
+            max_pages: None,
+        };
         let p = parse(b"one\x0ctwo\x0cthree", "a.txt", &req).unwrap();
         assert_eq!(p.pages.len(), 1);
         assert_eq!(p.pages[0].text, "two");
-        let req = ParseRequest { target_pages: Some(vec![7]), max_pages: None };
-        assert!(matches!(parse(b"one", "a.txt", &req), Err(ParseError::NoPages(1))));
+        let req = ParseRequest {
+            target_pages: Some(vec![7]),
+            max_pages: None,
+        };
+        assert!(matches!(
+            parse(b"one", "a.txt", &req),
+            Err(ParseError::NoPages(1))
+        ));
     }
 }
