@@ -6,7 +6,7 @@
 //! much of the winner was found with how far it is ahead of the runner-up, so a weak or a
 //! close call never comes out confident. The reasoning names the matched terms of both.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use docfleet_shared::model::ClassifyRule;
 use serde::Serialize;
@@ -84,14 +84,17 @@ const STOPWORDS: &[&str] = &[
     "more",
 ];
 
-/// Lower-cased word stems: a light suffix strip so `invoices`/`invoiced` meet `invoice`.
-fn terms(text: &str) -> Vec<String> {
+/// Lower-cased words without stopwords.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 2)
         .map(|w| w.to_lowercase())
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
-        .map(|w| stem(&w))
-        .collect()
+}
+
+/// Word stems: a light suffix strip so `invoices`/`invoiced` meet `invoice`.
+fn terms(text: &str) -> Vec<String> {
+    words(text).map(|w| stem(&w)).collect()
 }
 
 fn stem(w: &str) -> String {
@@ -156,7 +159,11 @@ impl Classifier {
 
     /// Classifies a document's text.
     pub fn classify(&self, text: &str) -> Classification {
-        let doc: HashSet<String> = terms(text).into_iter().collect();
+        // Each stem maps to the first word the document spelled it with, for the reasoning.
+        let mut doc: HashMap<String, String> = HashMap::new();
+        for word in words(text) {
+            doc.entry(stem(&word)).or_insert(word);
+        }
         if doc.is_empty() {
             return Classification {
                 kind: self.rules.first().map(|(k, _)| k.clone()),
@@ -173,11 +180,11 @@ impl Classifier {
                 let total: f64 = bag.values().sum();
                 let mut hits: Vec<(&str, f64)> = bag
                     .iter()
-                    .filter(|(t, _)| doc.contains(t.as_str()))
-                    .map(|(t, w)| (t.as_str(), *w))
+                    .filter_map(|(t, w)| doc.get(t).map(|surface| (surface.as_str(), *w)))
                     .collect();
                 hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let found: f64 = hits.iter().map(|h| h.1).sum();
+                // 0.0 + …: an empty f64 sum is -0.0, which would print as "-0%".
+                let found: f64 = 0.0 + hits.iter().map(|h| h.1).sum::<f64>();
                 let score = if total > 0.0 { found / total } else { 0.0 };
                 (
                     score,
@@ -197,7 +204,8 @@ impl Classifier {
             0.0
         };
         let strength = (best / 0.35).min(1.0);
-        let confidence = ((0.15 + 0.85 * margin) * strength).clamp(0.0, 1.0);
+        // Lexical evidence alone never justifies certainty, hence the 0.95 ceiling.
+        let confidence = ((0.15 + 0.85 * margin) * strength).clamp(0.0, 0.95);
         let show = |h: &[&str]| {
             if h.is_empty() {
                 "no terms".to_owned()

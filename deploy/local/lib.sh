@@ -1,0 +1,77 @@
+# Shared set-up for deploy/local/{fleet,demo,test}: make sure what docfleet needs is installed
+# and answering, installing it on Debian/Ubuntu when missing. Sourced, not run.
+# Every message goes to stderr so `eval "$(deploy/local/fleet up)"` sees only export lines.
+
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${DOCFLEET_VENV:-$REPO/.venv}"
+SDK_VERSION="2.13.0"
+
+say() { printf 'docfleet: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+# Runs apt-get as root, or through sudo, or explains what to install.
+apt_install() {
+  local runner=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then runner=(sudo -n); else
+      die "missing packages: $*; install them (apt-get install $*) or run as root"
+    fi
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "missing packages: $* (no apt-get here; install them yourself)"
+  say "installing $* with apt-get"
+  if [ -z "${DOCFLEET_APT_UPDATED:-}" ]; then
+    "${runner[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+    export DOCFLEET_APT_UPDATED=1
+  fi
+  "${runner[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 \
+    || die "apt-get install $* failed"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_redis() {
+  port_open 6379 && return 0
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  say "starting redis-server"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >&2
+  for _ in $(seq 1 50); do port_open 6379 && return 0; sleep 0.2; done
+  die "redis-server did not start on 127.0.0.1:6379"
+}
+
+ensure_rabbitmq() {
+  if port_open 5672; then return 0; fi
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  say "starting rabbitmq-server"
+  rabbitmq-server -detached >&2 || true
+  for _ in $(seq 1 60); do
+    if rabbitmqctl await_startup >/dev/null 2>&1; then break; fi
+    sleep 2
+  done
+  rabbitmqctl await_startup >/dev/null 2>&1 || die "rabbitmq-server did not start"
+  for _ in $(seq 1 50); do port_open 5672 && return 0; sleep 0.2; done
+  die "RabbitMQ is up but not listening on 127.0.0.1:5672"
+}
+
+ensure_services() { ensure_redis; ensure_rabbitmq; }
+
+ensure_build_tools() {
+  command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] \
+    || die "cargo not found: install Rust (https://rustup.rs), then run this again"
+  export PATH="$HOME/.cargo/bin:$PATH"
+  command -v cc >/dev/null 2>&1 || apt_install build-essential
+  command -v curl >/dev/null 2>&1 || apt_install curl
+}
+
+# A virtual environment with the official SDK at the version that still has client.beta.batch.
+ensure_venv() {
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV" >&2 2>/dev/null || { apt_install python3-venv; rm -rf "$VENV"; python3 -m venv "$VENV" >&2; }
+  fi
+  if ! "$VENV/bin/python" -c "import llama_cloud, pytest, sys; sys.exit(llama_cloud.__version__ != '$SDK_VERSION')" 2>/dev/null; then
+    say "installing llama-cloud==$SDK_VERSION and pytest into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest >&2
+  fi
+}
