@@ -57,11 +57,15 @@ ensure_rabbitmq() {
 ensure_services() { ensure_redis; ensure_rabbitmq; }
 
 ensure_build_tools() {
-  command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] \
-    || die "cargo not found: install Rust (https://rustup.rs), then run this again"
-  export PATH="$HOME/.cargo/bin:$PATH"
   command -v cc >/dev/null 2>&1 || apt_install build-essential
-  command -v curl >/dev/null 2>&1 || apt_install curl
+  command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! command -v cargo >/dev/null 2>&1; then
+    # Distribution packages of Rust are too old for our dependencies; rustup is the standard way.
+    say "installing the Rust toolchain with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >&2 \
+      || die "could not install Rust; install it from https://rustup.rs and run this again"
+  fi
 }
 
 # A virtual environment with the official SDK at the version that still has client.beta.batch.
