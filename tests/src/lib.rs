@@ -454,3 +454,111 @@ async fn split(r: reqwest::Response) -> (u16, Value) {
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
 }
+
+/// Where the fleet's binaries were built (`DOCFLEET_BIN_DIR`, else next to the test binary).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DOCFLEET_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test> → target/<profile>
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().and_then(|d| d.parent()).map(PathBuf::from))
+        .unwrap_or_default()
+}
+
+/// A fleet binary running as its own OS process, killed on drop.
+pub struct Process {
+    /// The child.
+    pub child: tokio::process::Child,
+}
+
+impl Process {
+    /// SIGKILL: no drain, no goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+impl Fleet {
+    fn common_env(&self, cmd: &mut tokio::process::Command) {
+        let d = &self.dispatcher_settings;
+        cmd.env("DOCFLEET__BROKER__URL", &d.broker.url)
+            .env("DOCFLEET__BROKER__QUEUE_PREFIX", &d.broker.queue_prefix)
+            .env("DOCFLEET__REDIS__URL", &d.redis.url)
+            .env("DOCFLEET__REDIS__KEY_PREFIX", &d.redis.key_prefix)
+            .env("DOCFLEET__STORE__ROOT", &d.store.root)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+    }
+
+    /// Starts the dispatcher binary on `port`, sharing this fleet's names.
+    pub async fn spawn_dispatcher_process(&self, port: u16) -> Process {
+        let mut cmd = tokio::process::Command::new(bin_dir().join("docfleet-dispatcher"));
+        self.common_env(&mut cmd);
+        cmd.env("DOCFLEET__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "DOCFLEET__EXPANSION_LEASE_SECS",
+                self.dispatcher_settings.expansion_lease_secs.to_string(),
+            );
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawn {}: {e} (deploy/local/test builds the binaries first)",
+                bin_dir().join("docfleet-dispatcher").display()
+            )
+        });
+        Process { child }
+    }
+
+    /// Starts the worker binary, sharing this fleet's names.
+    pub async fn spawn_worker_process(&self, extra_env: &[(&str, &str)]) -> Process {
+        let mut cmd = tokio::process::Command::new(bin_dir().join("docfleet-worker"));
+        self.common_env(&mut cmd);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawn {}: {e} (deploy/local/test builds the binaries first)",
+                bin_dir().join("docfleet-worker").display()
+            )
+        });
+        Process { child }
+    }
+
+    /// A free loopback port.
+    pub async fn free_port() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        l.local_addr().expect("addr").port()
+    }
+
+    /// Reads a batch hash field straight from Redis.
+    pub async fn batch_field(&self, batch_id: &str, field: &str) -> Option<String> {
+        let mut con = self.redis.clone();
+        redis::AsyncCommands::hget(&mut con, self.keys.batch(batch_id), field)
+            .await
+            .ok()
+            .flatten()
+    }
+}

@@ -1,0 +1,122 @@
+//! The real binaries as OS processes: killed mid-expansion, drained on SIGTERM.
+
+use std::time::Duration;
+
+use docfleet_tests::Fleet;
+use serde_json::json;
+
+const BATCH: &str = "/api/v1/beta/batch-processing";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispatcher_killed_mid_expansion_is_resumed_by_another() {
+    let mut f = Fleet::start(0).await;
+    f.dispatcher_settings.expansion_lease_secs = 2;
+    // The in-process dispatcher only serves the files; expansion runs in the processes below.
+    let dir = f.create_dir(&f.api_key, "big").await;
+    let n = 400;
+    for i in 0..n {
+        f.upload(
+            &f.api_key,
+            &dir,
+            &format!("f{i}.txt"),
+            format!("file {i}").into_bytes(),
+        )
+        .await;
+    }
+    f.stop_dispatcher().await;
+    let port = Fleet::free_port().await;
+    let mut first = f.spawn_dispatcher_process(port).await;
+    f.base_url = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = f.http.get(format!("{}/readyz", f.base_url)).send().await {
+            ready = r.status().is_success();
+            if ready {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "dispatcher process not ready");
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1 }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    // Kill it once some pages, but not all, are published.
+    let mut cursor_at_kill = 0;
+    for _ in 0..2000 {
+        let c: i64 = f
+            .batch_field(&id, "cursor")
+            .await
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(0);
+        if c >= 20 {
+            cursor_at_kill = c;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.kill().await;
+    assert!(cursor_at_kill > 0, "expansion never started");
+    assert_eq!(
+        f.batch_field(&id, "expanded").await.as_deref(),
+        Some("0"),
+        "too late to kill"
+    );
+    // A replacement takes the lease over once it lapses and finishes from the cursor.
+    let port = Fleet::free_port().await;
+    let _second = f.spawn_dispatcher_process(port).await;
+    f.base_url = format!("http://127.0.0.1:{port}");
+    f.start_worker().await;
+    f.start_worker().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = f.wait_terminal(&id, Duration::from_secs(90)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    assert_eq!(status["job"]["total_items"], n);
+    assert_eq!(status["job"]["processed_items"], n);
+    let events = f.events(&id).await;
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "parse.success").count(),
+        n
+    );
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "parse.pending").count(),
+        n
+    );
+    assert_eq!(
+        events.iter().filter(|(t, _)| t == "batch.success").count(),
+        1
+    );
+    for _ in 0..100 {
+        if f.queue_depths().await == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.queue_depths().await, (0, 0));
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_drains_and_exits_zero_on_sigterm() {
+    let f = Fleet::start(0).await;
+    let mut w = f.spawn_worker_process(&[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = w.terminate().await.expect("worker exited");
+    assert!(status.success(), "{status:?}");
+    // Invalid configuration: exit 64 before opening any socket.
+    let mut bad = f
+        .spawn_worker_process(&[("DOCFLEET__CONCURRENCY", "0")])
+        .await;
+    let code = tokio::time::timeout(Duration::from_secs(10), bad.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code.code(), Some(64));
+    f.shutdown().await;
+}
