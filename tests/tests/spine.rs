@@ -395,3 +395,54 @@ async fn cancel_mid_batch_stops_new_work() {
     );
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "prio").await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(
+            f.upload(
+                &f.api_key,
+                &dir,
+                &format!("p{i}.txt"),
+                format!("text {i}").into_bytes(),
+            )
+            .await,
+        );
+    }
+    let create = |prio: &str, items: &[String]| json!({ "job_config": { "parameters": { "priority": prio } }, "item_ids": items });
+    let dispatched = |id: String| {
+        let f = &f;
+        async move {
+            for _ in 0..200 {
+                if f.get(&format!("{BATCH}/{id}")).await.1["job"]["status"] == "dispatched" {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("batch {id} never dispatched");
+        }
+    };
+    let (_, low) = f.post(BATCH, &create("low", &ids[..50])).await;
+    let low = low["id"].as_str().unwrap().to_owned();
+    dispatched(low.clone()).await;
+    let (_, crit) = f.post(BATCH, &create("critical", &ids[50..])).await;
+    let crit = crit["id"].as_str().unwrap().to_owned();
+    dispatched(crit.clone()).await;
+    // One worker taking one message at a time: it must pick the critical ones first.
+    let mut ws = f.worker_settings.clone();
+    ws.concurrency = 1;
+    ws.prefetch = 1;
+    f.start_worker_with(ws).await;
+    f.wait_terminal(&crit, Duration::from_secs(60)).await;
+    let (_, l) = f.get(&format!("{BATCH}/{low}")).await;
+    let low_done = l["job"]["processed_items"].as_u64().unwrap();
+    assert!(
+        low_done <= 5,
+        "critical finished after {low_done} low items"
+    );
+    f.wait_terminal(&low, Duration::from_secs(60)).await;
+    f.shutdown().await;
+}
