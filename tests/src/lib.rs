@@ -333,6 +333,26 @@ impl Fleet {
         }
     }
 
+    /// Every outbox event of this fleet, in stream order, as (batch_id, type, item_id).
+    pub async fn all_events(&self) -> Vec<(String, String, String)> {
+        let mut con = self.redis.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.events())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("xrange");
+        reply
+            .ids
+            .iter()
+            .map(|e| {
+                let f = |k: &str| e.get::<String>(k).unwrap_or_default();
+                (f("batch_id"), f("type"), f("item_id"))
+            })
+            .collect()
+    }
+
     /// The outbox events of a batch, in stream order, as (type, item_id).
     pub async fn events(&self, batch_id: &str) -> Vec<(String, String)> {
         let mut con = self.redis.clone();
