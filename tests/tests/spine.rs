@@ -74,6 +74,21 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     let f = Fleet::start(2).await;
     let dir = f.create_dir(&f.api_key, "samples").await;
     upload_samples(&f, &dir).await;
+    // Files that cannot be parsed fail their own item, with the detected type; the batch goes on.
+    f.upload(
+        &f.api_key,
+        &dir,
+        "broken.pdf",
+        b"%PDF-1.7\n garbage".to_vec(),
+    )
+    .await;
+    f.upload(
+        &f.api_key,
+        &dir,
+        "photo.txt",
+        b"\x89PNG\r\n\x1a\n0000".to_vec(),
+    )
+    .await;
     let (s, b) = f
         .post(
             BATCH,
@@ -86,13 +101,18 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     let id = b["id"].as_str().unwrap().to_owned();
     let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(status["job"]["status"], "completed", "{status}");
-    assert_eq!(status["job"]["total_items"], 5);
+    assert_eq!(status["job"]["total_items"], 7);
+    assert_eq!(status["job"]["failed_items"], 2);
     let items = f.items(&id).await;
     assert_exact_accounting(&status, &items);
-    assert!(
-        items.iter().all(|i| i["status"] == "completed"),
-        "{items:?}"
-    );
+    for i in &items {
+        let error = i["error_message"].as_str().unwrap_or("");
+        match i["item_name"].as_str().unwrap() {
+            "broken.pdf" => assert!(i["status"] == "failed" && error.contains("pdf"), "{i}"),
+            "photo.txt" => assert!(i["status"] == "failed" && error.contains("png"), "{i}"),
+            _ => assert_eq!(i["status"], "completed", "{i}"),
+        }
+    }
 
     // The PDF's text came out page by page.
     let invoice = items
@@ -145,7 +165,9 @@ async fn parse_batch_over_a_directory_with_two_workers() {
         events.iter().filter(|(t, _)| t == "parse.success").count(),
         5
     );
-    assert_eq!(f.queue_depths().await, (0, 0));
+    assert_eq!(events.iter().filter(|(t, _)| t == "parse.error").count(), 2);
+    // Failed files are parked in the dead-letter queue; nothing is left in the work queue.
+    assert_eq!(f.queue_depths().await, (0, 2));
     f.shutdown().await;
 }
 
