@@ -39,7 +39,7 @@ pub struct CreateBatch {
     #[allow(dead_code)]
     continue_as_new_threshold: Option<i64>,
     #[serde(default)]
-    webhook_configurations: Option<Vec<Value>>,
+    webhook_configurations: Option<Value>,
 }
 
 /// A validated job config.
@@ -179,16 +179,10 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<Json<Value>, ApiError> {
     let job = validate_job(&st, &body.job_config)?;
-    if let Some(w) = &body.webhook_configurations {
-        for (i, c) in w.iter().enumerate() {
-            if !c.is_object() {
-                return Err(ApiError::field(
-                    &format!("webhook_configurations[{i}]"),
-                    "must be an object",
-                ));
-            }
-        }
-    }
+    let webhooks = crate::webhook::subscription::from_request(
+        &body.job_config,
+        body.webhook_configurations.as_ref(),
+    )?;
     let page_size = match body.page_size {
         None => 100,
         Some(n) if (1..=1000).contains(&n) => n,
@@ -295,13 +289,31 @@ pub async fn create(
         )
         .zadd(st.keys.project_batches(&project), &batch_id, now_millis())
         .zadd(st.keys.expansion(), &batch_id, now_millis());
-    if let Some(w) = &body.webhook_configurations {
+    if !webhooks.is_empty() {
         pipe.hset(
             st.keys.batch(&batch_id),
             "webhooks",
-            serde_json::to_string(w)?,
+            serde_json::to_string(&webhooks)?,
         );
     }
+    // The first event of the outbox, in the same transaction as the batch itself.
+    let at = now_rfc3339();
+    pipe.hset(st.keys.batch(&batch_id), "seq", 1)
+        .cmd("XADD")
+        .arg(st.keys.events())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(1_000_000)
+        .arg("*")
+        .arg(&[
+            ("type", "batch.pending"),
+            ("batch_id", batch_id.as_str()),
+            ("item_id", ""),
+            ("status", "pending"),
+            ("seq", "1"),
+            ("at", at.as_str()),
+        ])
+        .ignore();
     let _: () = pipe.query_async(&mut con).await?;
     st.expansion_wake.notify_one();
     tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");

@@ -18,6 +18,7 @@ pub mod publisher;
 pub mod records;
 pub mod results;
 pub mod state;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,9 @@ pub enum DispatcherError {
     /// RabbitMQ is unreachable.
     #[error("rabbitmq: {0}")]
     Broker(#[from] publisher::PublishError),
+    /// The webhook HTTP client could not be built.
+    #[error("webhook client: {0}")]
+    Webhook(reqwest::Error),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
@@ -65,6 +69,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         redis,
         publisher: Arc::new(publisher),
         expansion_wake: Arc::new(Notify::new()),
+        webhook_wake: Arc::new(Notify::new()),
         replica_id: format!("dispatcher-{}", uuid::Uuid::new_v4()).into(),
         settings: Arc::new(settings),
     })
@@ -113,6 +118,16 @@ pub fn router(state: AppState) -> Router {
             &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
             get(batch::processing_results),
         )
+        .route(
+            &format!("{v1}/batch-processing/{{job_id}}/webhook-deliveries"),
+            get(webhook::api::list),
+        )
+        .route(
+            &format!(
+                "{v1}/batch-processing/{{job_id}}/webhook-deliveries/{{delivery_id}}/redeliver"
+            ),
+            post(webhook::api::redeliver),
+        )
         .route("/api/v2/parse/{job_id}", get(results::parse))
         .route("/api/v2/classify/{job_id}", get(results::classify))
         .route(
@@ -153,13 +168,20 @@ pub async fn run(
 ) -> Result<(), DispatcherError> {
     let state = connect(settings).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let expansion = tokio::spawn(expansion::run(state.clone(), stop_rx));
+    let expansion = tokio::spawn(expansion::run(state.clone(), stop_rx.clone()));
+    let outbox = tokio::spawn(webhook::outbox::run(state.clone(), stop_rx.clone()));
+    let sender =
+        Arc::new(webhook::delivery::Sender::new(state.clone()).map_err(DispatcherError::Webhook)?);
+    let sending = tokio::spawn(sender.run(stop_rx));
     tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = stop_tx.send(true);
     let _ = expansion.await;
+    let _ = outbox.await;
+    // In-flight deliveries finish (bounded by the request timeout); the rest stay due in Redis.
+    let _ = sending.await;
     tracing::info!("Dispatcher drained.");
     served.map_err(DispatcherError::from)
 }

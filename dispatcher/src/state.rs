@@ -27,6 +27,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Wakes the expansion loop when a batch is created.
     pub expansion_wake: Arc<Notify>,
+    /// Wakes the webhook sender when new deliveries exist.
+    pub webhook_wake: Arc<Notify>,
     /// This replica's id, used as the expansion lease owner.
     pub replica_id: Arc<str>,
 }

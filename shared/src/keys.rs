@@ -23,6 +23,9 @@
 //! | `P:job:<job_id>` | string | `<batch_id>\n<item_id>` of a per-file job |
 //! | `P:expansion` | zset | batches whose expansion has not finished |
 //! | `P:events` | stream | outbox of status events, written by the same scripts as the transitions |
+//! | `P:whd:<delivery_id>` | hash | one webhook delivery: endpoint, body, attempts, status |
+//! | `P:webhook:due` | zset | pending deliveries by next attempt time (ms) |
+//! | `P:batch:{<id>}:deliveries` | zset | a batch's deliveries, by creation |
 
 use crate::model::ItemStatus;
 
@@ -143,5 +146,20 @@ impl Keys {
     /// The event outbox stream.
     pub fn events(&self) -> String {
         format!("{}:events", self.prefix)
+    }
+
+    /// One webhook delivery.
+    pub fn delivery(&self, delivery_id: &str) -> String {
+        format!("{}:whd:{delivery_id}", self.prefix)
+    }
+
+    /// Deliveries due, by next attempt time.
+    pub fn webhook_due(&self) -> String {
+        format!("{}:webhook:due", self.prefix)
+    }
+
+    /// A batch's deliveries.
+    pub fn batch_deliveries(&self, batch_id: &str) -> String {
+        format!("{}:deliveries", self.batch(batch_id))
     }
 }

@@ -374,6 +374,48 @@ impl JobSpec {
     }
 }
 
+/// Every webhook event name any SDK version knows (the 38-value superset of 2.19.0).
+pub const WEBHOOK_EVENTS: [&str; 38] = [
+    "extract.pending",
+    "extract.success",
+    "extract.error",
+    "extract.partial_success",
+    "extract.cancelled",
+    "parse.pending",
+    "parse.running",
+    "parse.success",
+    "parse.error",
+    "parse.partial_success",
+    "parse.cancelled",
+    "classify.pending",
+    "classify.running",
+    "classify.success",
+    "classify.error",
+    "classify.partial_success",
+    "classify.cancelled",
+    "unmapped_event",
+    "sheets.pending",
+    "sheets.success",
+    "sheets.error",
+    "sheets.partial_success",
+    "sheets.cancelled",
+    "split.pending",
+    "split.processing",
+    "split.success",
+    "split.error",
+    "split.cancelled",
+    "batch.pending",
+    "batch.running",
+    "batch.success",
+    "batch.error",
+    "batch.cancelled",
+    "verify.pending",
+    "verify.running",
+    "verify.success",
+    "verify.error",
+    "verify.cancelled",
+];
+
 /// Parses a 0-based page selection such as `0,2-4` into a sorted, de-duplicated list.
 pub fn parse_page_selection(spec: &str) -> Result<Vec<u32>, String> {
     let mut pages = Vec::new();

@@ -82,6 +82,44 @@ pub struct LogSettings {
     pub filter: Option<String>,
 }
 
+/// Webhook delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookSettings {
+    /// Per-request timeout.
+    pub request_timeout_ms: u64,
+    /// Response bytes read at most (the rest is dropped).
+    pub max_response_bytes: usize,
+    /// Delay before the first retry; it doubles per attempt, with jitter.
+    pub first_retry_ms: u64,
+    /// Longest delay between two attempts.
+    pub max_retry_interval_secs: u64,
+    /// After this long since the event, a delivery that still fails is marked failed.
+    pub give_up_after_secs: u64,
+    /// Requests in flight per dispatcher.
+    pub concurrency: usize,
+    /// Requests in flight per target host, so one slow endpoint cannot take every slot.
+    pub per_host_concurrency: usize,
+    /// Networks that may be targeted although they are loopback/private/link-local
+    /// (e.g. `127.0.0.0/8` for a developer's receiver). Empty: public addresses only.
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 10_000,
+            max_response_bytes: 64 * 1024,
+            first_retry_ms: 5_000,
+            max_retry_interval_secs: 6 * 3600,
+            give_up_after_secs: 3 * 24 * 3600,
+            concurrency: 64,
+            per_host_concurrency: 8,
+            allow_cidrs: Vec::new(),
+        }
+    }
+}
+
 /// The dispatcher's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -104,6 +142,8 @@ pub struct DispatcherSettings {
     pub expansion_lease_secs: u64,
     /// Parse modes that need a model endpoint are refused unless this is set (later work).
     pub llm_endpoint: Option<String>,
+    /// Webhook delivery.
+    pub webhook: WebhookSettings,
 }
 
 impl Default for DispatcherSettings {
@@ -118,6 +158,7 @@ impl Default for DispatcherSettings {
             max_item_ids: 100_000,
             expansion_lease_secs: 15,
             llm_endpoint: None,
+            webhook: WebhookSettings::default(),
         }
     }
 }
@@ -219,6 +260,17 @@ impl Validate for DispatcherSettings {
         if self.expansion_lease_secs < 2 {
             return Err("expansion_lease_secs must be at least 2".into());
         }
+        let w = &self.webhook;
+        if w.request_timeout_ms == 0 || w.first_retry_ms == 0 {
+            return Err(
+                "webhook.request_timeout_ms and webhook.first_retry_ms must be positive".into(),
+            );
+        }
+        if w.concurrency == 0 || w.per_host_concurrency == 0 {
+            return Err(
+                "webhook.concurrency and webhook.per_host_concurrency must be positive".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -260,7 +312,9 @@ where
             config::Environment::with_prefix("DOCFLEET")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("webhook.allow_cidrs"),
         )
         .build()?;
     let settings: T = merged.try_deserialize()?;

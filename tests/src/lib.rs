@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use docfleet_shared::keys::Keys;
 use docfleet_shared::settings::{
-    BrokerSettings, DispatcherSettings, RedisSettings, StoreSettings, WorkerSettings,
+    BrokerSettings, DispatcherSettings, RedisSettings, StoreSettings, WebhookSettings,
+    WorkerSettings,
 };
 use docfleet_shared::topology::Topology;
 use serde_json::Value;
@@ -95,6 +96,12 @@ impl Fleet {
                 root: std::env::temp_dir().join(&prefix),
             },
             expansion_lease_secs: 3,
+            webhook: WebhookSettings {
+                allow_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
+                first_retry_ms: 200,
+                request_timeout_ms: 2_000,
+                ..WebhookSettings::default()
+            },
             ..DispatcherSettings::default()
         };
         let ws = WorkerSettings {
@@ -539,6 +546,11 @@ impl Fleet {
             .env(
                 "DOCFLEET__EXPANSION_LEASE_SECS",
                 self.dispatcher_settings.expansion_lease_secs.to_string(),
+            )
+            .env("DOCFLEET__WEBHOOK__ALLOW_CIDRS", "127.0.0.0/8")
+            .env(
+                "DOCFLEET__WEBHOOK__FIRST_RETRY_MS",
+                self.dispatcher_settings.webhook.first_retry_ms.to_string(),
             );
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
