@@ -4,6 +4,8 @@
 //! run in parallel, and its [`Drop`] removes all three, so a test leaves nothing behind even
 //! when it fails.
 
+pub mod receiver;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -80,6 +82,9 @@ pub struct Fleet {
 impl Fleet {
     /// Starts a dispatcher and `workers` workers.
     pub async fn start(workers: usize) -> Fleet {
+        if std::env::var_os("RUST_LOG").is_some() {
+            docfleet_shared::telemetry::init(&docfleet_shared::settings::LogSettings::default());
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("dft-{}", &id[..12]);
         let ds = DispatcherSettings {
