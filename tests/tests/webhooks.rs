@@ -406,3 +406,27 @@ async fn internal_targets_are_refused_without_an_allowlist() {
     }
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_dispatcher_replicas_deliver_each_event_once() {
+    let f = Fleet::start(2).await;
+    // A second replica on the same Redis and RabbitMQ: both read the outbox and send.
+    let port = Fleet::free_port().await;
+    let mut other = f.spawn_dispatcher_process(port).await;
+    let r = Receiver::start().await;
+    let ids = files(&f, 30).await;
+    let batch = create(&f, &ids, json!([{ "webhook_url": r.url() }])).await;
+    f.wait_terminal(&batch, Duration::from_secs(60)).await;
+    // 1 batch.pending + 1 running + 1 success + 30 × (pending, running, success).
+    let got = r.wait_for(Duration::from_secs(20), |x| x.len() >= 93).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_now = r.received();
+    let ids: HashSet<String> = got_now
+        .iter()
+        .map(|x| x.payload()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 93, "{:?}", got.len());
+    assert_eq!(got_now.len(), 93, "an event was sent twice");
+    other.kill().await;
+    f.shutdown().await;
+}
