@@ -113,8 +113,8 @@ impl Default for WebhookSettings {
             first_retry_ms: 5_000,
             max_retry_interval_secs: 6 * 3600,
             give_up_after_secs: 3 * 24 * 3600,
-            concurrency: 64,
-            per_host_concurrency: 8,
+            concurrency: 128,
+            per_host_concurrency: 32,
             allow_cidrs: Vec::new(),
         }
     }

@@ -492,11 +492,14 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("DOCFLEET_BIN_DIR") {
         return PathBuf::from(d);
     }
-    // target/<profile>/deps/<test> → target/<profile>
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().and_then(|d| d.parent()).map(PathBuf::from))
-        .unwrap_or_default()
+    // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(PathBuf::from).unwrap_or_default()
+    } else {
+        dir
+    }
 }
 
 /// A fleet binary running as its own OS process, killed on drop.

@@ -83,6 +83,8 @@ pub struct Sender {
     policy: TargetPolicy,
     slots: Arc<Semaphore>,
     per_host: Mutex<HashMap<String, usize>>,
+    /// Endpoints per batch; they never change after create.
+    endpoints: Mutex<HashMap<String, Arc<Vec<Endpoint>>>>,
 }
 
 impl Sender {
@@ -104,6 +106,7 @@ impl Sender {
             client,
             policy,
             per_host: Mutex::default(),
+            endpoints: Mutex::default(),
         })
     }
 
@@ -132,7 +135,14 @@ impl Sender {
                 }
             }
             let busy = !taken.is_empty();
-            for id in taken {
+            let taken = match self.admit(taken).await {
+                Ok(t) => t,
+                Err(error) => {
+                    tracing::warn!(%error, "Could not read webhook deliveries.");
+                    Vec::new()
+                }
+            };
+            for (id, host) in taken {
                 let Ok(permit) = self.slots.clone().acquire_owned().await else {
                     break;
                 };
@@ -141,6 +151,7 @@ impl Sender {
                     if let Err(error) = me.attempt(&id).await {
                         tracing::warn!(%error, delivery_id = %id, "Webhook bookkeeping failed; it will be retried.");
                     }
+                    me.release_host(&host);
                     drop(permit);
                 });
             }
@@ -155,6 +166,58 @@ impl Sender {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Keeps the deliveries whose target host has a free slot and puts the others back
+    /// for a moment, so one slow or dead endpoint cannot occupy every slot.
+    async fn admit(&self, ids: Vec<String>) -> redis::RedisResult<Vec<(String, String)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.st.redis.clone();
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hget(self.st.keys.delivery(id), "url");
+        }
+        let urls: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+        let limit = self.st.settings.webhook.per_host_concurrency;
+        let mut admitted = Vec::with_capacity(ids.len());
+        let mut deferred = Vec::new();
+        {
+            let mut hosts = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, url) in ids.into_iter().zip(urls) {
+                let host = url
+                    .and_then(|u| reqwest::Url::parse(&u).ok())
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let n = hosts.entry(host.clone()).or_default();
+                if *n < limit {
+                    *n += 1;
+                    admitted.push((id, host));
+                } else {
+                    deferred.push(id);
+                }
+            }
+        }
+        if !deferred.is_empty() {
+            let at = docfleet_shared::now_millis() + 50;
+            let mut pipe = redis::pipe();
+            for id in &deferred {
+                pipe.zadd(self.st.keys.webhook_due(), id, at).ignore();
+            }
+            pipe.query_async::<()>(&mut con).await?;
+        }
+        Ok(admitted)
+    }
+
+    fn release_host(&self, host: &str) {
+        let mut hosts = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = hosts.get_mut(host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                hosts.remove(host);
+            }
+        }
+    }
+
     async fn attempt(&self, id: &str) -> redis::RedisResult<()> {
         let mut con = self.st.redis.clone();
         let key = self.st.keys.delivery(id);
@@ -165,7 +228,24 @@ impl Sender {
             return Ok(());
         }
         let batch_id = get("batch_id");
-        let eps = endpoints(&self.st, &batch_id).await?;
+        let cached = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&batch_id)
+            .cloned();
+        let eps = match cached {
+            Some(e) => e,
+            None => {
+                let e = endpoints(&self.st, &batch_id).await?;
+                let mut cache = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() > 10_000 {
+                    cache.clear();
+                }
+                cache.insert(batch_id.clone(), e.clone());
+                e
+            }
+        };
         let Some(ep) = get("endpoint")
             .parse::<usize>()
             .ok()
@@ -182,41 +262,11 @@ impl Sender {
                 )
                 .await;
         };
-        let host = reqwest::Url::parse(&ep.url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
-        let host_busy = {
-            let mut hosts = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
-            let n = hosts.entry(host.clone()).or_default();
-            let busy = *n >= self.st.settings.webhook.per_host_concurrency;
-            if !busy {
-                *n += 1;
-            }
-            busy
-        };
-        if host_busy {
-            // That endpoint is busy (slow or dead): come back shortly without an attempt.
-            let _: () = con
-                .zadd(
-                    self.st.keys.webhook_due(),
-                    id,
-                    docfleet_shared::now_millis() + 250,
-                )
-                .await?;
-            return Ok(());
-        }
         let started = std::time::Instant::now();
         let outcome = self
             .send(ep, &get("event_id"), get("body").as_bytes())
             .await;
-        {
-            let mut hosts = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = hosts.get_mut(&host) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        tracing::info!(delivery_id = %id, batch_id = %batch_id, event = %get("event_type"),
+        tracing::debug!(delivery_id = %id, batch_id = %batch_id, event = %get("event_type"),
             outcome = ?outcome, ms = started.elapsed().as_millis() as u64, "Webhook attempt.");
         self.record(id, &d, outcome).await
     }

@@ -102,11 +102,10 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
             if cache.len() > 10_000 {
                 cache.clear();
             }
-            for entry in &entries {
-                handle(&st, &mut cache, entry).await?;
-                let _: i64 = reader.xack(st.keys.events(), GROUP, &[&entry.id]).await?;
-            }
             if !entries.is_empty() {
+                handle(&st, &mut cache, &entries).await?;
+                let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                let _: i64 = reader.xack(st.keys.events(), GROUP, &ids).await?;
                 st.webhook_wake.notify_one();
             }
             Ok::<(), redis::RedisError>(())
@@ -121,88 +120,126 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Writes the deliveries of a read of events: three round trips however many events.
 async fn handle(
     st: &AppState,
     cache: &mut HashMap<String, Arc<Vec<Endpoint>>>,
-    entry: &StreamId,
+    entries: &[StreamId],
 ) -> redis::RedisResult<()> {
-    let field = |k: &str| entry.get::<String>(k).unwrap_or_default();
-    let (event, batch_id, item_id) = (field("type"), field("batch_id"), field("item_id"));
-    let eps = match cache.get(&batch_id) {
-        Some(e) => e.clone(),
-        None => {
-            let e = endpoints(st, &batch_id).await?;
-            cache.insert(batch_id.clone(), e.clone());
-            e
+    struct Event {
+        id: String,
+        kind: String,
+        batch_id: String,
+        item_id: String,
+        status: String,
+        seq: u64,
+        at: String,
+        wanted: Vec<usize>,
+    }
+    let mut events = Vec::new();
+    for entry in entries {
+        let field = |k: &str| entry.get::<String>(k).unwrap_or_default();
+        let batch_id = field("batch_id");
+        let eps = match cache.get(&batch_id) {
+            Some(e) => e.clone(),
+            None => {
+                let e = endpoints(st, &batch_id).await?;
+                cache.insert(batch_id.clone(), e.clone());
+                e
+            }
+        };
+        let kind = field("type");
+        let wanted: Vec<usize> = eps
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.wants(&kind))
+            .map(|(i, _)| i)
+            .collect();
+        if wanted.is_empty() {
+            continue;
         }
-    };
-    let wanted: Vec<usize> = eps
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.wants(&event))
-        .map(|(i, _)| i)
-        .collect();
-    if wanted.is_empty() {
+        events.push(Event {
+            id: entry.id.clone(),
+            kind,
+            item_id: field("item_id"),
+            status: field("status"),
+            seq: field("seq").parse().unwrap_or(0),
+            at: field("at"),
+            batch_id,
+            wanted,
+        });
+    }
+    if events.is_empty() {
         return Ok(());
     }
     let mut con = st.redis.clone();
-    let status = field("status");
-    let data = if item_id.is_empty() {
-        let h: HashMap<String, String> = con.hgetall(st.keys.batch(&batch_id)).await?;
-        let mut v = BatchRecord(h).to_api();
-        // The snapshot is read after the fact; the event's own status is the truth.
-        v["status"] = json!(status);
-        v
-    } else {
-        let h: HashMap<String, String> = con.hgetall(st.keys.item(&batch_id, &item_id)).await?;
-        let get = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
-        json!({
-            "job_id": get("job_id"),
-            "item_id": item_id,
-            "item_name": get("name"),
-            "batch_id": batch_id,
-            "status": status,
-            "error_message": get("error_message").or_else(|| get("skip_reason")),
-        })
-    };
-    let event_id = format!("evt-{}", entry.id);
-    let payload = json!({
-        "event_id": event_id,
-        "event_type": event,
-        "timestamp": field("at"),
-        "sequence": field("seq").parse::<u64>().unwrap_or(0),
-        "batch_id": batch_id,
-        "data": data,
-    });
-    let body = payload.to_string();
-    let now = docfleet_shared::now_millis();
-    let script = redis::Script::new(CREATE_DELIVERY);
-    for idx in wanted {
-        let id = format!("whd-{}-{idx}", entry.id);
-        let url = eps[idx].url.clone();
-        let fields: Vec<(&str, String)> = vec![
-            ("id", id.clone()),
-            ("batch_id", batch_id.clone()),
-            ("event_id", event_id.clone()),
-            ("event_type", event.clone()),
-            ("endpoint", idx.to_string()),
-            ("url", url),
-            ("body", body.clone()),
-            ("status", "pending".into()),
-            ("attempts", "0".into()),
-            ("created_at", now.to_string()),
-            ("next_attempt_at", now.to_string()),
-        ];
-        let mut inv = script.prepare_invoke();
-        inv.key(st.keys.delivery(&id))
-            .key(st.keys.webhook_due())
-            .key(st.keys.batch_deliveries(&batch_id))
-            .arg(now)
-            .arg(&id);
-        for (k, v) in &fields {
-            inv.arg(*k).arg(v);
+    let mut pipe = redis::pipe();
+    for e in &events {
+        if e.item_id.is_empty() {
+            pipe.hgetall(st.keys.batch(&e.batch_id));
+        } else {
+            pipe.hgetall(st.keys.item(&e.batch_id, &e.item_id));
         }
-        let _: i64 = inv.invoke_async(&mut con).await?;
     }
-    Ok(())
+    let records: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
+    let now = docfleet_shared::now_millis();
+    let mut pipe = redis::pipe();
+    for (e, h) in events.iter().zip(records) {
+        let data = if e.item_id.is_empty() {
+            let mut v = BatchRecord(h).to_api();
+            // The snapshot is read after the fact; the event's own status is the truth.
+            v["status"] = json!(e.status);
+            v
+        } else {
+            let get = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
+            json!({
+                "job_id": get("job_id"),
+                "item_id": e.item_id,
+                "item_name": get("name"),
+                "batch_id": e.batch_id,
+                "status": e.status,
+                "error_message": get("error_message").or_else(|| get("skip_reason")),
+            })
+        };
+        let event_id = format!("evt-{}", e.id);
+        let body = json!({
+            "event_id": event_id,
+            "event_type": e.kind,
+            "timestamp": e.at,
+            "sequence": e.seq,
+            "batch_id": e.batch_id,
+            "data": data,
+        })
+        .to_string();
+        let eps = cache.get(&e.batch_id).cloned().unwrap_or_default();
+        for &idx in &e.wanted {
+            let id = format!("whd-{}-{idx}", e.id);
+            let url = eps.get(idx).map(|x| x.url.clone()).unwrap_or_default();
+            let fields: [(&str, String); 11] = [
+                ("id", id.clone()),
+                ("batch_id", e.batch_id.clone()),
+                ("event_id", event_id.clone()),
+                ("event_type", e.kind.clone()),
+                ("endpoint", idx.to_string()),
+                ("url", url),
+                ("body", body.clone()),
+                ("status", "pending".into()),
+                ("attempts", "0".into()),
+                ("created_at", now.to_string()),
+                ("next_attempt_at", now.to_string()),
+            ];
+            // EVAL rather than EVALSHA inside a pipeline: a NOSCRIPT there cannot be retried.
+            pipe.cmd("EVAL").arg(CREATE_DELIVERY).arg(3);
+            pipe.arg(st.keys.delivery(&id))
+                .arg(st.keys.webhook_due())
+                .arg(st.keys.batch_deliveries(&e.batch_id))
+                .arg(now)
+                .arg(&id);
+            for (k, v) in &fields {
+                pipe.arg(*k).arg(v);
+            }
+            pipe.ignore();
+        }
+    }
+    pipe.query_async::<()>(&mut con).await
 }

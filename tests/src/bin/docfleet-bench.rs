@@ -1,0 +1,511 @@
+//! docfleet's benchmark suite: prints a table and one JSON line per figure.
+//!
+//! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R]`
+//! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `status`, `webhooks`, `parse`;
+//! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
+//! prefix, with the release binaries next to this one as worker processes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use docfleet_tests::receiver::Receiver;
+use docfleet_tests::Fleet;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+const BATCH: &str = "/api/v1/beta/batch-processing";
+
+struct Args {
+    scenarios: Vec<String>,
+    items: usize,
+    runs: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        scenarios: Vec::new(),
+        items: 100_000,
+        runs: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--items" => a.items = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.items),
+            "--runs" => a.runs = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.runs),
+            s => a.scenarios.push(s.to_owned()),
+        }
+    }
+    if a.scenarios.is_empty() {
+        a.scenarios = ["ceiling", "fleet", "status", "webhooks", "parse"]
+            .map(String::from)
+            .to_vec();
+    }
+    a
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Report(Vec<(String, f64, String)>);
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64, unit: &str, extra: Value) {
+        println!(
+            "{}",
+            json!({ "figure": name, "value": (value * 100.0).round() / 100.0, "unit": unit, "detail": extra })
+        );
+        self.0.push((name.to_owned(), value, unit.to_owned()));
+    }
+}
+
+async fn upload_many(f: &Fleet, n: usize) -> Vec<String> {
+    let dir = f.create_dir(&f.api_key, "bench").await;
+    let done = AtomicUsize::new(0);
+    let ids: Vec<String> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (f, dir, done) = (&f, &dir, &done);
+            async move {
+                let id = f
+                    .upload(
+                        &f.api_key,
+                        dir,
+                        &format!("t{i}.txt"),
+                        format!("tiny file {i}").into_bytes(),
+                    )
+                    .await;
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 10_000 == 0 {
+                    eprintln!("  uploaded {d}/{n}");
+                }
+                id
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    ids
+}
+
+async fn wait_done(f: &Fleet, id: &str) -> Value {
+    loop {
+        let (_, b) = f.get(&format!("{BATCH}/{id}")).await;
+        if matches!(
+            b["job"]["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fleet(rep: &mut Report, a: &Args) {
+    eprintln!(
+        "fleet: {} tiny text files, 2 worker processes, {} runs",
+        a.items, a.runs
+    );
+    let f = Fleet::start(0).await;
+    let ids = upload_many(&f, a.items).await;
+    let mut workers = vec![
+        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(&[]).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut rates, mut creates, mut expansions) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..a.runs {
+        let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
+        let t0 = Instant::now();
+        let (s, b) = f.post(BATCH, &body).await;
+        let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(s, 200, "{b}");
+        let id = b["id"].as_str().unwrap_or_default().to_owned();
+        let mut expanded_at = None;
+        loop {
+            if expanded_at.is_none() && f.batch_field(&id, "expanded").await.as_deref() == Some("1")
+            {
+                expanded_at = Some(t0.elapsed().as_secs_f64());
+            }
+            let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
+            if st["job"]["status"] == "completed" {
+                assert_eq!(st["job"]["processed_items"], a.items);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = a.items as f64 / secs;
+        let exp = expanded_at.unwrap_or(secs);
+        eprintln!(
+            "  run {run}: {rate:.0} items/s, create {create_ms:.1} ms, expanded in {exp:.2} s"
+        );
+        rates.push(rate);
+        creates.push(create_ms);
+        expansions.push(a.items as f64 / exp);
+    }
+    rep.add(
+        "fleet_items_per_s",
+        median(rates.clone()),
+        "items/s",
+        json!({ "runs": rates }),
+    );
+    rep.add(
+        "create_call_ms_item_ids",
+        median(creates.clone()),
+        "ms",
+        json!({ "runs": creates, "items": a.items }),
+    );
+    rep.add(
+        "expansion_msgs_per_s",
+        median(expansions.clone()),
+        "msgs/s",
+        json!({ "runs": expansions }),
+    );
+    for w in &mut workers {
+        w.terminate().await;
+    }
+    f.shutdown().await;
+}
+
+async fn ceiling(rep: &mut Report, a: &Args) {
+    use lapin::options::*;
+    eprintln!(
+        "ceiling: raw lapin publish with confirms + consume with manual acks + one EVALSHA each"
+    );
+    let prefix = format!("ceil-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let conn = lapin::Connection::connect(
+        &docfleet_tests::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let q = format!("{prefix}.q");
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .expect("declare");
+    let mut redis = docfleet_shared::services::connect_redis(&docfleet_tests::redis_url())
+        .await
+        .expect("redis");
+    let script = redis::Script::new("return redis.call('HINCRBY', KEYS[1], 'n', 1)");
+    let key = format!("{prefix}:counter");
+    let (mut pubs, mut cons) = (Vec::new(), Vec::new());
+    for _ in 0..a.runs {
+        let body = br#"{"v":1,"batch_id":"bjb-00000000-0000-0000-0000-000000000000","item_id":"dfl-00000000-0000-0000-0000-000000000000"}"#;
+        let t0 = Instant::now();
+        let mut window = Vec::with_capacity(1000);
+        for _ in 0..a.items {
+            let c = ch
+                .basic_publish(
+                    "".into(),
+                    q.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            window.push(c);
+            if window.len() == 1000 {
+                for c in window.drain(..) {
+                    c.await.expect("confirm");
+                }
+            }
+        }
+        for c in window.drain(..) {
+            c.await.expect("confirm");
+        }
+        pubs.push(a.items as f64 / t0.elapsed().as_secs_f64());
+        let cch = conn.create_channel().await.expect("channel");
+        cch.basic_qos(500, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = cch
+            .basic_consume(
+                q.as_str().into(),
+                "bench".into(),
+                BasicConsumeOptions::default(),
+                Default::default(),
+            )
+            .await
+            .expect("consume");
+        let t0 = Instant::now();
+        let mut inflight = futures_util::stream::FuturesUnordered::new();
+        let mut done = 0;
+        while done < a.items {
+            tokio::select! {
+                Some(d) = consumer.next(), if inflight.len() < 500 => {
+                    let d = d.expect("delivery");
+                    let (script, key, mut r) = (script.clone(), key.clone(), redis.clone());
+                    inflight.push(async move {
+                        let _: i64 = script.key(&key).invoke_async(&mut r).await.expect("evalsha");
+                        d.ack(BasicAckOptions::default()).await.expect("ack");
+                    });
+                }
+                Some(()) = inflight.next() => done += 1,
+            }
+        }
+        cons.push(a.items as f64 / t0.elapsed().as_secs_f64());
+        cch.close(200, "".into()).await.ok();
+        eprintln!(
+            "  publish {:.0}/s, consume {:.0}/s",
+            pubs.last().unwrap_or(&0.0),
+            cons.last().unwrap_or(&0.0)
+        );
+    }
+    let e2e: Vec<f64> = pubs
+        .iter()
+        .zip(&cons)
+        .map(|(p, c)| 1.0 / (1.0 / p + 1.0 / c))
+        .collect();
+    rep.add(
+        "ceiling_publish_per_s",
+        median(pubs.clone()),
+        "msgs/s",
+        json!({ "runs": pubs }),
+    );
+    rep.add(
+        "ceiling_consume_per_s",
+        median(cons.clone()),
+        "msgs/s",
+        json!({ "runs": cons }),
+    );
+    rep.add(
+        "ceiling_items_per_s",
+        median(e2e.clone()),
+        "items/s",
+        json!({ "runs": e2e, "note": "publish then consume, sequential" }),
+    );
+    ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .ok();
+    let _: Result<(), _> = redis::AsyncCommands::del(&mut redis, &key).await;
+    conn.close(200, "".into()).await.ok();
+}
+
+async fn status(rep: &mut Report, a: &Args) {
+    eprintln!(
+        "status: get_status latency for a 1,000-item batch while {} items run",
+        a.items.min(20_000)
+    );
+    let f = Fleet::start(0).await;
+    let small_ids = upload_many(&f, 1000).await;
+    let (_, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
+        )
+        .await;
+    let small = b["id"].as_str().unwrap_or_default().to_owned();
+    let load = upload_many(&f, a.items.min(20_000)).await;
+    let mut w = vec![
+        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(&[]).await,
+    ];
+    let (_, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": load }),
+        )
+        .await;
+    let big = b["id"].as_str().unwrap_or_default().to_owned();
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let s = Instant::now();
+        let (code, _) = f.get(&format!("{BATCH}/{small}")).await;
+        assert_eq!(code, 200);
+        lat.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
+    rep.add(
+        "status_p50_ms",
+        pct(&mut lat, 0.5),
+        "ms",
+        json!({ "n": lat.len(), "batch_items": 1000 }),
+    );
+    rep.add(
+        "status_p99_ms",
+        pct(&mut lat, 0.99),
+        "ms",
+        json!({ "n": lat.len() }),
+    );
+    wait_done(&f, &big).await;
+    for x in &mut w {
+        x.terminate().await;
+    }
+    f.shutdown().await;
+}
+
+async fn webhooks(rep: &mut Report, a: &Args) {
+    let n = a.items.min(5_000);
+    eprintln!("webhooks: every event of a {n}-item batch to a local receiver");
+    let f = Fleet::start(0).await;
+    let r = Receiver::start().await;
+    let ids = upload_many(&f, n).await;
+    let mut w = vec![
+        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(&[]).await,
+    ];
+    let (_, b) = f
+        .post(BATCH, &json!({ "job_config": { "parameters": {} }, "item_ids": ids, "webhook_configurations": [{ "webhook_url": r.url(), "webhook_output_format": "json" }] }))
+        .await;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    wait_done(&f, &id).await;
+    let expected = 3 * n + 3;
+    let got = r
+        .wait_for(Duration::from_secs(300), |x| x.len() >= expected)
+        .await;
+    let first = got.iter().map(|x| x.at).min();
+    let last = got.iter().map(|x| x.at).max();
+    let secs = match (first, last) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64().max(1e-3),
+        _ => 1.0,
+    };
+    // Transition → POST: the event's own timestamp against the receiver's clock (same machine).
+    let base_wall = chrono::Utc::now();
+    let base_inst = Instant::now();
+    let mut lat: Vec<f64> = got
+        .iter()
+        .filter_map(|x| {
+            let at =
+                chrono::DateTime::parse_from_rfc3339(x.payload()["timestamp"].as_str()?).ok()?;
+            let recv = base_wall - chrono::Duration::from_std(base_inst - x.at).ok()?;
+            Some((recv - at.with_timezone(&chrono::Utc)).num_microseconds()? as f64 / 1000.0)
+        })
+        .collect();
+    rep.add(
+        "webhook_deliveries_per_s",
+        got.len() as f64 / secs,
+        "POST/s",
+        json!({ "deliveries": got.len() }),
+    );
+    rep.add(
+        "webhook_latency_p50_ms",
+        pct(&mut lat, 0.5),
+        "ms",
+        json!({}),
+    );
+    rep.add(
+        "webhook_latency_p99_ms",
+        pct(&mut lat, 0.99),
+        "ms",
+        json!({}),
+    );
+    for x in &mut w {
+        x.terminate().await;
+    }
+    f.shutdown().await;
+}
+
+fn parse(rep: &mut Report) {
+    let corpus = docfleet_tests::repo_root().join("../shared/corpus/pdf");
+    let Ok(dir) = std::fs::read_dir(&corpus) else {
+        eprintln!("parse: {} not found; skipped", corpus.display());
+        return;
+    };
+    let files: Vec<std::path::PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    eprintln!(
+        "parse: {} PDFs, docfleet's parser vs pdftotext, median of 3",
+        files.len()
+    );
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    let mut pages_ours = 0usize;
+    let mut pages_theirs = 0usize;
+    for _ in 0..3 {
+        let (mut p, mut t) = (0usize, 0.0f64);
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            let s = Instant::now();
+            if let Ok(doc) = docfleet_worker::parse::parse(&bytes, "x.pdf", &Default::default()) {
+                p += doc.pages.len();
+            }
+            t += s.elapsed().as_secs_f64();
+        }
+        pages_ours = p;
+        ours.push(p as f64 / t);
+        let (mut p, mut t) = (0usize, 0.0f64);
+        for f in &files {
+            let s = Instant::now();
+            let out = std::process::Command::new("pdftotext")
+                .arg("-layout")
+                .arg(f)
+                .arg("-")
+                .output();
+            t += s.elapsed().as_secs_f64();
+            if let Ok(o) = out {
+                if o.status.success() {
+                    p += String::from_utf8_lossy(&o.stdout).matches('\u{c}').count();
+                }
+            }
+        }
+        pages_theirs = p;
+        theirs.push(p as f64 / t);
+    }
+    rep.add(
+        "parse_pages_per_s_docfleet",
+        median(ours.clone()),
+        "pages/s",
+        json!({ "runs": ours, "pages": pages_ours }),
+    );
+    rep.add(
+        "parse_pages_per_s_pdftotext",
+        median(theirs.clone()),
+        "pages/s",
+        json!({ "runs": theirs, "pages": pages_theirs }),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let mut rep = Report(Vec::new());
+    let mut figures: HashMap<String, f64> = HashMap::new();
+    for s in a.scenarios.clone() {
+        match s.as_str() {
+            "fleet" => fleet(&mut rep, &a).await,
+            "ceiling" => ceiling(&mut rep, &a).await,
+            "status" => status(&mut rep, &a).await,
+            "webhooks" => webhooks(&mut rep, &a).await,
+            "parse" => parse(&mut rep),
+            other => eprintln!("unknown scenario {other}"),
+        }
+    }
+    for (n, v, _) in &rep.0 {
+        figures.insert(n.clone(), *v);
+    }
+    if let (Some(f), Some(c)) = (
+        figures.get("fleet_items_per_s"),
+        figures.get("ceiling_items_per_s"),
+    ) {
+        rep.add("fleet_over_ceiling", f / c, "ratio", json!({}));
+    }
+    println!("\n| figure | value | unit |\n|---|---|---|");
+    for (n, v, u) in &rep.0 {
+        println!("| {n} | {v:.2} | {u} |");
+    }
+}
