@@ -82,6 +82,11 @@ pub struct Fleet {
 impl Fleet {
     /// Starts a dispatcher and `workers` workers.
     pub async fn start(workers: usize) -> Fleet {
+        Self::start_on_redis(workers, &redis_url()).await
+    }
+
+    /// Starts a fleet whose Redis is `redis_url`.
+    pub async fn start_on_redis(workers: usize, redis_url: &str) -> Fleet {
         if std::env::var_os("RUST_LOG").is_some() {
             docfleet_shared::telemetry::init(&docfleet_shared::settings::LogSettings::default());
         }
@@ -94,7 +99,7 @@ impl Fleet {
                 queue_prefix: prefix.clone(),
             },
             redis: RedisSettings {
-                url: redis_url(),
+                url: redis_url.to_owned(),
                 key_prefix: prefix.clone(),
             },
             store: StoreSettings {
@@ -227,16 +232,47 @@ impl Fleet {
             .bearer_auth(&self.api_key)
     }
 
-    /// GET with a key, returning status and JSON body.
+    /// GET with a key, returning status and JSON body. A 503 (a dependency reconnecting
+    /// after a fault) is retried for a few seconds.
     pub async fn get_as(&self, key: &str, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base_url))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("send");
-        split(r).await
+        let mut tries = 0;
+        loop {
+            let r = self
+                .http
+                .get(format!("{}{path}", self.base_url))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("send");
+            let (s, b) = split(r).await;
+            tries += 1;
+            if s != 503 || tries >= 50 {
+                return (s, b);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn xrange_all(&self) -> redis::streams::StreamRangeReply {
+        let mut con = self.redis.clone();
+        let mut tries = 0;
+        loop {
+            let r: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
+                .arg(self.keys.events())
+                .arg("-")
+                .arg("+")
+                .query_async(&mut con)
+                .await;
+            match r {
+                Ok(reply) => return reply,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("xrange: {e}"),
+            }
+        }
     }
 
     /// GET with the fleet's key.
@@ -347,14 +383,7 @@ impl Fleet {
 
     /// Every outbox event of this fleet, in stream order, as (batch_id, type, item_id).
     pub async fn all_events(&self) -> Vec<(String, String, String)> {
-        let mut con = self.redis.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.events())
-            .arg("-")
-            .arg("+")
-            .query_async(&mut con)
-            .await
-            .expect("xrange");
+        let reply = self.xrange_all().await;
         reply
             .ids
             .iter()
@@ -367,14 +396,7 @@ impl Fleet {
 
     /// The outbox events of a batch, in stream order, as (type, item_id).
     pub async fn events(&self, batch_id: &str) -> Vec<(String, String)> {
-        let mut con = self.redis.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.events())
-            .arg("-")
-            .arg("+")
-            .query_async(&mut con)
-            .await
-            .expect("xrange");
+        let reply = self.xrange_all().await;
         reply
             .ids
             .iter()

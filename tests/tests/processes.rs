@@ -70,7 +70,7 @@ async fn a_dispatcher_killed_mid_expansion_is_resumed_by_another() {
     );
     // A replacement takes the lease over once it lapses and finishes from the cursor.
     let port = Fleet::free_port().await;
-    let _second = f.spawn_dispatcher_process(port).await;
+    let mut second = f.spawn_dispatcher_process(port).await;
     f.base_url = format!("http://127.0.0.1:{port}");
     f.start_worker().await;
     f.start_worker().await;
@@ -99,6 +99,7 @@ async fn a_dispatcher_killed_mid_expansion_is_resumed_by_another() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(f.queue_depths().await, (0, 0));
+    second.kill().await;
     f.shutdown().await;
 }
 

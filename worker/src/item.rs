@@ -367,6 +367,15 @@ struct EngineOutput {
 
 /// Runs parse or classify on one file; CPU-bound, called on a blocking thread.
 fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutput, Failure> {
+    #[cfg(feature = "fault-injection")]
+    {
+        if bytes.starts_with(b"DOCFLEET-FAULT:PANIC") {
+            panic!("injected parser panic");
+        }
+        if bytes.starts_with(b"DOCFLEET-FAULT:HANG") {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     match &ctx.spec {
         JobSpec::Parse(cfg) => {
             let params = cfg.parameters.clone().unwrap_or_default();

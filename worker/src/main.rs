@@ -31,14 +31,17 @@ async fn main() -> ExitCode {
         }
     };
     docfleet_shared::telemetry::init(&settings.log);
-    match docfleet_worker::run(settings, shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match docfleet_worker::run(settings, shutdown_signal()).await {
+        Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "Worker failed.");
             eprintln!("docfleet-worker: {e}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // A parser thread stuck past its item's deadline was abandoned; the runtime would wait for
+    // it on the way out, so leave without waiting: every outcome is already recorded.
+    std::process::exit(code)
 }
 
 /// SIGTERM (Kubernetes' graceful stop) or SIGINT (a developer's Ctrl-C).

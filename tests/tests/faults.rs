@@ -1,0 +1,614 @@
+//! The fault suite: real batches of 2,000 items through a dispatcher and several worker
+//! processes on the real RabbitMQ and Redis, one injected fault per scenario. After each it
+//! checks every item is in exactly one terminal state, counters equal a recount of item
+//! states, exactly one terminal batch event, nothing left in the queue or `processing`, and
+//! prints a table. It fails if anything was lost, double-counted or stuck.
+//!
+//! Scenarios run one after another (some restart the shared broker) in one test.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use docfleet_tests::{Fleet, Process};
+use serde_json::{json, Value};
+
+const BATCH: &str = "/api/v1/beta/batch-processing";
+const ITEMS: usize = 2000;
+const WORKERS: usize = 3;
+
+struct Row {
+    scenario: &'static str,
+    items: usize,
+    faults: usize,
+    lost: usize,
+    double: usize,
+    stuck: usize,
+    secs: f64,
+    note: String,
+}
+
+fn worker_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("DOCFLEET__CONCURRENCY", "2"),
+        ("DOCFLEET__PREFETCH", "8"),
+        ("DOCFLEET__MAX_ATTEMPTS", "6"),
+        ("DOCFLEET__ITEM_DEADLINE_SECS", "3"),
+        ("DOCFLEET__MAX_FILE_BYTES", "100000"),
+        ("DOCFLEET__DRAIN_SECS", "10"),
+    ]
+}
+
+async fn spawn_workers(f: &Fleet, n: usize) -> Vec<Process> {
+    let env = worker_env();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(f.spawn_worker_process(&env).await);
+    }
+    out
+}
+
+async fn upload(f: &Fleet, n: usize) -> (String, Vec<String>) {
+    use futures_util::StreamExt;
+    let dir = f.create_dir(&f.api_key, "faults").await;
+    let ids = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (f, dir) = (&f, &dir);
+            async move {
+                f.upload(
+                    &f.api_key,
+                    dir,
+                    &format!("f{i}.txt"),
+                    format!("fault file {i}").into_bytes(),
+                )
+                .await
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    (dir, ids)
+}
+
+/// Status, tolerating a dependency that is down for a moment.
+async fn status(f: &Fleet, id: &str) -> Option<Value> {
+    let r = f
+        .http
+        .get(format!("{}{BATCH}/{id}", f.base_url))
+        .bearer_auth(&f.api_key)
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+async fn processed(f: &Fleet, id: &str) -> u64 {
+    status(f, id)
+        .await
+        .map(|s| s["job"]["processed_items"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+async fn wait_processed(f: &Fleet, id: &str, n: u64) {
+    let t = Instant::now();
+    while processed(f, id).await < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "batch stalled below {n} processed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_terminal(f: &Fleet, id: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = status(f, id).await {
+            if matches!(
+                s["job"]["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return s;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "batch {id} not terminal in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks the invariants after a scenario and returns (lost, double-counted, stuck).
+async fn audit(
+    f: &Fleet,
+    id: &str,
+    expected_items: usize,
+    workers: &mut Vec<Process>,
+    expect_dead: u32,
+) -> (usize, usize, usize, String) {
+    let st = wait_terminal(f, id).await;
+    // Duplicates may still be queued after the last item settled; the workers ack them.
+    let t = Instant::now();
+    while f.queue_depths().await.0 > 0 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in workers.iter_mut() {
+        w.terminate().await;
+    }
+    workers.clear();
+    let job = &st["job"];
+    let items = f.items(id).await;
+    let mut by_status: HashMap<String, usize> = HashMap::new();
+    for i in &items {
+        *by_status
+            .entry(i["status"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let terminal: usize = ["completed", "failed", "skipped", "cancelled"]
+        .iter()
+        .map(|s| by_status.get(*s).copied().unwrap_or(0))
+        .sum();
+    let processing = by_status.get("processing").copied().unwrap_or(0);
+    let pending = by_status.get("pending").copied().unwrap_or(0);
+    let counter = |k: &str| job[k].as_u64().unwrap_or(0) as usize;
+    let mut double = counter("processed_items").saturating_sub(terminal);
+    double += counter("failed_items").saturating_sub(by_status.get("failed").copied().unwrap_or(0));
+    // Each item settles once: one terminal event per item, one terminal batch event.
+    let events = f.events(id).await;
+    let mut settled: HashMap<&str, usize> = HashMap::new();
+    for (t, item) in &events {
+        if t.ends_with(".success") || t.ends_with(".error") || t.ends_with(".cancelled") {
+            *settled.entry(item.as_str()).or_default() += 1;
+        }
+    }
+    let batch_terminal = settled.remove("").unwrap_or(0);
+    double += settled.values().map(|n| n - 1).sum::<usize>();
+    double += batch_terminal.saturating_sub(1);
+    let mut lost = expected_items.saturating_sub(terminal)
+        - processing.min(expected_items.saturating_sub(terminal));
+    if batch_terminal == 0 {
+        lost += 1;
+    }
+    let (ready, dead) = f.queue_depths().await;
+    let stuck = processing + ready as usize;
+    let mut note = format!(
+        "status {}, {by_status:?}, dead-lettered {dead}",
+        job["status"].as_str().unwrap_or("?")
+    );
+    if job["status"] == "completed" && counter("processed_items") != counter("total_items") {
+        note.push_str(" processed != total!");
+        lost += 1;
+    }
+    if counter("total_items") != expected_items {
+        note.push_str(&format!(
+            " total_items {} != {expected_items}!",
+            counter("total_items")
+        ));
+        lost += expected_items.saturating_sub(counter("total_items"));
+    }
+    if dead < expect_dead {
+        note.push_str(&format!(" expected {expect_dead} dead-lettered!"));
+    }
+    let _ = pending;
+    (lost, double, stuck, note)
+}
+
+async fn create(f: &Fleet, body: Value) -> String {
+    let (s, b) = f.post(BATCH, &body).await;
+    assert_eq!(s, 200, "{b}");
+    b["id"].as_str().unwrap().to_owned()
+}
+
+fn parse_job(ids: &[String]) -> Value {
+    json!({ "job_config": { "parameters": {} }, "item_ids": ids })
+}
+
+async fn kill_workers(f: &Fleet, ids: &[String]) -> Row {
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(f, parse_job(ids)).await;
+    let mut faults = 0;
+    for k in 0..10u64 {
+        wait_processed(f, &id, 100 + k * 150).await;
+        let victim = (k as usize) % w.len();
+        w[victim].kill().await;
+        w[victim] = f.spawn_worker_process(&worker_env()).await;
+        faults += 1;
+    }
+    let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
+    Row {
+        scenario: "1 SIGKILL worker ×10",
+        items: ids.len(),
+        faults,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+async fn restart_rabbitmq(f: &Fleet, ids: &[String]) -> Row {
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(f, parse_job(ids)).await;
+    wait_processed(f, &id, 400).await;
+    for cmd in ["stop_app", "start_app"] {
+        let ok = std::process::Command::new("rabbitmqctl")
+            .arg(cmd)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(ok, "rabbitmqctl {cmd} failed");
+    }
+    let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
+    Row {
+        scenario: "2 RabbitMQ restart",
+        items: ids.len(),
+        faults: 1,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+struct TestRedis {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl TestRedis {
+    fn start(port: u16, dir: PathBuf) -> TestRedis {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "yes",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "could not start a test redis-server");
+        let r = TestRedis { port, dir };
+        r.wait_up();
+        r
+    }
+
+    fn wait_up(&self) {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("test redis not up");
+    }
+
+    fn stop(&self) {
+        let _ = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown"])
+            .status();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn restart_redis() -> Row {
+    let port = Fleet::free_port().await;
+    let dir = std::env::temp_dir().join(format!("docfleet-redis-{port}"));
+    let redis = TestRedis::start(port, dir.clone());
+    let f = Fleet::start_on_redis(0, &format!("redis://127.0.0.1:{port}/0")).await;
+    let (_, ids) = upload(&f, ITEMS).await;
+    let mut w = spawn_workers(&f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(&f, parse_job(&ids)).await;
+    wait_processed(&f, &id, 400).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The same port and folder: the restarted server replays the AOF.
+    let restarted = TestRedis::start(port, dir);
+    let (lost, double, stuck, note) = audit(&f, &id, ids.len(), &mut w, 0).await;
+    let row = Row {
+        scenario: "3 Redis restart (AOF)",
+        items: ids.len(),
+        faults: 1,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    };
+    f.shutdown().await;
+    // Dropping `restarted` stops the server and removes its folder; `redis` has nothing left to do.
+    drop(restarted);
+    std::mem::forget(redis);
+    row
+}
+
+async fn kill_dispatcher(f: &mut Fleet, ids: &[String]) -> Row {
+    f.stop_dispatcher().await;
+    let port = Fleet::free_port().await;
+    let mut d = f.spawn_dispatcher_process(port).await;
+    f.base_url = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if status(f, "none").await.is_none()
+            && f.http
+                .get(format!("{}/readyz", f.base_url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let mut body = parse_job(ids);
+    body["page_size"] = json!(10);
+    let id = create(f, body).await;
+    loop {
+        let c: u64 = f
+            .batch_field(&id, "cursor")
+            .await
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if c >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    d.kill().await;
+    let mid = f.batch_field(&id, "expanded").await.as_deref() == Some("0");
+    let port = Fleet::free_port().await;
+    let mut d2 = f.spawn_dispatcher_process(port).await;
+    f.base_url = format!("http://127.0.0.1:{port}");
+    let (lost, double, stuck, mut note) = audit(f, &id, ids.len(), &mut w, 0).await;
+    if !mid {
+        note.push_str(" (expansion had finished before the kill)");
+    }
+    d2.kill().await;
+    f.start_dispatcher().await;
+    Row {
+        scenario: "4 SIGKILL dispatcher mid-expansion",
+        items: ids.len(),
+        faults: 1,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+async fn republish(f: &Fleet, batch: &str, items: &[String]) {
+    let p = docfleet_dispatcher::publisher::Publisher::connect(
+        &docfleet_tests::amqp_url(),
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
+    )
+    .await
+    .unwrap();
+    let bodies: Vec<Vec<u8>> = items
+        .iter()
+        .map(|i| docfleet_shared::wire::ItemMessage::new(batch, i).encode())
+        .collect();
+    p.publish_all(&bodies, 2).await.unwrap();
+}
+
+async fn duplicates(f: &Fleet, ids: &[String]) -> Row {
+    let t = Instant::now();
+    let id = create(f, parse_job(ids)).await;
+    while status(f, &id)
+        .await
+        .is_none_or(|s| s["job"]["status"] != "dispatched")
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let singles: Vec<String> = ids.iter().step_by(10).cloned().collect();
+    republish(f, &id, &singles).await;
+    republish(f, &id, &ids[..100]).await; // a whole expansion page again
+    let faults = singles.len() + 100;
+    let mut w = spawn_workers(f, WORKERS).await;
+    let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
+    Row {
+        scenario: "5 duplicate messages + page",
+        items: ids.len(),
+        faults,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+async fn poison(f: &Fleet, ids: &[String]) -> Row {
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(f, parse_job(ids)).await;
+    wait_processed(f, &id, 200).await;
+    let p = docfleet_dispatcher::publisher::Publisher::connect(
+        &docfleet_tests::amqp_url(),
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
+    )
+    .await
+    .unwrap();
+    let bodies = vec![
+        b"not json at all".to_vec(),
+        br#"{"v":99,"batch_id":"x","item_id":"y"}"#.to_vec(),
+        docfleet_shared::wire::ItemMessage::new(
+            "bjb-00000000-0000-0000-0000-000000000000",
+            &ids[0],
+        )
+        .encode(),
+    ];
+    p.publish_all(&bodies, 2).await.unwrap();
+    let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 3).await;
+    Row {
+        scenario: "6 poison messages",
+        items: ids.len(),
+        faults: 3,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+async fn hostile_files(f: &Fleet, dir: &str, ids: &[String]) -> Row {
+    let mut all = ids.to_vec();
+    all.push(
+        f.upload(
+            &f.api_key,
+            dir,
+            "panic.txt",
+            b"DOCFLEET-FAULT:PANIC".to_vec(),
+        )
+        .await,
+    );
+    all.push(
+        f.upload(&f.api_key, dir, "hang.txt", b"DOCFLEET-FAULT:HANG".to_vec())
+            .await,
+    );
+    all.push(
+        f.upload(&f.api_key, dir, "huge.txt", vec![b'x'; 200_000])
+            .await,
+    );
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(f, parse_job(&all)).await;
+    let (lost, double, stuck, mut note) = audit(f, &id, all.len(), &mut w, 2).await;
+    let items = f.items(&id).await;
+    let by_name = |n: &str| {
+        items
+            .iter()
+            .find(|i| i["item_name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (p, h, g) = (
+        by_name("panic.txt"),
+        by_name("hang.txt"),
+        by_name("huge.txt"),
+    );
+    let ok = p["status"] == "failed"
+        && p["error_message"].as_str().unwrap_or("").contains("panic")
+        && h["status"] == "failed"
+        && h["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("deadline")
+        && g["status"] == "skipped"
+        && g["skip_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("size limit");
+    assert!(ok, "hostile files not isolated as expected (worker built without the fault-injection feature?): {p} {h} {g}");
+    note.push_str("; panic → failed, hang → failed at deadline, oversize → skipped");
+    Row {
+        scenario: "7 panic / hang / oversize files",
+        items: all.len(),
+        faults: 3,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+async fn rolling_restart(f: &Fleet, ids: &[String]) -> Row {
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(f, parse_job(ids)).await;
+    let mut faults = 0;
+    for (k, slot) in w.iter_mut().enumerate() {
+        wait_processed(f, &id, 300 + 400 * k as u64).await;
+        let replacement = f.spawn_worker_process(&worker_env()).await;
+        let code = slot.terminate().await;
+        assert!(
+            code.is_some_and(|c| c.success()),
+            "worker did not drain and exit 0: {code:?}"
+        );
+        *slot = replacement;
+        faults += 1;
+    }
+    let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
+    Row {
+        scenario: "8 rolling restart (SIGTERM)",
+        items: ids.len(),
+        faults,
+        lost,
+        double,
+        stuck,
+        secs: t.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_suite() {
+    let suite = Instant::now();
+    let mut f = Fleet::start(0).await;
+    let (dir, ids) = upload(&f, ITEMS).await;
+    let mut rows = vec![kill_workers(&f, &ids).await];
+    rows.push(restart_rabbitmq(&f, &ids).await);
+    rows.push(restart_redis().await);
+    rows.push(kill_dispatcher(&mut f, &ids).await);
+    rows.push(duplicates(&f, &ids).await);
+    rows.push(poison(&f, &ids).await);
+    rows.push(hostile_files(&f, &dir, &ids).await);
+    rows.push(rolling_restart(&f, &ids).await);
+    println!("\n| scenario | items | faults injected | lost | double-counted | stuck | seconds |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.scenario, r.items, r.faults, r.lost, r.double, r.stuck, r.secs
+        );
+    }
+    for r in &rows {
+        println!("{}: {}", r.scenario, r.note);
+    }
+    println!("suite: {:.0} s", suite.elapsed().as_secs_f64());
+    f.shutdown().await;
+    let bad: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.lost + r.double + r.stuck > 0)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "lost, double-counted or stuck items in: {:?}",
+        bad.iter().map(|r| r.scenario).collect::<Vec<_>>()
+    );
+}
