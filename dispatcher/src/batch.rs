@@ -529,3 +529,70 @@ pub async fn processing_results(
         "processing_results": results,
     })))
 }
+
+/// Rebuilds a batch's counters from its items' own states (our extension, for operators after
+/// a Redis failover that lost writes): `POST …/{job_id}/recount`.
+pub async fn recount(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(batch_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load(&st, &project, &batch_id).await?;
+    let mut con = st.redis.clone();
+    let tally = st.scripts.recount(&mut con, &batch_id).await?;
+    tracing::info!(batch_id = %batch_id, ?tally, "Batch recounted.");
+    let rec = load(&st, &project, &batch_id).await?;
+    Ok(Json(
+        json!({ "job": rec.to_api(), "progress_percentage": rec.progress() }),
+    ))
+}
+
+/// Runs the failed items of a finished batch again, as a new batch with the same job config
+/// (our extension): `POST …/{job_id}/retry-failed`.
+pub async fn retry_failed(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(batch_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = load(&st, &project, &batch_id).await?;
+    if !rec.status().is_terminal() {
+        return Err(ApiError::BadRequest(format!(
+            "batch {batch_id} is still {}; retry its failed items once it has finished",
+            rec.status().as_str()
+        )));
+    }
+    let mut con = st.redis.clone();
+    let failed: Vec<String> = con
+        .zrange(
+            st.keys.batch_status_set(&batch_id, ItemStatus::Failed),
+            0,
+            -1,
+        )
+        .await?;
+    if failed.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "batch {batch_id} has no failed items"
+        )));
+    }
+    let (config, webhooks): (Option<String>, Option<String>) = redis::pipe()
+        .get(st.keys.batch_config(&batch_id))
+        .hget(st.keys.batch(&batch_id), "webhooks")
+        .query_async(&mut con)
+        .await?;
+    let job_config: Value = serde_json::from_str(config.as_deref().unwrap_or("{}"))?;
+    let mut body = json!({ "job_config": job_config, "item_ids": failed });
+    // The new batch keeps the original's webhook endpoints.
+    if let Some(w) = webhooks {
+        let eps: Vec<crate::webhook::subscription::Endpoint> = serde_json::from_str(&w)?;
+        body["webhook_configurations"] = Value::Array(eps.iter().map(|e| e.to_config()).collect());
+        if let Some(params) = body["job_config"]["parameters"].as_object_mut() {
+            params.remove("webhook_configurations");
+            params.remove("webhook_url");
+        }
+        if let Some(cfg) = body["job_config"].as_object_mut() {
+            cfg.remove("webhook_url");
+        }
+    }
+    let parsed: CreateBatch = serde_json::from_value(body)?;
+    create(State(st), Project(project), JsonBody(parsed)).await
+}

@@ -115,6 +115,14 @@ pub fn router(state: AppState) -> Router {
             get(batch::items),
         )
         .route(
+            &format!("{v1}/batch-processing/{{job_id}}/recount"),
+            post(batch::recount),
+        )
+        .route(
+            &format!("{v1}/batch-processing/{{job_id}}/retry-failed"),
+            post(batch::retry_failed),
+        )
+        .route(
             &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
             get(batch::processing_results),
         )

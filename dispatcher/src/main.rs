@@ -20,6 +20,12 @@ struct Cli {
 enum Command {
     /// Serve the API (the default).
     Serve,
+    /// Rebuild a batch's counters from its items' states (after a Redis failover lost writes).
+    Recount {
+        /// The batch id (`bjb-…`).
+        #[arg(long)]
+        batch: String,
+    },
     /// Create an API key for a project and print it.
     CreateKey {
         /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
@@ -62,6 +68,17 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
             let keys = docfleet_shared::keys::Keys::new(settings.redis.key_prefix.clone());
             let key = docfleet_dispatcher::auth::create_key(&mut con, &keys, &project).await?;
             println!("{key}");
+            Ok(())
+        }
+        Command::Recount { batch } => {
+            let mut con = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+            let keys = docfleet_shared::keys::Keys::new(settings.redis.key_prefix.clone());
+            let scripts = docfleet_shared::scripts::Scripts::new(keys);
+            let t = scripts.recount(&mut con, &batch).await?;
+            println!(
+                "{batch}: pending {} processing {} completed {} failed {} skipped {} cancelled {}",
+                t[0], t[1], t[2], t[3], t[4], t[5]
+            );
             Ok(())
         }
         Command::Serve => {

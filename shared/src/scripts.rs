@@ -107,6 +107,8 @@ pub struct Scripts {
     expanded: Script,
     cancel: Script,
     sweep: Script,
+    recount: Script,
+    set_counts: Script,
 }
 
 impl Scripts {
@@ -120,6 +122,8 @@ impl Scripts {
             expanded: Script::new(batch_script!("lua/expanded.lua")),
             cancel: Script::new(batch_script!("lua/cancel.lua")),
             sweep: Script::new(batch_script!("lua/sweep.lua")),
+            recount: Script::new(batch_script!("lua/recount.lua")),
+            set_counts: Script::new(batch_script!("lua/set_counts.lua")),
         }
     }
 
@@ -250,5 +254,40 @@ impl Scripts {
         let mut inv = self.invocation(&self.sweep, batch_id);
         inv.arg(limit);
         inv.invoke_async(con).await
+    }
+
+    /// Rebuilds a batch's counters and status sets from its item hashes, e.g. after a Redis
+    /// failover lost writes. Returns the tally in [`crate::model::ItemStatus::ALL`] order.
+    pub async fn recount<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+    ) -> redis::RedisResult<[u64; 6]> {
+        let mut tally = [0u64; 6];
+        let mut offset = 0isize;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.keys.batch_items(batch_id))
+                .arg(offset)
+                .arg(offset + 999)
+                .query_async(con)
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            offset += ids.len() as isize;
+            let mut inv = self.invocation(&self.recount, batch_id);
+            for id in &ids {
+                inv.arg(id);
+            }
+            let part: Vec<u64> = inv.invoke_async(con).await?;
+            for (t, p) in tally.iter_mut().zip(part) {
+                *t += p;
+            }
+        }
+        let mut inv = self.invocation(&self.set_counts, batch_id);
+        inv.arg(tally[2]).arg(tally[3]).arg(tally[4]).arg(tally[5]);
+        let _: i64 = inv.invoke_async(con).await?;
+        Ok(tally)
     }
 }

@@ -476,3 +476,82 @@ async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     );
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recount_rebuilds_counters_and_failed_items_can_be_rerun() {
+    let f = Fleet::start(2).await;
+    let dir = f.create_dir(&f.api_key, "recount").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            f.upload(&f.api_key, &dir, &format!("r{i}.txt"), b"fine".to_vec())
+                .await,
+        );
+    }
+    ids.push(
+        f.upload(&f.api_key, &dir, "bad.pdf", b"%PDF-1.4 broken".to_vec())
+            .await,
+    );
+    let (_, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "item_ids": ids }),
+        )
+        .await;
+    let id = b["id"].as_str().unwrap().to_owned();
+    let done = f.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["job"]["failed_items"], 1);
+    // A failover lost writes: counters and a status set are wrong.
+    let mut con = f.redis.clone();
+    let key = f.keys.batch(&id);
+    let _: () =
+        redis::AsyncCommands::hset_multiple(&mut con, &key, &[("processed", 2), ("failed", 0)])
+            .await
+            .unwrap();
+    let pending = f
+        .keys
+        .batch_status_set(&id, docfleet_shared::model::ItemStatus::Pending);
+    let _: () = redis::AsyncCommands::zadd(&mut con, &pending, &ids[0], 0)
+        .await
+        .unwrap();
+    let (s, r) = f.post(&format!("{BATCH}/{id}/recount"), &json!({})).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["job"]["processed_items"], 6);
+    assert_eq!(r["job"]["failed_items"], 1);
+    let (_, p) = f.get(&format!("{BATCH}/{id}/items?status=pending")).await;
+    assert_eq!(p["total_size"], 0);
+
+    // Re-run only the failed item, as a new batch with the same config.
+    let (s, again) = f
+        .post(&format!("{BATCH}/{id}/retry-failed"), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again["total_items"], 1);
+    let new_id = again["id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, id);
+    let st = f.wait_terminal(&new_id, Duration::from_secs(30)).await;
+    assert_eq!(
+        st["job"]["status"], "failed",
+        "every item failed again: {st}"
+    );
+    let (s, e) = f
+        .post(&format!("{BATCH}/{new_id}/retry-failed"), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let ok_batch = {
+        let (_, b) = f
+            .post(
+                BATCH,
+                &json!({ "job_config": parse_config(), "item_ids": &ids[..1] }),
+            )
+            .await;
+        b["id"].as_str().unwrap().to_owned()
+    };
+    f.wait_terminal(&ok_batch, Duration::from_secs(30)).await;
+    let (s, e) = f
+        .post(&format!("{BATCH}/{ok_batch}/retry-failed"), &json!({}))
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["detail"].as_str().unwrap().contains("no failed items"));
+    f.shutdown().await;
+}

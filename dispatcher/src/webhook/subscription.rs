@@ -57,6 +57,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint as a `WebhookConfiguration` object again.
+    pub fn to_config(&self) -> Value {
+        serde_json::json!({
+            "webhook_url": self.url,
+            "webhook_events": self.events,
+            "webhook_headers": self.headers,
+            "webhook_output_format": match self.format { OutputFormat::Json => "json", OutputFormat::String => "string" },
+            "webhook_signing_secret": self.secret,
+        })
+    }
+
     /// Whether this endpoint wants `event`.
     pub fn wants(&self, event: &str) -> bool {
         self.events
