@@ -218,6 +218,7 @@ async fn expand(
             .map(|id| ItemMessage::new(batch_id, id).encode())
             .collect();
         st.publisher.publish_all(&bodies, priority).await?;
+        st.metrics.published.inc_by(bodies.len() as u64);
         let _: () = con
             .hset(st.keys.batch(batch_id), "cursor", next_cursor)
             .await?;

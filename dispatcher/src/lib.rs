@@ -70,6 +70,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         publisher: Arc::new(publisher),
         expansion_wake: Arc::new(Notify::new()),
         webhook_wake: Arc::new(Notify::new()),
+        metrics: Arc::default(),
         replica_id: format!("dispatcher-{}", uuid::Uuid::new_v4()).into(),
         settings: Arc::new(settings),
     })
@@ -143,6 +144,10 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|State(st): State<AppState>| async move { st.metrics.encode() }),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(64 << 20))
         .with_state(state)
@@ -167,6 +172,19 @@ async fn ready(State(st): State<AppState>) -> (StatusCode, Json<serde_json::Valu
     )
 }
 
+/// Samples the work queue's depth for `/metrics` every few seconds.
+async fn watch_queue_depth(st: AppState, mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if let Some(n) = st.publisher.queue_depth().await {
+            st.metrics.queue_depth.set(i64::from(n));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// Serves the API on `listener` and runs expansion until `shutdown` resolves, then drains:
 /// in-flight requests finish and expansions hand their leases back.
 pub async fn run(
@@ -180,7 +198,8 @@ pub async fn run(
     let outbox = tokio::spawn(webhook::outbox::run(state.clone(), stop_rx.clone()));
     let sender =
         Arc::new(webhook::delivery::Sender::new(state.clone()).map_err(DispatcherError::Webhook)?);
-    let sending = tokio::spawn(sender.run(stop_rx));
+    let sending = tokio::spawn(sender.run(stop_rx.clone()));
+    let depth = tokio::spawn(watch_queue_depth(state.clone(), stop_rx));
     tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
@@ -190,6 +209,7 @@ pub async fn run(
     let _ = outbox.await;
     // In-flight deliveries finish (bounded by the request timeout); the rest stay due in Redis.
     let _ = sending.await;
+    let _ = depth.await;
     tracing::info!("Dispatcher drained.");
     served.map_err(DispatcherError::from)
 }

@@ -68,6 +68,25 @@ impl Publisher {
             .unwrap_or(false)
     }
 
+    /// Messages ready in the work queue, if the broker answers.
+    pub async fn queue_depth(&self) -> Option<u32> {
+        let guard = self.link.lock().await;
+        let link = guard.as_ref()?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        link.channel
+            .queue_declare(
+                self.topology.items_queue().as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .ok()
+            .map(|q| q.message_count())
+    }
+
     /// Publishes persistent messages to the work queue and waits until the broker confirms
     /// every one. On failure some may have been delivered: callers re-publish the whole page,
     /// which is safe because workers ignore items that are already settled.

@@ -29,6 +29,8 @@ pub struct AppState {
     pub expansion_wake: Arc<Notify>,
     /// Wakes the webhook sender when new deliveries exist.
     pub webhook_wake: Arc<Notify>,
+    /// Prometheus metrics.
+    pub metrics: Arc<docfleet_shared::metrics::Metrics>,
     /// This replica's id, used as the expansion lease owner.
     pub replica_id: Arc<str>,
 }

@@ -10,8 +10,10 @@
 //! - [`topology`]: queue and exchange names and arguments, declared by whoever connects first.
 //! - [`store`]: the file store that holds uploaded bytes and parse outputs.
 //! - [`services`]: connecting to RabbitMQ and Redis.
+//! - [`metrics`]: Prometheus metrics and the typed events that emit log + metric together.
 
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod scripts;
 pub mod services;

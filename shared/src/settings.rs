@@ -187,6 +187,8 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     /// How long a draining worker lets in-flight items finish after SIGTERM.
     pub drain_secs: u64,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (`0.0.0.0:9091`); off when unset.
+    pub health_listen: Option<String>,
 }
 
 impl Default for WorkerSettings {
@@ -204,6 +206,7 @@ impl Default for WorkerSettings {
             max_file_bytes: 256 * 1024 * 1024,
             max_attempts: 3,
             drain_secs: 30,
+            health_listen: None,
         }
     }
 }
@@ -292,6 +295,11 @@ impl Validate for WorkerSettings {
         }
         if self.drain_secs == 0 {
             return Err("drain_secs must be at least 1".into());
+        }
+        if let Some(h) = &self.health_listen {
+            if h.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("health_listen must be host:port, got {h:?}"));
+            }
         }
         Ok(())
     }

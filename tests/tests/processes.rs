@@ -106,8 +106,66 @@ async fn a_dispatcher_killed_mid_expansion_is_resumed_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_drains_and_exits_zero_on_sigterm() {
     let f = Fleet::start(0).await;
-    let mut w = f.spawn_worker_process(&[]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let port = Fleet::free_port().await;
+    let addr = format!("127.0.0.1:{port}");
+    let mut w = f
+        .spawn_worker_process(&[("DOCFLEET__HEALTH_LISTEN", addr.as_str())])
+        .await;
+    // Probes: live, ready once attached to the broker, and metrics in Prometheus text.
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = f.http.get(format!("http://{addr}/readyz")).send().await {
+            if r.status().is_success() {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "worker never reported ready");
+    let live = f
+        .http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(live.status().is_success());
+    let dir = f.create_dir(&f.api_key, "m").await;
+    let id = f
+        .upload(&f.api_key, &dir, "m.txt", b"metrics".to_vec())
+        .await;
+    let (_, b) = f
+        .post(
+            "/api/v1/beta/batch-processing",
+            &serde_json::json!({ "job_config": { "parameters": {} }, "item_ids": [id] }),
+        )
+        .await;
+    f.wait_terminal(b["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    let m = f
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"docfleet_items_total{job_type="parse",outcome="completed"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("docfleet_item_duration_seconds_bucket"), "{m}");
+    let d = f
+        .http
+        .get(format!("{}/metrics", f.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(d.contains("docfleet_messages_published_total 1"), "{d}");
     let status = w.terminate().await.expect("worker exited");
     assert!(status.success(), "{status:?}");
     // Invalid configuration: exit 64 before opening any socket.

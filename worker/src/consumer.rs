@@ -42,6 +42,7 @@ pub async fn run(
     settings: Arc<WorkerSettings>,
     processor: Arc<Processor>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<docfleet_shared::metrics::Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -50,9 +51,7 @@ pub async fn run(
         connected.store(false, std::sync::atomic::Ordering::Relaxed);
         match session {
             Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "Consumer lost the broker; reconnecting.");
-            }
+            Err(error) => metrics.reconnecting("rabbitmq", &error),
         }
         tokio::select! {
             _ = stopped(&mut stop) => return,

@@ -88,6 +88,7 @@ pub struct Processor {
     scripts: Scripts,
     store: FileStore,
     batches: Mutex<HashMap<String, Arc<BatchContext>>>,
+    metrics: Arc<docfleet_shared::metrics::Metrics>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -95,7 +96,11 @@ const BATCH_CACHE: usize = 256;
 
 impl Processor {
     /// A processor over these connections.
-    pub fn new(settings: Arc<WorkerSettings>, redis: redis::aio::ConnectionManager) -> Self {
+    pub fn new(
+        settings: Arc<WorkerSettings>,
+        redis: redis::aio::ConnectionManager,
+        metrics: Arc<docfleet_shared::metrics::Metrics>,
+    ) -> Self {
         let keys = Keys::new(settings.redis.key_prefix.clone());
         Self {
             store: FileStore::local(settings.store.root.clone()),
@@ -104,6 +109,7 @@ impl Processor {
             redis,
             settings,
             batches: Mutex::default(),
+            metrics,
         }
     }
 
@@ -138,15 +144,16 @@ impl Processor {
         {
             Ok(Claim::Run(n)) => n,
             Ok(Claim::Done) => {
-                tracing::debug!("Already settled; acking the duplicate.");
+                self.metrics.item_settled("unknown", "duplicate", None);
                 return Verdict::Ack;
             }
             Ok(Claim::Cancelled) => {
-                tracing::info!("Batch cancelled; item cancelled without work.");
+                self.metrics.item_settled("unknown", "cancelled", None);
                 return Verdict::Ack;
             }
             Ok(Claim::Missing) => {
                 tracing::warn!("No such batch or item; dead-lettering the message.");
+                self.metrics.item_settled("unknown", "dead_letter", None);
                 return Verdict::DeadLetter;
             }
             Err(error) => {
@@ -191,6 +198,7 @@ impl Processor {
 
     /// Makes the outcome durable, then says how to settle the delivery.
     async fn record(&self, msg: &ItemMessage, result: Result<Done, Failure>) -> Verdict {
+        let started = std::time::Instant::now();
         let (outcome, verdict, fields) = match &result {
             Ok(done) => (
                 Outcome::Completed,
@@ -225,7 +233,23 @@ impl Processor {
             .await
         {
             Ok(recorded) => {
-                tracing::info!(outcome = ?outcome, recorded = ?recorded, "Item settled.");
+                let job_type = self
+                    .batches
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(&msg.batch_id).map(|b| b.spec.job_type().as_str()))
+                    .unwrap_or("unknown");
+                let label = match (&recorded, outcome) {
+                    (docfleet_shared::scripts::Recorded::Duplicate, _) => "duplicate",
+                    (_, Outcome::Completed) => "completed",
+                    (_, Outcome::Failed) => "failed",
+                    (_, Outcome::Skipped) => "skipped",
+                };
+                let secs = result
+                    .as_ref()
+                    .ok()
+                    .map(|d| d.seconds + started.elapsed().as_secs_f64());
+                self.metrics.item_settled(job_type, label, secs);
                 verdict
             }
             Err(error) => {
@@ -276,6 +300,7 @@ impl Processor {
     }
 
     async fn execute(&self, msg: &ItemMessage) -> Result<Done, Failure> {
+        let began = std::time::Instant::now();
         let ctx = self.context(&msg.batch_id).await?;
         let mut con = self.redis.clone();
         let (file, job_id): (Option<String>, Option<String>) = redis::pipe()
@@ -346,6 +371,7 @@ impl Processor {
         Ok(Done {
             result: result.to_string(),
             run_record: run_record.to_string(),
+            seconds: began.elapsed().as_secs_f64(),
         })
     }
 }
@@ -354,6 +380,8 @@ impl Processor {
 struct Done {
     result: String,
     run_record: String,
+    /// Time spent producing it.
+    seconds: f64,
 }
 
 /// What the engine produced.

@@ -3,12 +3,14 @@
 //!
 //! # Layout
 //! - [`consumer`]: the AMQP loop: prefetch, concurrency, acks, reconnection, drain.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
 //! - [`parse`]: the parse engine.
 //! - [`classify`]: the classify engine.
 
 pub mod classify;
 pub mod consumer;
+pub mod health;
 pub mod item;
 pub mod parse;
 
@@ -25,6 +27,9 @@ pub enum WorkerError {
     /// Redis is unreachable.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The health endpoint could not bind.
+    #[error("health endpoint: {0}")]
+    Health(#[from] std::io::Error),
 }
 
 /// Runs the worker until `shutdown` resolves, then drains: stops consuming, lets in-flight
@@ -35,14 +40,29 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let settings = Arc::new(settings);
     let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
-    let processor = Arc::new(item::Processor::new(settings.clone(), redis));
+    let metrics = Arc::new(docfleet_shared::metrics::Metrics::default());
+    let processor = Arc::new(item::Processor::new(
+        settings.clone(),
+        redis,
+        metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
     let connected = Arc::new(AtomicBool::new(false));
-    consumer::run(settings, processor, connected, stop_rx).await;
+    if let Some(addr) = &settings.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(health::serve(
+            listener,
+            processor.clone(),
+            connected.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    consumer::run(settings, processor, connected, metrics, stop_rx).await;
     tracing::info!("Worker drained.");
     Ok(())
 }

@@ -266,6 +266,14 @@ impl Sender {
         let outcome = self
             .send(ep, &get("event_id"), get("body").as_bytes())
             .await;
+        self.st.metrics.webhook_attempt(
+            match &outcome {
+                Attempt::Delivered(_) => "delivered",
+                Attempt::Retry { .. } => "retry",
+                Attempt::Permanent { .. } => "failed",
+            },
+            started.elapsed().as_secs_f64(),
+        );
         tracing::debug!(delivery_id = %id, batch_id = %batch_id, event = %get("event_type"),
             outcome = ?outcome, ms = started.elapsed().as_millis() as u64, "Webhook attempt.");
         self.record(id, &d, outcome).await
