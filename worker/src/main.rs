@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use docfleet_shared::settings::{self, WorkerSettings};
 
 #[derive(Parser)]
@@ -15,6 +15,17 @@ struct Cli {
     /// Optional TOML configuration file; DOCFLEET__… variables override it.
     #[arg(long, env = "DOCFLEET_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Exit 0 if a local URL answers 2xx (container healthcheck).
+    Probe {
+        /// e.g. http://127.0.0.1:9091/readyz
+        url: String,
+    },
 }
 
 /// Exit code for an unusable configuration (sysexits EX_USAGE).
@@ -23,6 +34,13 @@ const EX_USAGE: u8 = 64;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Probe { url }) = &cli.command {
+        return if docfleet_shared::probe::http_ok(url) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let settings: WorkerSettings = match settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
