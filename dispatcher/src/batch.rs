@@ -47,6 +47,7 @@ struct ValidJob {
     job_type: JobType,
     priority: u8,
     correlation_id: Option<String>,
+    session_id: Option<String>,
 }
 
 fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
@@ -114,6 +115,7 @@ fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
             job_type: JobType::Classify,
             priority: docfleet_shared::model::Priority::Medium.amqp(),
             correlation_id: None,
+            session_id: None,
         });
     }
     let cfg: ParseJobConfig = parse_json(&bytes).map_err(prefix)?;
@@ -169,6 +171,7 @@ fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
         job_type: JobType::Parse,
         priority: params.priority.unwrap_or_default().amqp(),
         correlation_id: cfg.correlation_id.clone(),
+        session_id: cfg.session_id.clone(),
     })
 }
 
@@ -214,6 +217,9 @@ pub async fn create(
     ];
     if let Some(c) = job.correlation_id {
         fields.push(("correlation_id", c));
+    }
+    if let Some(c) = job.session_id {
+        fields.push(("session_id", c));
     }
     let mut pipe = redis::pipe();
     pipe.atomic();

@@ -217,7 +217,13 @@ async fn expand(
             .iter()
             .map(|id| ItemMessage::new(batch_id, id).encode())
             .collect();
-        st.publisher.publish_all(&bodies, priority).await?;
+        let trace = docfleet_shared::wire::Trace {
+            correlation_id: h.get("correlation_id").cloned(),
+            session_id: h.get("session_id").cloned(),
+        };
+        st.publisher
+            .publish_traced(&bodies, priority, &trace)
+            .await?;
         st.metrics.published.inc_by(bodies.len() as u64);
         let _: () = con
             .hset(st.keys.batch(batch_id), "cursor", next_cursor)

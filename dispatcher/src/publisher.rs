@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use docfleet_shared::topology::Topology;
+use docfleet_shared::wire::Trace;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
@@ -91,6 +92,17 @@ impl Publisher {
     /// every one. On failure some may have been delivered: callers re-publish the whole page,
     /// which is safe because workers ignore items that are already settled.
     pub async fn publish_all(&self, bodies: &[Vec<u8>], priority: u8) -> Result<(), PublishError> {
+        self.publish_traced(bodies, priority, &Trace::default())
+            .await
+    }
+
+    /// [`Publisher::publish_all`], with the batch's request identifiers as message headers.
+    pub async fn publish_traced(
+        &self,
+        bodies: &[Vec<u8>],
+        priority: u8,
+        trace: &Trace,
+    ) -> Result<(), PublishError> {
         let mut guard = self.link.lock().await;
         let healthy = guard
             .as_ref()
@@ -104,10 +116,23 @@ impl Publisher {
             return Err(PublishError::Nacked(bodies.len()));
         };
         let queue = self.topology.items_queue();
+        let mut headers = lapin::types::FieldTable::default();
+        for (name, value) in [
+            (Trace::CORRELATION_HEADER, &trace.correlation_id),
+            (Trace::SESSION_HEADER, &trace.session_id),
+        ] {
+            if let Some(v) = value {
+                headers.insert(
+                    name.into(),
+                    lapin::types::AMQPValue::LongString(v.as_str().into()),
+                );
+            }
+        }
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_priority(priority)
-            .with_content_type("application/json".into());
+            .with_content_type("application/json".into())
+            .with_headers(headers);
         let mut confirms = Vec::with_capacity(bodies.len());
         let result: Result<(), PublishError> = async {
             for body in bodies {

@@ -20,6 +20,23 @@ pub struct ItemMessage {
     pub item_id: String,
 }
 
+/// Request identifiers that travel with every message of a batch, from the HTTP request
+/// into the worker's spans (AMQP headers `x-correlation-id` and `x-session-id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// The job config's `correlation_id`.
+    pub correlation_id: Option<String>,
+    /// The job config's `session_id`.
+    pub session_id: Option<String>,
+}
+
+impl Trace {
+    /// AMQP header carrying the correlation id.
+    pub const CORRELATION_HEADER: &'static str = "x-correlation-id";
+    /// AMQP header carrying the session id.
+    pub const SESSION_HEADER: &'static str = "x-session-id";
+}
+
 /// Why a delivery's body is not an [`ItemMessage`] this worker can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

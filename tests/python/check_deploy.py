@@ -54,7 +54,17 @@ for needed in ("rabbitmq", "redis", "dispatcher", "worker"):
 if "--appendonly" not in " ".join(services.get("redis", {}).get("command", [])):
     problem("compose: Redis without AOF")
 
-# 3. Kustomize overlays.
+# 3. The Grafana dashboard queries only metrics docfleet exports.
+import re
+dash = json.loads((root / "deploy/grafana/docfleet.json").read_text())
+exported = set(re.findall(r'register\(\s*"([a-z_]+)"', (root / "shared/src/metrics.rs").read_text()))
+for panel in dash["panels"]:
+    for t in panel["targets"]:
+        for name in re.findall(r"docfleet_([a-z_]+?)(?:_total|_bucket|_sum|_count)?\b", t["expr"]):
+            if name not in exported:
+                problem(f"dashboard panel {panel['title']!r} queries unknown metric docfleet_{name}")
+
+# 4. Kustomize overlays.
 keda = json.loads((root / "tests/python/keda_schema.json").read_text())
 k8s = root / "deploy/k8s"
 with tempfile.TemporaryDirectory() as tmp:

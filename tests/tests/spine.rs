@@ -555,3 +555,48 @@ async fn recount_rebuilds_counters_and_failed_items_can_be_rerun() {
     assert!(e["detail"].as_str().unwrap().contains("no failed items"));
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlation_and_session_ids_travel_in_message_headers() {
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "trace").await;
+    let id = f.upload(&f.api_key, &dir, "t.txt", b"trace".to_vec()).await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "correlation_id": "corr-42", "session_id": "sess-7", "parameters": {} }, "item_ids": [id] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue =
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
+            .items_queue();
+    let mut msg = None;
+    for _ in 0..100 {
+        msg = ch
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if msg.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let msg = msg.expect("a published message");
+    let headers = msg.delivery.properties.headers().clone().unwrap();
+    let get = |k: &str| match headers.inner().get(k) {
+        Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(get("x-correlation-id"), "corr-42");
+    assert_eq!(get("x-session-id"), "sess-7");
+    conn.close(200, "".into()).await.ok();
+    f.shutdown().await;
+}

@@ -108,7 +108,9 @@ async fn consume(
         };
         let processor = processor.clone();
         tasks.spawn(async move {
-            let verdict = processor.handle(&delivery.data).await;
+            let verdict = processor
+                .handle_traced(&delivery.data, &trace_of(&delivery))
+                .await;
             settle(&delivery, verdict).await;
             drop(permit);
         });
@@ -130,6 +132,26 @@ async fn consume(
     let _ = channel.close(200, "worker draining".into()).await;
     let _ = conn.close(200, "worker draining".into()).await;
     outcome
+}
+
+/// The request identifiers a message carries in its headers.
+fn trace_of(delivery: &Delivery) -> docfleet_shared::wire::Trace {
+    use docfleet_shared::wire::Trace;
+    let header = |name: &str| {
+        delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(name))
+            .and_then(|v| match v {
+                lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+                _ => None,
+            })
+    };
+    Trace {
+        correlation_id: header(Trace::CORRELATION_HEADER),
+        session_id: header(Trace::SESSION_HEADER),
+    }
 }
 
 async fn settle(delivery: &Delivery, verdict: Verdict) {

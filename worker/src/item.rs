@@ -124,6 +124,16 @@ impl Processor {
 
     /// Handles one delivery body and says what to do with the delivery.
     pub async fn handle(&self, body: &[u8]) -> Verdict {
+        self.handle_traced(body, &docfleet_shared::wire::Trace::default())
+            .await
+    }
+
+    /// [`Processor::handle`], with the request identifiers the message carried.
+    pub async fn handle_traced(
+        &self,
+        body: &[u8],
+        trace: &docfleet_shared::wire::Trace,
+    ) -> Verdict {
         let msg = match ItemMessage::decode(body) {
             Ok(m) => m,
             Err(error) => {
@@ -131,7 +141,13 @@ impl Processor {
                 return Verdict::DeadLetter;
             }
         };
-        let span = tracing::info_span!("item", batch_id = %msg.batch_id, item_id = %msg.item_id);
+        let span = tracing::info_span!(
+            "item",
+            batch_id = %msg.batch_id,
+            item_id = %msg.item_id,
+            correlation_id = trace.correlation_id.as_deref(),
+            session_id = trace.session_id.as_deref(),
+        );
         self.handle_item(&msg).instrument(span).await
     }
 

@@ -1,7 +1,7 @@
 //! docfleet's benchmark suite: prints a table and one JSON line per figure.
 //!
 //! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R]`
-//! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `status`, `webhooks`, `parse`;
+//! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `status`, `webhooks`, `parse`, `scale`;
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes.
 
@@ -177,6 +177,74 @@ async fn fleet(rep: &mut Report, a: &Args) {
     );
     for w in &mut workers {
         w.terminate().await;
+    }
+    f.shutdown().await;
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn scale(rep: &mut Report, a: &Args) {
+    let n = a.items.min(20_000);
+    eprintln!("scale: {n} tiny files with 1, 2 and 4 worker processes");
+    let f = Fleet::start(0).await;
+    let ids = upload_many(&f, n).await;
+    for workers in [1usize, 2, 4] {
+        let mut w = Vec::new();
+        for _ in 0..workers {
+            w.push(f.spawn_worker_process(&[]).await);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before: f64 = w.iter().filter_map(|p| p.child.id()).map(cpu_secs).sum();
+        let t0 = Instant::now();
+        let id = {
+            let (_, b) = f
+                .post(
+                    BATCH,
+                    &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
+                )
+                .await;
+            b["id"].as_str().unwrap_or_default().to_owned()
+        };
+        wait_done(&f, &id).await;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu: f64 = w
+            .iter()
+            .filter_map(|p| p.child.id())
+            .map(cpu_secs)
+            .sum::<f64>()
+            - before;
+        rep.add(
+            &format!("scale_{workers}_workers_items_per_s"),
+            n as f64 / secs,
+            "items/s",
+            json!({ "seconds": secs }),
+        );
+        rep.add(
+            &format!("scale_{workers}_workers_cpu_us_per_item"),
+            cpu * 1e6 / n as f64,
+            "µs CPU/item",
+            json!({ "worker_cpu_s": cpu }),
+        );
+        for p in &mut w {
+            p.terminate().await;
+        }
     }
     f.shutdown().await;
 }
@@ -492,6 +560,7 @@ async fn main() {
             "status" => status(&mut rep, &a).await,
             "webhooks" => webhooks(&mut rep, &a).await,
             "parse" => parse(&mut rep),
+            "scale" => scale(&mut rep, &a).await,
             other => eprintln!("unknown scenario {other}"),
         }
     }
