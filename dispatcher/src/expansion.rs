@@ -24,6 +24,9 @@ use tracing::Instrument;
 use crate::records::DirectoryFile;
 use crate::state::AppState;
 
+/// Items registered and published per page of an `item_ids` batch.
+const ITEM_PAGE: i64 = 1000;
+
 /// Batches one replica expands at once.
 const PARALLEL_EXPANSIONS: usize = 4;
 
@@ -148,7 +151,13 @@ async fn expand(
             return Ok(());
         }
         let cursor: i64 = get("cursor").parse().unwrap_or(0);
-        let page_size: i64 = get("page_size").parse().unwrap_or(100);
+        // Directory mode reads the directory `page_size` files at a time, as asked; an
+        // `item_ids` batch has its ids in Redis already, so it moves in larger pages.
+        let page_size: i64 = if get("source") == "directory" {
+            get("page_size").parse().unwrap_or(100)
+        } else {
+            ITEM_PAGE
+        };
         let job_type = JobType::parse(get("job_type")).unwrap_or(JobType::Parse);
         let priority: u8 = get("priority").parse().unwrap_or(2);
         let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) =

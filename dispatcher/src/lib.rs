@@ -63,7 +63,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
     let topology = Topology::new(settings.broker.queue_prefix.clone());
     let publisher = publisher::Publisher::connect(&settings.broker.url, topology).await?;
     Ok(AppState {
-        store: FileStore::local(settings.store.root.clone()),
+        store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
         scripts: Scripts::new(keys.clone()),
         keys,
         redis,

@@ -123,7 +123,8 @@ impl Metrics {
 
     /// An item was settled: one log line and the matching counter and histogram.
     pub fn item_settled(&self, job_type: &str, outcome: &str, seconds: Option<f64>) {
-        tracing::info!(job_type, outcome, seconds, "Item settled.");
+        // Per item, so debug: at info a busy worker would spend more on logging than on work.
+        tracing::debug!(job_type, outcome, seconds, "Item settled.");
         self.items
             .get_or_create(&OutcomeLabels {
                 job_type: job_type.to_owned(),

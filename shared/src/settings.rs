@@ -62,12 +62,16 @@ impl Default for RedisSettings {
 pub struct StoreSettings {
     /// Root folder of the local file store.
     pub root: PathBuf,
+    /// fsync every stored object before it becomes visible (uploads and results). Off, a write
+    /// still survives a process crash (atomic rename) but not a power loss.
+    pub fsync: bool,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             root: PathBuf::from("var/store"),
+            fsync: true,
         }
     }
 }
@@ -175,8 +179,11 @@ pub struct WorkerSettings {
     pub store: StoreSettings,
     /// Logs.
     pub log: LogSettings,
-    /// Items processed at once by one worker process.
+    /// Items in flight at once in one worker process (claim, I/O, record). Most of an item's
+    /// life is waiting on Redis and the store, so this is several times the core count.
     pub concurrency: usize,
+    /// Items parsed or classified at once (CPU-bound); defaults to the core count.
+    pub cpu_slots: usize,
     /// Unacknowledged deliveries the broker may hand this worker.
     pub prefetch: u16,
     /// Deadline for one item; past it the item fails (or retries).
@@ -198,10 +205,11 @@ impl Default for WorkerSettings {
             redis: RedisSettings::default(),
             store: StoreSettings::default(),
             log: LogSettings::default(),
-            concurrency: std::thread::available_parallelism()
+            concurrency: 16,
+            cpu_slots: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            prefetch: 16,
+            prefetch: 64,
             item_deadline_secs: 120,
             max_file_bytes: 256 * 1024 * 1024,
             max_attempts: 3,
@@ -281,8 +289,8 @@ impl Validate for DispatcherSettings {
 impl Validate for WorkerSettings {
     fn validate(&self) -> Result<(), String> {
         validate_common(&self.broker, &self.redis, &self.store)?;
-        if self.concurrency == 0 {
-            return Err("concurrency must be at least 1".into());
+        if self.concurrency == 0 || self.cpu_slots == 0 {
+            return Err("concurrency and cpu_slots must be at least 1".into());
         }
         if (self.prefetch as usize) < self.concurrency {
             return Err("prefetch must be at least concurrency".into());

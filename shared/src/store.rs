@@ -36,6 +36,7 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct FileStore {
     backend: Backend,
+    fsync: bool,
 }
 
 /// An object being written; invisible under its key until [`Staged::commit`].
@@ -46,6 +47,7 @@ pub struct Staged {
     dest: PathBuf,
     key: String,
     written: u64,
+    fsync: bool,
 }
 
 impl Staged {
@@ -75,7 +77,9 @@ impl Staged {
             source,
         };
         self.file.flush().await.map_err(io)?;
-        self.file.sync_all().await.map_err(io)?;
+        if self.fsync {
+            self.file.sync_all().await.map_err(io)?;
+        }
         tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io)?;
         Ok(self.written)
     }
@@ -92,7 +96,15 @@ impl FileStore {
     pub fn local(root: impl Into<PathBuf>) -> Self {
         Self {
             backend: Backend::Local { root: root.into() },
+            fsync: true,
         }
+    }
+
+    /// Whether a committed object is fsynced before it becomes visible. Without it a commit
+    /// still survives a crash of the process (write, then atomic rename), but not of the machine.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -143,6 +155,7 @@ impl FileStore {
             dest,
             key: key.to_owned(),
             written: 0,
+            fsync: self.fsync,
         })
     }
 
@@ -170,6 +183,26 @@ impl FileStore {
             .map(|m| m.len())
             .map_err(|source| map_io(key, source))
     }
+}
+
+/// `dir/<xy>/name`: objects fan out over 256 sub-folders by the last two characters of their
+/// (random) id, so no folder grows huge and concurrent writers rarely share a folder lock.
+pub fn sharded_key(dir: &str, id: &str, suffix: &str) -> String {
+    let tail: String = id
+        .chars()
+        .rev()
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let shard = if tail.is_empty() {
+        "00".to_owned()
+    } else {
+        tail
+    };
+    format!("{dir}/{shard}/{id}{suffix}")
 }
 
 fn map_io(key: &str, source: std::io::Error) -> StoreError {

@@ -104,6 +104,7 @@ impl Fleet {
             },
             store: StoreSettings {
                 root: std::env::temp_dir().join(&prefix),
+                ..StoreSettings::default()
             },
             expansion_lease_secs: 3,
             webhook: WebhookSettings {

@@ -89,6 +89,8 @@ pub struct Processor {
     store: FileStore,
     batches: Mutex<HashMap<String, Arc<BatchContext>>>,
     metrics: Arc<docfleet_shared::metrics::Metrics>,
+    /// Bounds the CPU-bound engine stage to `cpu_slots` items at once.
+    cpu: Arc<tokio::sync::Semaphore>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -102,14 +104,16 @@ impl Processor {
         metrics: Arc<docfleet_shared::metrics::Metrics>,
     ) -> Self {
         let keys = Keys::new(settings.redis.key_prefix.clone());
+        let cpu_slots = settings.cpu_slots;
         Self {
-            store: FileStore::local(settings.store.root.clone()),
+            store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
             scripts: Scripts::new(keys.clone()),
             keys,
             redis,
             settings,
             batches: Mutex::default(),
             metrics,
+            cpu: Arc::new(tokio::sync::Semaphore::new(cpu_slots)),
         }
     }
 
@@ -339,6 +343,9 @@ impl Processor {
         let name = file["display_name"].as_str().unwrap_or_default().to_owned();
         let bytes = self.store.get(&storage_key).await?;
         let deadline = Duration::from_secs(self.settings.item_deadline_secs);
+        let Ok(_cpu) = self.cpu.clone().acquire_owned().await else {
+            return Err(Failure::Retry("worker shutting down".into()));
+        };
         let work_ctx = ctx.clone();
         let work = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -363,9 +370,10 @@ impl Processor {
             }
             Ok(Ok(Ok(result))) => result?,
         };
-        let output_key = format!(
-            "projects/{}/results/{}/{}.json",
-            ctx.project_id, msg.batch_id, job_id
+        let output_key = docfleet_shared::store::sharded_key(
+            &format!("projects/{}/results/{}", ctx.project_id, msg.batch_id),
+            &job_id,
+            ".json",
         );
         let body = serde_json::to_vec(&output.stored)
             .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
