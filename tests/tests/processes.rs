@@ -179,3 +179,78 @@ async fn a_worker_drains_and_exits_zero_on_sigterm() {
     assert_eq!(code.code(), Some(64));
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_dispatchers_agree_and_expand_each_batch_once() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "replicas").await;
+    for i in 0..300 {
+        f.upload(&f.api_key, &dir, &format!("r{i}.txt"), b"replica".to_vec())
+            .await;
+    }
+    // Two more replicas as processes beside the in-process one; all three expand and serve.
+    let mut others = Vec::new();
+    let mut urls = vec![f.base_url.clone()];
+    for _ in 0..2 {
+        let port = Fleet::free_port().await;
+        others.push(f.spawn_dispatcher_process(port).await);
+        urls.push(format!("http://127.0.0.1:{port}"));
+    }
+    for u in &urls {
+        let mut up = false;
+        for _ in 0..200 {
+            if f.http
+                .get(format!("{u}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(up, "{u} not ready");
+    }
+    let mut batches = Vec::new();
+    for (i, u) in urls.iter().enumerate() {
+        f.base_url = u.clone();
+        let (s, b) = f
+            .post(
+                "/api/v1/beta/batch-processing",
+                &serde_json::json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 7 + i }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        batches.push(b["id"].as_str().unwrap().to_owned());
+    }
+    f.start_worker().await;
+    f.start_worker().await;
+    for id in &batches {
+        let done = f.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(done["job"]["processed_items"], 300);
+        // Expanded once: one pending event per file, whichever replica held the lease.
+        let events = f.events(id).await;
+        assert_eq!(
+            events.iter().filter(|(t, _)| t == "parse.pending").count(),
+            300
+        );
+        assert_eq!(
+            events.iter().filter(|(t, _)| t == "parse.success").count(),
+            300
+        );
+        // Every replica reports the same status.
+        let mut seen = Vec::new();
+        for u in &urls {
+            f.base_url = u.clone();
+            let (_, s) = f.get(&format!("/api/v1/beta/batch-processing/{id}")).await;
+            seen.push(s);
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    }
+    for o in &mut others {
+        o.kill().await;
+    }
+    f.base_url = urls[0].clone();
+    f.shutdown().await;
+}
