@@ -1,0 +1,405 @@
+//! Office Open XML (DOCX, PPTX) read with `zip` + `quick-xml`, and spreadsheets with `calamine`.
+//!
+//! DOCX has no pages: the whole body is one page (page breaks in the file split it), with
+//! headings from paragraph styles, lists, tables as rows, and headers/footers as their own
+//! items. PPTX is one page per slide (title as heading, speaker notes after the body). XLSX is
+//! one page per sheet, its cells (cached formula values) as a markdown table.
+
+use std::io::{Cursor, Read};
+
+use quick_xml::events::Event;
+use quick_xml::reader::Reader;
+use serde_json::{json, Value};
+
+use crate::parse::{table_item, Page, ParseError, Parsed};
+
+type Zip = zip::ZipArchive<Cursor<Vec<u8>>>;
+
+fn open(bytes: &[u8], format: &'static str) -> Result<Zip, ParseError> {
+    zip::ZipArchive::new(Cursor::new(bytes.to_vec())).map_err(|e| ParseError::Corrupt {
+        format,
+        reason: format!("not a readable zip container: {e}"),
+    })
+}
+
+fn entry(z: &mut Zip, name: &str) -> Option<String> {
+    let mut f = z.by_name(name).ok()?;
+    let mut s = String::new();
+    f.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// A block of a DOCX body.
+enum Block {
+    Para {
+        text: String,
+        heading: Option<u8>,
+        list: bool,
+    },
+    Table(Vec<Vec<String>>),
+    PageBreak,
+}
+
+/// Walks WordprocessingML: paragraphs, their style, tables, page breaks.
+fn docx_blocks(xml: &str) -> Vec<Block> {
+    let mut r = Reader::from_str(xml);
+    let mut out = Vec::new();
+    let (mut text, mut heading, mut list) = (String::new(), None::<u8>, false);
+    let mut in_text = false;
+    let mut table: Vec<Vec<String>> = Vec::new();
+    let mut row: Vec<String> = Vec::new();
+    let mut cell = String::new();
+    let mut depth_tbl = 0usize;
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => match e.local_name().as_ref() {
+                b"t" => in_text = true,
+                b"tab" => text.push('\t'),
+                b"br" => {
+                    let page = e.attributes().flatten().any(|a| {
+                        a.key.local_name().as_ref() == b"type" && a.value.as_ref() == b"page"
+                    });
+                    if page && depth_tbl == 0 {
+                        flush(&mut out, &mut text, &mut heading, &mut list);
+                        out.push(Block::PageBreak);
+                    } else {
+                        text.push('\n');
+                    }
+                }
+                b"pStyle" => {
+                    for a in e.attributes().flatten() {
+                        if a.key.local_name().as_ref() == b"val" {
+                            let v = String::from_utf8_lossy(&a.value).to_ascii_lowercase();
+                            if v == "title" {
+                                heading = Some(1);
+                            } else if let Some(n) = v.strip_prefix("heading") {
+                                heading = n.trim().parse::<u8>().ok().map(|n| n.clamp(1, 6));
+                            } else if v.contains("list") {
+                                list = true;
+                            }
+                        }
+                    }
+                }
+                b"numPr" => list = true,
+                b"tbl" => depth_tbl += 1,
+                _ => {}
+            },
+            Ok(Event::Text(t)) if in_text => {
+                if let Ok(s) = t.unescape() {
+                    text.push_str(&s);
+                }
+            }
+            Ok(Event::End(e)) => match e.local_name().as_ref() {
+                b"t" => in_text = false,
+                b"p" => {
+                    if depth_tbl > 0 {
+                        if !cell.is_empty() && !text.is_empty() {
+                            cell.push(' ');
+                        }
+                        cell.push_str(text.trim());
+                        text.clear();
+                        heading = None;
+                        list = false;
+                    } else {
+                        flush(&mut out, &mut text, &mut heading, &mut list);
+                    }
+                }
+                b"tc" => row.push(std::mem::take(&mut cell)),
+                b"tr" => table.push(std::mem::take(&mut row)),
+                b"tbl" => {
+                    depth_tbl = depth_tbl.saturating_sub(1);
+                    if depth_tbl == 0 && !table.is_empty() {
+                        out.push(Block::Table(std::mem::take(&mut table)));
+                    }
+                }
+                _ => {}
+            },
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    flush(&mut out, &mut text, &mut heading, &mut list);
+    out
+}
+
+fn flush(out: &mut Vec<Block>, text: &mut String, heading: &mut Option<u8>, list: &mut bool) {
+    let t = text.trim();
+    if !t.is_empty() {
+        out.push(Block::Para {
+            text: t.to_owned(),
+            heading: *heading,
+            list: *list,
+        });
+    }
+    text.clear();
+    *heading = None;
+    *list = false;
+}
+
+fn page_from(number: u32, items: Vec<Value>, md: Vec<String>, text: Vec<String>) -> Page {
+    Page {
+        page_number: number,
+        text: text.join("\n"),
+        md: md.join("\n\n"),
+        items,
+        width: 0.0,
+        height: 0.0,
+        success: true,
+        error: None,
+    }
+}
+
+/// Parses a DOCX.
+pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    let mut z = open(bytes, "docx")?;
+    let body = entry(&mut z, "word/document.xml").ok_or_else(|| ParseError::Corrupt {
+        format: "docx",
+        reason: "no word/document.xml (encrypted or not a Word document)".into(),
+    })?;
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    let names: Vec<String> = z.file_names().map(str::to_owned).collect();
+    for n in &names {
+        if n.starts_with("word/header") && n.ends_with(".xml") {
+            if let Some(x) = entry(&mut z, n) {
+                extra.push(("header", x));
+            }
+        } else if n.starts_with("word/footer") && n.ends_with(".xml") {
+            if let Some(x) = entry(&mut z, n) {
+                extra.push(("footer", x));
+            }
+        }
+    }
+    let mut pages = Vec::new();
+    let (mut items, mut md, mut text) = (Vec::new(), Vec::new(), Vec::new());
+    let mut title = None;
+    for b in docx_blocks(&body) {
+        match b {
+            Block::Para {
+                text: t,
+                heading: Some(l),
+                ..
+            } => {
+                title.get_or_insert_with(|| t.clone());
+                let m = format!("{} {t}", "#".repeat(l as usize));
+                items.push(json!({ "type": "heading", "level": l, "value": t, "md": m }));
+                md.push(m);
+                text.push(t);
+            }
+            Block::Para {
+                text: t,
+                list: true,
+                ..
+            } => {
+                let m = format!("- {t}");
+                items.push(json!({ "type": "text", "value": t, "md": m }));
+                md.push(m);
+                text.push(t);
+            }
+            Block::Para { text: t, .. } => {
+                items.push(json!({ "type": "text", "value": t, "md": t }));
+                md.push(t.clone());
+                text.push(t);
+            }
+            Block::Table(rows) => {
+                let item = table_item(&rows);
+                md.push(item["md"].as_str().unwrap_or_default().to_owned());
+                text.extend(rows.iter().map(|r| r.join("\t")));
+                items.push(item);
+            }
+            Block::PageBreak => {
+                let n = pages.len() as u32 + 1;
+                pages.push(page_from(
+                    n,
+                    std::mem::take(&mut items),
+                    std::mem::take(&mut md),
+                    std::mem::take(&mut text),
+                ));
+            }
+        }
+    }
+    for (kind, xml) in extra {
+        let t: Vec<String> = docx_blocks(&xml)
+            .into_iter()
+            .filter_map(|b| match b {
+                Block::Para { text, .. } => Some(text),
+                _ => None,
+            })
+            .collect();
+        if !t.is_empty() {
+            let joined = t.join(" ");
+            items.push(json!({ "type": kind, "value": joined, "md": joined }));
+            text.push(joined);
+        }
+    }
+    let n = pages.len() as u32 + 1;
+    pages.push(page_from(n, items, md, text));
+    Ok(Parsed {
+        page_count: pages.len(),
+        pages,
+        format: "docx",
+        title,
+    })
+}
+
+/// Text paragraphs of DrawingML (`a:p` / `a:t`), each with whether it sits in a title placeholder.
+fn slide_paragraphs(xml: &str) -> Vec<(String, bool)> {
+    let mut r = Reader::from_str(xml);
+    let mut out = Vec::new();
+    let (mut cur, mut in_t, mut title_shape, mut depth_sp) = (String::new(), false, false, 0usize);
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(e)) => match e.local_name().as_ref() {
+                b"t" => in_t = true,
+                b"sp" => {
+                    depth_sp += 1;
+                    title_shape = false;
+                }
+                _ => {}
+            },
+            Ok(Event::Empty(e)) => match e.local_name().as_ref() {
+                b"ph" => {
+                    title_shape = e.attributes().flatten().any(|a| {
+                        a.key.local_name().as_ref() == b"type"
+                            && matches!(a.value.as_ref(), b"title" | b"ctrTitle")
+                    })
+                }
+                b"br" => cur.push('\n'),
+                _ => {}
+            },
+            Ok(Event::Text(t)) if in_t => {
+                if let Ok(s) = t.unescape() {
+                    cur.push_str(&s);
+                }
+            }
+            Ok(Event::End(e)) => match e.local_name().as_ref() {
+                b"t" => in_t = false,
+                b"p" => {
+                    let t = cur.trim().to_owned();
+                    if !t.is_empty() {
+                        out.push((t, title_shape));
+                    }
+                    cur.clear();
+                }
+                b"sp" => depth_sp = depth_sp.saturating_sub(1),
+                _ => {}
+            },
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    out
+}
+
+fn numbered(names: &[String], prefix: &str) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = names
+        .iter()
+        .filter_map(|n| {
+            let num = n.strip_prefix(prefix)?.strip_suffix(".xml")?.parse().ok()?;
+            Some((num, n.clone()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Parses a PPTX: one page per slide.
+pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    let mut z = open(bytes, "pptx")?;
+    let names: Vec<String> = z.file_names().map(str::to_owned).collect();
+    let slides = numbered(&names, "ppt/slides/slide");
+    if slides.is_empty() {
+        return Err(ParseError::Corrupt {
+            format: "pptx",
+            reason: "no slides".into(),
+        });
+    }
+    let notes: std::collections::HashMap<u32, String> =
+        numbered(&names, "ppt/notesSlides/notesSlide")
+            .into_iter()
+            .collect();
+    let mut pages = Vec::new();
+    let mut title = None;
+    for (i, (num, name)) in slides.iter().enumerate() {
+        let xml = entry(&mut z, name).unwrap_or_default();
+        let (mut items, mut md, mut text) = (Vec::new(), Vec::new(), Vec::new());
+        for (t, is_title) in slide_paragraphs(&xml) {
+            if is_title {
+                title.get_or_insert_with(|| t.clone());
+                let m = format!("# {t}");
+                items.push(json!({ "type": "heading", "level": 1, "value": t, "md": m }));
+                md.push(m);
+            } else {
+                items.push(json!({ "type": "text", "value": t, "md": t }));
+                md.push(t.clone());
+            }
+            text.push(t);
+        }
+        if let Some(nx) = notes.get(num).and_then(|n| entry(&mut z, n)) {
+            let n: Vec<String> = slide_paragraphs(&nx)
+                .into_iter()
+                .map(|(t, _)| t)
+                .filter(|t| t.parse::<u32>().is_err()) // the slide-number placeholder
+                .collect();
+            if !n.is_empty() {
+                let joined = n.join("\n");
+                md.push(format!("**Notes:** {joined}"));
+                items.push(json!({ "type": "text", "value": joined, "md": format!("**Notes:** {joined}") }));
+                text.push(joined);
+            }
+        }
+        pages.push(page_from(i as u32 + 1, items, md, text));
+    }
+    Ok(Parsed {
+        page_count: pages.len(),
+        pages,
+        format: "pptx",
+        title,
+    })
+}
+
+/// Parses a spreadsheet (xlsx, xls, ods): one page per sheet.
+pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
+    use calamine::Reader as _;
+    let mut wb =
+        calamine::open_workbook_auto_from_rs(Cursor::new(bytes.to_vec())).map_err(|e| {
+            ParseError::Corrupt {
+                format: "xlsx",
+                reason: e.to_string(),
+            }
+        })?;
+    let mut pages = Vec::new();
+    for (i, name) in wb.sheet_names().to_vec().into_iter().enumerate() {
+        let Ok(range) = wb.worksheet_range(&name) else {
+            continue;
+        };
+        let rows: Vec<Vec<String>> = range
+            .rows()
+            .map(|r| r.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+            .filter(|r: &Vec<String>| r.iter().any(|c| !c.trim().is_empty()))
+            .collect();
+        let mut items = vec![
+            json!({ "type": "heading", "level": 2, "value": name, "md": format!("## {name}") }),
+        ];
+        let mut md = vec![format!("## {name}")];
+        let mut text = vec![name.clone()];
+        if !rows.is_empty() {
+            let t = table_item(&rows);
+            md.push(t["md"].as_str().unwrap_or_default().to_owned());
+            text.extend(rows.iter().map(|r| r.join("\t")));
+            items.push(t);
+        }
+        pages.push(page_from(i as u32 + 1, items, md, text));
+    }
+    if pages.is_empty() {
+        return Err(ParseError::Corrupt {
+            format: "xlsx",
+            reason: "no readable sheets".into(),
+        });
+    }
+    Ok(Parsed {
+        page_count: pages.len(),
+        pages,
+        format: "xlsx",
+        title: None,
+    })
+}
