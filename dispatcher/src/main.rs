@@ -96,28 +96,9 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
         Command::Probe { .. } => Ok(()),
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(&settings.listen).await?;
-            docfleet_dispatcher::run(settings, listener, shutdown_signal()).await?;
+            docfleet_dispatcher::run(settings, listener, docfleet_shared::shutdown::signal())
+                .await?;
             Ok(())
         }
     }
-}
-
-/// SIGTERM (Kubernetes' graceful stop) or SIGINT (a developer's Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("Shutdown signal received; draining.");
 }

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod scripts;
 pub mod services;
 pub mod settings;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod topology;

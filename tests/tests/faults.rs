@@ -197,6 +197,25 @@ async fn audit(
     (lost, double, stuck, note)
 }
 
+fn row(
+    scenario: &'static str,
+    items: usize,
+    faults: usize,
+    (lost, double, stuck, note): (usize, usize, usize, String),
+    started: Instant,
+) -> Row {
+    Row {
+        scenario,
+        items,
+        faults,
+        lost,
+        double,
+        stuck,
+        secs: started.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
 async fn create(f: &Fleet, body: Value) -> String {
     let (s, b) = f.post(BATCH, &body).await;
     assert_eq!(s, 200, "{b}");
@@ -220,16 +239,13 @@ async fn kill_workers(f: &Fleet, ids: &[String]) -> Row {
         faults += 1;
     }
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
-    Row {
-        scenario: "1 SIGKILL worker ×10",
-        items: ids.len(),
+    row(
+        "1 SIGKILL worker ×10",
+        ids.len(),
         faults,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 async fn restart_rabbitmq(f: &Fleet, ids: &[String]) -> Row {
@@ -246,16 +262,13 @@ async fn restart_rabbitmq(f: &Fleet, ids: &[String]) -> Row {
         assert!(ok, "rabbitmqctl {cmd} failed");
     }
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
-    Row {
-        scenario: "2 RabbitMQ restart",
-        items: ids.len(),
-        faults: 1,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+    row(
+        "2 RabbitMQ restart",
+        ids.len(),
+        1,
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 struct TestRedis {
@@ -337,16 +350,13 @@ async fn restart_redis() -> Row {
     // The same port and folder: the restarted server replays the AOF.
     let restarted = TestRedis::start(port, dir);
     let (lost, double, stuck, note) = audit(&f, &id, ids.len(), &mut w, 0).await;
-    let row = Row {
-        scenario: "3 Redis restart (AOF)",
-        items: ids.len(),
-        faults: 1,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    };
+    let row = row(
+        "3 Redis restart (AOF)",
+        ids.len(),
+        1,
+        (lost, double, stuck, note),
+        t,
+    );
     f.shutdown().await;
     // Dropping `restarted` stops the server and removes its folder; `redis` has nothing left to do.
     drop(restarted);
@@ -398,16 +408,13 @@ async fn kill_dispatcher(f: &mut Fleet, ids: &[String]) -> Row {
     }
     d2.kill().await;
     f.start_dispatcher().await;
-    Row {
-        scenario: "4 SIGKILL dispatcher mid-expansion",
-        items: ids.len(),
-        faults: 1,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+    row(
+        "4 SIGKILL dispatcher mid-expansion",
+        ids.len(),
+        1,
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 async fn republish(f: &Fleet, batch: &str, items: &[String]) {
@@ -439,16 +446,13 @@ async fn duplicates(f: &Fleet, ids: &[String]) -> Row {
     let faults = singles.len() + 100;
     let mut w = spawn_workers(f, WORKERS).await;
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
-    Row {
-        scenario: "5 duplicate messages + page",
-        items: ids.len(),
+    row(
+        "5 duplicate messages + page",
+        ids.len(),
         faults,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 async fn poison(f: &Fleet, ids: &[String]) -> Row {
@@ -473,16 +477,13 @@ async fn poison(f: &Fleet, ids: &[String]) -> Row {
     ];
     p.publish_all(&bodies, 2).await.unwrap();
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 3).await;
-    Row {
-        scenario: "6 poison messages",
-        items: ids.len(),
-        faults: 3,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+    row(
+        "6 poison messages",
+        ids.len(),
+        3,
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 async fn hostile_files(f: &Fleet, dir: &str, ids: &[String]) -> Row {
@@ -535,16 +536,13 @@ async fn hostile_files(f: &Fleet, dir: &str, ids: &[String]) -> Row {
             .contains("size limit");
     assert!(ok, "hostile files not isolated as expected (worker built without the fault-injection feature?): {p} {h} {g}");
     note.push_str("; panic → failed, hang → failed at deadline, oversize → skipped");
-    Row {
-        scenario: "7 panic / hang / oversize files",
-        items: all.len(),
-        faults: 3,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+    row(
+        "7 panic / hang / oversize files",
+        all.len(),
+        3,
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 async fn rolling_restart(f: &Fleet, ids: &[String]) -> Row {
@@ -564,16 +562,13 @@ async fn rolling_restart(f: &Fleet, ids: &[String]) -> Row {
         faults += 1;
     }
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
-    Row {
-        scenario: "8 rolling restart (SIGTERM)",
-        items: ids.len(),
+    row(
+        "8 rolling restart (SIGTERM)",
+        ids.len(),
         faults,
-        lost,
-        double,
-        stuck,
-        secs: t.elapsed().as_secs_f64(),
-        note,
-    }
+        (lost, double, stuck, note),
+        t,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

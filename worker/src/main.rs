@@ -49,7 +49,7 @@ async fn main() -> ExitCode {
         }
     };
     docfleet_shared::telemetry::init(&settings.log);
-    let code = match docfleet_worker::run(settings, shutdown_signal()).await {
+    let code = match docfleet_worker::run(settings, docfleet_shared::shutdown::signal()).await {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = %e, "Worker failed.");
@@ -60,21 +60,4 @@ async fn main() -> ExitCode {
     // A parser thread stuck past its item's deadline was abandoned; the runtime would wait for
     // it on the way out, so leave without waiting: every outcome is already recorded.
     std::process::exit(code)
-}
-
-/// SIGTERM (Kubernetes' graceful stop) or SIGINT (a developer's Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("Shutdown signal received; draining.");
 }
