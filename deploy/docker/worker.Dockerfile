@@ -7,7 +7,11 @@ RUN cargo build --release --locked -p docfleet-worker --bin docfleet-worker \
     && cp target/release/docfleet-worker /docfleet-worker
 
 FROM debian:bookworm-slim
-# The binaries are self-contained Rust (TLS roots compiled in); nothing else is installed.
+# OCR runs Tesseract and renders scanned PDF pages with pdftoppm; nothing else is needed.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng poppler-utils \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /data --create-home docfleet
 COPY --from=build /docfleet-worker /usr/local/bin/docfleet-worker
 USER 10001

@@ -68,6 +68,14 @@ ensure_build_tools() {
   fi
 }
 
+# What the parse engine calls out to: Tesseract for OCR, pdftoppm to render scanned pages.
+ensure_parsers() {
+  local missing=()
+  command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr tesseract-ocr-eng)
+  command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 # A virtual environment with the official SDK at the version that still has client.beta.batch.
 ensure_venv() {
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv

@@ -435,9 +435,15 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 Some(t) => Some(parse_page_selection(t).map_err(Failure::Fail)?),
                 None => None,
             };
+            let mut languages = params.languages.clone().unwrap_or_default();
+            if let Some(l) = &params.lang {
+                languages.insert(0, l.clone());
+            }
             let req = ParseRequest {
                 target_pages,
                 max_pages: params.max_pages,
+                disable_ocr: params.disable_ocr.unwrap_or(false),
+                languages,
             };
             let parsed =
                 parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
@@ -480,7 +486,7 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                     "page_count": parsed.page_count,
                     "pages_parsed": parsed.pages.len(),
                     "title": parsed.title,
-                    "ocr_pages": [],
+                    "ocr_pages": parsed.ocr_pages,
                     "custom_metadata": params.custom_metadata,
                 },
             });
@@ -495,6 +501,8 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
             let req = ParseRequest {
                 target_pages: pc.target_pages.clone(),
                 max_pages: Some(pc.max_pages.unwrap_or(5)),
+                disable_ocr: false,
+                languages: pc.lang.clone().into_iter().collect(),
             };
             let parsed =
                 parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;

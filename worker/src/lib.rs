@@ -5,13 +5,14 @@
 //! - [`consumer`]: the AMQP loop: prefetch, concurrency, acks, reconnection, drain.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
-//! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets.
+//! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
 //! - [`classify`]: the classify engine.
 
 pub mod classify;
 pub mod consumer;
 pub mod health;
 pub mod item;
+pub mod ocr;
 pub mod office;
 pub mod parse;
 

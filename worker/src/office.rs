@@ -238,6 +238,7 @@ pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         pages,
         format: "docx",
         title,
+        ocr_pages: Vec::new(),
     })
 }
 
@@ -354,6 +355,7 @@ pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         pages,
         format: "pptx",
         title,
+        ocr_pages: Vec::new(),
     })
 }
 
@@ -401,5 +403,6 @@ pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
         pages,
         format: "xlsx",
         title: None,
+        ocr_pages: Vec::new(),
     })
 }

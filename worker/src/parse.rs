@@ -34,6 +34,10 @@ pub struct ParseRequest {
     pub target_pages: Option<Vec<u32>>,
     /// At most this many pages.
     pub max_pages: Option<u32>,
+    /// Skip OCR: images fail, scanned PDF pages stay (almost) empty.
+    pub disable_ocr: bool,
+    /// SDK language codes for OCR (`en`, `fr`, `ch_sim`…); English when empty.
+    pub languages: Vec<String>,
 }
 
 /// One page of output.
@@ -68,6 +72,8 @@ pub struct Parsed {
     pub page_count: usize,
     /// Document title, when the file says.
     pub title: Option<String>,
+    /// 1-based numbers of the pages whose text came from OCR.
+    pub ocr_pages: Vec<u32>,
 }
 
 impl Parsed {
@@ -143,7 +149,11 @@ fn looks_binary(head: &[u8]) -> bool {
 pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, ParseError> {
     let format = detect(bytes, name);
     let parsed = match format {
-        "pdf" => parse_pdf(bytes, req)?,
+        "pdf" => {
+            let mut p = parse_pdf(bytes, req)?;
+            ocr_scanned_pages(&mut p, bytes, req);
+            p
+        }
         "text" | "markdown" | "csv" => parse_text(bytes, format),
         "zip" => {
             // A zip named otherwise may still be an Office document: look inside.
@@ -168,11 +178,7 @@ pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, Par
                 "ole (a legacy Office file, or an encrypted OOXML document)".into(),
             ))
         }
-        "png" | "jpeg" | "tiff" => {
-            return Err(ParseError::Unsupported(format!(
-                "{format} image (needs OCR, not supported by this build yet)"
-            )))
-        }
+        "png" | "jpeg" | "tiff" => parse_image(bytes, format, req)?,
         other => {
             return Err(ParseError::Unsupported(format!(
                 "{other} (the bytes match no supported format)"
@@ -180,6 +186,70 @@ pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, Par
         }
     };
     select(parsed, req)
+}
+
+fn parse_image(
+    bytes: &[u8],
+    format: &'static str,
+    req: &ParseRequest,
+) -> Result<Parsed, ParseError> {
+    if req.disable_ocr {
+        return Err(ParseError::Unsupported(format!(
+            "{format} image, and disable_ocr is set: an image has no text without OCR"
+        )));
+    }
+    let texts =
+        crate::ocr::image(bytes, &crate::ocr::lang_arg(&req.languages)).map_err(|e| match e {
+            ParseError::Corrupt { reason, .. } => ParseError::Corrupt { format, reason },
+            other => other,
+        })?;
+    let pages: Vec<Page> = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| Page {
+            page_number: i as u32 + 1,
+            items: paragraph_items(&t),
+            md: t.clone(),
+            text: t,
+            width: 0.0,
+            height: 0.0,
+            success: true,
+            error: None,
+        })
+        .collect();
+    Ok(Parsed {
+        page_count: pages.len(),
+        ocr_pages: pages.iter().map(|p| p.page_number).collect(),
+        pages,
+        format,
+        title: None,
+    })
+}
+
+/// Pages whose text layer is (nearly) empty are scans: render and OCR them.
+fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
+    if req.disable_ocr {
+        return;
+    }
+    let lang = crate::ocr::lang_arg(&req.languages);
+    for page in &mut parsed.pages {
+        let chars = page.text.chars().filter(|c| !c.is_whitespace()).count();
+        if chars >= 10 {
+            continue;
+        }
+        match crate::ocr::pdf_page(pdf, page.page_number, &lang) {
+            Ok(text) => {
+                page.items = paragraph_items(&text);
+                page.md = text.clone();
+                page.text = text;
+                parsed.ocr_pages.push(page.page_number);
+            }
+            Err(e) => {
+                // The text layer (if any) stays; the page says why it could not be read.
+                page.error = Some(e.to_string());
+            }
+        }
+    }
 }
 
 fn select(mut parsed: Parsed, req: &ParseRequest) -> Result<Parsed, ParseError> {
@@ -243,6 +313,7 @@ fn parse_text(bytes: &[u8], format: &'static str) -> Parsed {
         pages,
         format,
         title,
+        ocr_pages: Vec::new(),
     }
 }
 
@@ -300,6 +371,7 @@ fn parse_html(bytes: &[u8]) -> Parsed {
         format: "html",
         page_count: 1,
         title,
+        ocr_pages: Vec::new(),
     }
 }
 
@@ -450,6 +522,7 @@ fn parse_pdf(bytes: &[u8], req: &ParseRequest) -> Result<Parsed, ParseError> {
         format: "pdf",
         page_count: doc.metadata.page_count.max(doc.pages.len() as u32) as usize,
         title: doc.metadata.title.clone().filter(|t| !t.trim().is_empty()),
+        ocr_pages: Vec::new(),
     })
 }
 
@@ -565,14 +638,14 @@ mod tests {
     fn page_selection_applies() {
         let req = ParseRequest {
             target_pages: Some(vec![1]),
-            max_pages: None,
+            ..Default::default()
         };
         let p = parse(b"one\x0ctwo\x0cthree", "a.txt", &req).unwrap();
         assert_eq!(p.pages.len(), 1);
         assert_eq!(p.pages[0].text, "two");
         let req = ParseRequest {
             target_pages: Some(vec![7]),
-            max_pages: None,
+            ..Default::default()
         };
         assert!(matches!(
             parse(b"one", "a.txt", &req),
@@ -621,5 +694,54 @@ mod corpus_smoke {
         if root.exists() {
             assert!(seen >= 30, "only {seen} corpus files parsed");
         }
+    }
+}
+
+#[cfg(test)]
+mod ocr_tests {
+    use super::*;
+
+    fn corpus(p: &str) -> Option<Vec<u8>> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/corpus")
+                .join(p),
+        )
+        .ok()
+    }
+
+    /// Needs Debian's tesseract-ocr and poppler-utils, which deploy/local/test installs.
+    #[test]
+    fn images_and_scanned_pdf_pages_are_read_by_ocr() {
+        assert!(
+            crate::ocr::available(),
+            "tesseract is not installed (deploy/local/test installs it)"
+        );
+        let Some(tif) = corpus("tiff/tess__phototest.tif") else {
+            return;
+        };
+        let p = parse(&tif, "phototest.tif", &ParseRequest::default()).unwrap();
+        assert_eq!(p.ocr_pages, vec![1]);
+        assert!(
+            p.pages[0].text.contains("quick brown"),
+            "{}",
+            p.pages[0].text
+        );
+        let off = ParseRequest {
+            disable_ocr: true,
+            ..Default::default()
+        };
+        assert!(parse(&tif, "phototest.tif", &off)
+            .unwrap_err()
+            .to_string()
+            .contains("disable_ocr"));
+        let scan = corpus("pdf/ocrmypdf__linn.pdf").unwrap();
+        let p = parse(&scan, "linn.pdf", &ParseRequest::default()).unwrap();
+        assert_eq!(p.ocr_pages, vec![1]);
+        assert!(
+            p.pages[0].text.split_whitespace().count() > 300,
+            "{}",
+            p.pages[0].text
+        );
     }
 }
