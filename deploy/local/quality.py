@@ -53,7 +53,11 @@ for item in client.beta.batch.job_items.list(job.id, limit=500):
         continue
     truth = f.get("truth") or {}
     if not truth.get("usable"):
-        continue
+        # Scans are judged against the upstream OCR ground truth where the source has one.
+        upstream = f.get("upstream_truth") or []
+        if not upstream:
+            continue
+        truth = upstream[0]
     r = client.parsing.get(item.job_id, expand=["text"])
     got = "\n".join(p.text for p in r.text.pages)
     ref = (corpus / truth["path"]).read_text(encoding="utf-8", errors="replace")

@@ -266,6 +266,10 @@ pub struct ParseParameters {
     pub replace_failed_page_mode: Option<FailPageMode>,
     /// Share of pages allowed to fail before the file fails.
     pub page_error_tolerance: Option<f64>,
+    /// Text before the error message of a failed page (`error_message` mode).
+    pub replace_failed_page_with_error_message_prefix: Option<String>,
+    /// Text after the error message of a failed page (`error_message` mode).
+    pub replace_failed_page_with_error_message_suffix: Option<String>,
     /// Skip OCR.
     pub disable_ocr: Option<bool>,
     /// One language code.

@@ -417,6 +417,59 @@ struct EngineOutput {
     pages: usize,
 }
 
+/// `replace_failed_page_mode` and `page_error_tolerance`: what a page that could not be read
+/// becomes, and how many such pages fail the whole file.
+fn apply_failed_pages(
+    parsed: &mut parse::Parsed,
+    params: &docfleet_shared::model::ParseParameters,
+) -> Result<(), Failure> {
+    use docfleet_shared::model::FailPageMode;
+    let failed = parsed.pages.iter().filter(|p| !p.success).count();
+    if failed == 0 {
+        return Ok(());
+    }
+    if let Some(tolerance) = params.page_error_tolerance {
+        let share = failed as f64 / parsed.pages.len().max(1) as f64;
+        if share > tolerance {
+            return Err(Failure::Fail(format!(
+                "{failed} of {} pages could not be read, over page_error_tolerance {tolerance}",
+                parsed.pages.len()
+            )));
+        }
+    }
+    let mode = params
+        .replace_failed_page_mode
+        .unwrap_or(FailPageMode::RawText);
+    for page in parsed.pages.iter_mut().filter(|p| !p.success) {
+        let error = page.error.clone().unwrap_or_default();
+        match mode {
+            FailPageMode::RawText => {}
+            FailPageMode::BlankPage => {
+                page.text.clear();
+                page.md.clear();
+                page.items.clear();
+            }
+            FailPageMode::ErrorMessage => {
+                let text = format!(
+                    "{}{error}{}",
+                    params
+                        .replace_failed_page_with_error_message_prefix
+                        .as_deref()
+                        .unwrap_or(""),
+                    params
+                        .replace_failed_page_with_error_message_suffix
+                        .as_deref()
+                        .unwrap_or("")
+                );
+                page.text = text.clone();
+                page.md = text;
+                page.items.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs parse or classify on one file; CPU-bound, called on a blocking thread.
 fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutput, Failure> {
     #[cfg(feature = "fault-injection")]
@@ -445,8 +498,9 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 disable_ocr: params.disable_ocr.unwrap_or(false),
                 languages,
             };
-            let parsed =
+            let mut parsed =
                 parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            apply_failed_pages(&mut parsed, &params)?;
             let separator = params
                 .page_separator
                 .clone()
@@ -520,5 +574,68 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 summary: Some(summary),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use docfleet_shared::model::{FailPageMode, ParseParameters};
+
+    fn doc() -> parse::Parsed {
+        let page = |n: u32, ok: bool| parse::Page {
+            page_number: n,
+            text: format!("raw {n}"),
+            md: format!("raw {n}"),
+            items: Vec::new(),
+            width: 0.0,
+            height: 0.0,
+            success: ok,
+            error: (!ok).then(|| "could not render".to_owned()),
+        };
+        parse::Parsed {
+            pages: vec![page(1, true), page(2, false), page(3, true), page(4, true)],
+            format: "pdf",
+            page_count: 4,
+            title: None,
+            ocr_pages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failed_pages_follow_the_mode_and_the_tolerance() {
+        let mut p = doc();
+        let params = ParseParameters {
+            replace_failed_page_mode: Some(FailPageMode::ErrorMessage),
+            replace_failed_page_with_error_message_prefix: Some("[".into()),
+            replace_failed_page_with_error_message_suffix: Some("]".into()),
+            ..Default::default()
+        };
+        apply_failed_pages(&mut p, &params).unwrap();
+        assert_eq!(p.pages[1].text, "[could not render]");
+        assert_eq!(p.pages[0].text, "raw 1");
+        let mut p = doc();
+        let blank = ParseParameters {
+            replace_failed_page_mode: Some(FailPageMode::BlankPage),
+            ..Default::default()
+        };
+        apply_failed_pages(&mut p, &blank).unwrap();
+        assert!(p.pages[1].text.is_empty());
+        let mut p = doc();
+        let strict = ParseParameters {
+            page_error_tolerance: Some(0.2),
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply_failed_pages(&mut p, &strict),
+            Err(Failure::Fail(_))
+        ));
+        let mut p = doc();
+        let lenient = ParseParameters {
+            page_error_tolerance: Some(0.25),
+            ..Default::default()
+        };
+        apply_failed_pages(&mut p, &lenient).unwrap();
+        assert_eq!(p.pages[1].text, "raw 2");
     }
 }

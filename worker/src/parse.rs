@@ -247,6 +247,7 @@ fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
             Err(e) => {
                 // The text layer (if any) stays; the page says why it could not be read.
                 page.error = Some(e.to_string());
+                page.success = false;
             }
         }
     }
