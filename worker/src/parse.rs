@@ -484,7 +484,9 @@ fn markdown_table(rows: &[Vec<String>]) -> String {
 }
 
 fn parse_pdf(bytes: &[u8], req: &ParseRequest) -> Result<Parsed, ParseError> {
-    let opts = unpdf::ParseOptions::new().sequential().lenient();
+    // Pages of one document in parallel (rayon): a long PDF finishes sooner, and the worker's
+    // `cpu_slots` still bound how many documents run at once.
+    let opts = unpdf::ParseOptions::new().lenient();
     // Parsing only the selected pages is much cheaper on long documents, but unpdf refuses a
     // selection naming pages the file lacks; then parse everything and select afterwards.
     let selected = req.target_pages.as_ref().and_then(|t| {
