@@ -39,9 +39,6 @@ enum Command {
     },
 }
 
-/// Exit code for an unusable configuration (sysexits EX_USAGE).
-const EX_USAGE: u8 = 64;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,14 +49,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    let settings: DispatcherSettings = match settings::load(cli.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("docfleet-dispatcher: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    docfleet_shared::telemetry::init(&settings.log);
+    let settings: DispatcherSettings =
+        match settings::load_for_binary("docfleet-dispatcher", cli.config.as_deref()) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     match run(cli.command.unwrap_or(Command::Serve), settings).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

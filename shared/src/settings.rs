@@ -337,3 +337,42 @@ where
     settings.validate().map_err(SettingsError::Invalid)?;
     Ok(settings)
 }
+
+/// Exit code for an unusable configuration (sysexits `EX_USAGE`).
+pub const EX_USAGE: u8 = 64;
+
+/// A binary's start-up: [`load`] the configuration and start tracing, or say what is wrong
+/// on stderr and give the exit code (64) to leave with, before any socket is opened.
+pub fn load_for_binary<T>(binary: &str, file: Option<&Path>) -> Result<T, std::process::ExitCode>
+where
+    T: Default + Serialize + DeserializeOwned + Validate + HasLog,
+{
+    match load::<T>(file) {
+        Ok(s) => {
+            crate::telemetry::init(s.log());
+            Ok(s)
+        }
+        Err(e) => {
+            eprintln!("{binary}: {e}");
+            Err(std::process::ExitCode::from(EX_USAGE))
+        }
+    }
+}
+
+/// Configurations that say how to log.
+pub trait HasLog {
+    /// The log settings.
+    fn log(&self) -> &LogSettings;
+}
+
+impl HasLog for DispatcherSettings {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+}
+
+impl HasLog for WorkerSettings {
+    fn log(&self) -> &LogSettings {
+        &self.log
+    }
+}

@@ -334,6 +334,19 @@ impl Fleet {
         b["id"].as_str().expect("id").to_owned()
     }
 
+    /// Uploads `n` small text files named `<prefix><i>.txt` and returns their ids.
+    pub async fn upload_texts(&self, dir: &str, prefix: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let body = format!("{prefix} text {i}").into_bytes();
+            ids.push(
+                self.upload(&self.api_key, dir, &format!("{prefix}{i}.txt"), body)
+                    .await,
+            );
+        }
+        ids
+    }
+
     /// Polls `get_status` until the batch is terminal, asserting progress never goes down.
     pub async fn wait_terminal(&self, batch_id: &str, timeout: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -282,18 +282,7 @@ async fn a_message_delivered_twice_counts_once() {
 async fn twenty_workers_finishing_together_make_one_terminal_transition() {
     let mut f = Fleet::start(0).await;
     let dir = f.create_dir(&f.api_key, "race").await;
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        ids.push(
-            f.upload(
-                &f.api_key,
-                &dir,
-                &format!("n{i}.txt"),
-                format!("note {i}").into_bytes(),
-            )
-            .await,
-        );
-    }
+    let ids = f.upload_texts(&dir, "n", 40).await;
     let (_, b) = f
         .post(
             BATCH,
@@ -422,18 +411,7 @@ async fn cancel_mid_batch_stops_new_work() {
 async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     let mut f = Fleet::start(0).await;
     let dir = f.create_dir(&f.api_key, "prio").await;
-    let mut ids = Vec::new();
-    for i in 0..60 {
-        ids.push(
-            f.upload(
-                &f.api_key,
-                &dir,
-                &format!("p{i}.txt"),
-                format!("text {i}").into_bytes(),
-            )
-            .await,
-        );
-    }
+    let ids = f.upload_texts(&dir, "p", 60).await;
     let create = |prio: &str, items: &[String]| json!({ "job_config": { "parameters": { "priority": prio } }, "item_ids": items });
     let dispatched = |id: String| {
         let f = &f;

@@ -12,19 +12,7 @@ const BATCH: &str = "/api/v1/beta/batch-processing";
 
 async fn files(f: &Fleet, n: usize) -> Vec<String> {
     let dir = f.create_dir(&f.api_key, "hooks").await;
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            f.upload(
-                &f.api_key,
-                &dir,
-                &format!("h{i}.txt"),
-                format!("hook {i}").into_bytes(),
-            )
-            .await,
-        );
-    }
-    ids
+    f.upload_texts(&dir, "h", n).await
 }
 
 async fn create(f: &Fleet, ids: &[String], webhooks: Value) -> String {

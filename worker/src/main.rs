@@ -28,9 +28,6 @@ enum Command {
     },
 }
 
-/// Exit code for an unusable configuration (sysexits EX_USAGE).
-const EX_USAGE: u8 = 64;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,14 +38,11 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
-    let settings: WorkerSettings = match settings::load(cli.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("docfleet-worker: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    docfleet_shared::telemetry::init(&settings.log);
+    let settings: WorkerSettings =
+        match settings::load_for_binary("docfleet-worker", cli.config.as_deref()) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     let code = match docfleet_worker::run(settings, docfleet_shared::shutdown::signal()).await {
         Ok(()) => 0,
         Err(e) => {
