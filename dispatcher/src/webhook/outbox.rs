@@ -59,16 +59,23 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
     let mut last_reclaim = tokio::time::Instant::now() - Duration::from_secs(3600);
     while !*stop.borrow() {
         let step = async {
+            // No MKSTREAM: the first event creates the stream, and a group starting at "0"
+            // still sees it. Creating it here would resurrect a key an operator deleted.
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(st.keys.events())
                 .arg(GROUP)
                 .arg("0")
-                .arg("MKSTREAM")
                 .query_async(&mut reader)
                 .await;
             if let Err(e) = created {
                 if e.code() != Some("BUSYGROUP") {
+                    if e.to_string().contains("no such key")
+                        || e.to_string().contains("requires the key to exist")
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return Ok(());
+                    }
                     return Err(e);
                 }
             }
