@@ -272,6 +272,10 @@ pub struct ParseParameters {
     pub replace_failed_page_with_error_message_suffix: Option<String>,
     /// Skip OCR.
     pub disable_ocr: Option<bool>,
+    /// Leave page headers out of text and markdown, where the format marks them.
+    pub hide_headers: Option<bool>,
+    /// Leave page footers out of text and markdown, where the format marks them.
+    pub hide_footers: Option<bool>,
     /// One language code.
     pub lang: Option<String>,
     /// Language codes.

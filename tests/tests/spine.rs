@@ -578,3 +578,45 @@ async fn correlation_and_session_ids_travel_in_message_headers() {
     conn.close(200, "".into()).await.ok();
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_language_and_stored_outputs() {
+    let f = Fleet::start(1).await;
+    let dir = f.create_dir(&f.api_key, "shots").await;
+    let id = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "invoice-1042.pdf",
+            sample("invoice-1042.pdf"),
+        )
+        .await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": { "images_to_save": ["screenshot"], "custom_metadata": { "team": "ap" } } }, "item_ids": [id] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let batch = b["id"].as_str().unwrap().to_owned();
+    f.wait_terminal(&batch, Duration::from_secs(60)).await;
+    let items = f.items(&batch).await;
+    let job = items[0]["job_id"].as_str().unwrap();
+    let (_, r) = f.get(&format!("/api/v2/parse/{job}?expand=metadata")).await;
+    let meta = &r["metadata"];
+    assert_eq!(meta["language"], "eng", "{meta}");
+    assert_eq!(meta["custom_metadata"]["team"], "ap");
+    let images = meta["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{meta}");
+    // The outputs live in the store under a stable layout users can read without the API.
+    for img in images {
+        let path = f
+            .dispatcher_settings
+            .store
+            .root
+            .join(img["key"].as_str().unwrap());
+        let png = std::fs::read(&path).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{}", path.display());
+    }
+    f.shutdown().await;
+}

@@ -375,7 +375,17 @@ impl Processor {
             &job_id,
             ".json",
         );
-        let body = serde_json::to_vec(&output.stored)
+        let mut stored = output.stored;
+        if !output.images.is_empty() {
+            let mut names = Vec::new();
+            for (name, png) in &output.images {
+                let key = format!("{}.{name}", output_key.trim_end_matches(".json"));
+                self.store.put(&key, png).await?;
+                names.push(json!({ "name": name, "key": key, "uri": self.store.uri(&key) }));
+            }
+            stored["metadata"]["images"] = json!(names);
+        }
+        let body = serde_json::to_vec(&stored)
             .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
         self.store.put(&output_key, &body).await?;
         let result = match output.summary {
@@ -410,6 +420,8 @@ struct Done {
 
 /// What the engine produced.
 struct EngineOutput {
+    /// Files to store beside the result: (name, bytes), e.g. page screenshots.
+    images: Vec<(String, Vec<u8>)>,
     /// Written to the file store.
     stored: Value,
     /// Stored on the item itself (classify); parse items point at the file instead.
@@ -501,6 +513,10 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
             let mut parsed =
                 parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
             apply_failed_pages(&mut parsed, &params)?;
+            parsed.hide(
+                params.hide_headers.unwrap_or(false),
+                params.hide_footers.unwrap_or(false),
+            );
             let separator = params
                 .page_separator
                 .clone()
@@ -541,13 +557,27 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                     "pages_parsed": parsed.pages.len(),
                     "title": parsed.title,
                     "ocr_pages": parsed.ocr_pages,
+                    "language": parsed.language(),
                     "custom_metadata": params.custom_metadata,
                 },
             });
+            let mut images = Vec::new();
+            let wants_screens = params
+                .images_to_save
+                .as_ref()
+                .is_some_and(|k| k.contains(&docfleet_shared::model::ImageKind::Screenshot));
+            if wants_screens && parsed.format == "pdf" {
+                for p in &parsed.pages {
+                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100) {
+                        images.push((format!("page-{}.png", p.page_number), png));
+                    }
+                }
+            }
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
                 stored,
                 summary: None,
+                images,
             })
         }
         JobSpec::Classify(cfg) => {
@@ -572,6 +602,7 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 pages: parsed.pages.len(),
                 stored: summary.clone(),
                 summary: Some(summary),
+                images: Vec::new(),
             })
         }
     }

@@ -122,6 +122,44 @@ pub fn image(bytes: &[u8], lang: &str) -> Result<Vec<String>, ParseError> {
     Ok(pages)
 }
 
+/// Renders page `number` (1-based) of a PDF to PNG bytes at `dpi` (for `images_to_save`).
+pub fn render_pdf_page(pdf: &[u8], number: u32, dpi: u32) -> Result<Vec<u8>, ParseError> {
+    let dir = tempdir()?;
+    let input = dir.join("doc.pdf");
+    std::fs::write(&input, pdf).map_err(io)?;
+    let n = number.to_string();
+    let out = std::process::Command::new("pdftoppm")
+        .args([
+            "-r",
+            &dpi.to_string(),
+            "-png",
+            "-singlefile",
+            "-f",
+            &n,
+            "-l",
+            &n,
+        ])
+        .arg(&input)
+        .arg(dir.join("page"))
+        .stdin(Stdio::null())
+        .output();
+    let result = match out {
+        Ok(o) if o.status.success() => std::fs::read(dir.join("page.png")).map_err(io),
+        Ok(o) => Err(ParseError::Corrupt {
+            format: "pdf",
+            reason: format!(
+                "page {number} could not be rendered: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        }),
+        Err(_) => Err(ParseError::Unsupported(
+            "page screenshots need pdftoppm (apt-get install poppler-utils)".into(),
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Renders page `number` (1-based) of a PDF at 300 dpi and OCRs it.
 pub fn pdf_page(pdf: &[u8], number: u32, lang: &str) -> Result<String, ParseError> {
     if !available() {

@@ -77,6 +77,40 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// The document's language (ISO 639-3, e.g. `eng`), when the text says so reliably.
+    pub fn language(&self) -> Option<&'static str> {
+        let sample: String = self
+            .pages
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let sample: String = sample.chars().take(20_000).collect();
+        whatlang::detect(&sample)
+            .filter(|i| i.is_reliable())
+            .map(|i| i.lang().code())
+    }
+
+    /// Drops page header and footer items (`hide_headers` / `hide_footers`) where the format
+    /// marks them (DOCX); the page text is rebuilt from what remains.
+    pub fn hide(&mut self, headers: bool, footers: bool) {
+        for page in &mut self.pages {
+            let before = page.items.len();
+            page.items.retain(|i| {
+                let t = i["type"].as_str().unwrap_or("");
+                !(headers && t == "header" || footers && t == "footer")
+            });
+            if page.items.len() != before {
+                page.text = page
+                    .items
+                    .iter()
+                    .filter_map(|i| i["value"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+            }
+        }
+    }
+
     /// All page texts joined.
     pub fn full_text(&self, separator: &str) -> String {
         self.pages
