@@ -1,7 +1,8 @@
 //! docfleet's benchmark suite: prints a table and one JSON line per figure.
 //!
 //! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R]`
-//! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `status`, `webhooks`, `parse`, `scale`;
+//! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `python` (Celery, Dramatiq),
+//! `status`, `webhooks`, `parse`, `scale`;
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes.
 
@@ -247,6 +248,47 @@ async fn scale(rep: &mut Report, a: &Args) {
         }
     }
     f.shutdown().await;
+}
+
+/// Celery and Dramatiq on the same broker and Redis (`tests/bench/run_python_queue.py`, in the
+/// `.venv-bench` that `deploy/local/bench` creates), each a median of `runs`.
+fn python_queues(rep: &mut Report, a: &Args) {
+    let root = docfleet_tests::repo_root();
+    let python = root.join(".venv-bench/bin/python");
+    let n = a.items.min(20_000);
+    for system in ["celery", "dramatiq"] {
+        eprintln!(
+            "{system}: {n} tasks, RabbitMQ broker, one Redis INCR each, worker attached first"
+        );
+        let mut runs = Vec::new();
+        for _ in 0..a.runs {
+            let out = std::process::Command::new(&python)
+                .arg(root.join("tests/bench/run_python_queue.py"))
+                .arg(system)
+                .arg(n.to_string())
+                .output();
+            let Ok(out) = out else {
+                eprintln!("  {} missing: run deploy/local/bench", python.display());
+                return;
+            };
+            let line = String::from_utf8_lossy(&out.stdout);
+            if let Some(v) = serde_json::from_str::<Value>(line.trim())
+                .ok()
+                .and_then(|v| v["items_per_s"].as_f64())
+            {
+                eprintln!("  {v:.0} items/s");
+                runs.push(v);
+            }
+        }
+        if !runs.is_empty() {
+            rep.add(
+                &format!("{system}_items_per_s"),
+                median(runs.clone()),
+                "items/s",
+                json!({ "runs": runs, "items": n }),
+            );
+        }
+    }
 }
 
 async fn ceiling(rep: &mut Report, a: &Args) {
@@ -566,6 +608,7 @@ async fn main() {
             "webhooks" => webhooks(&mut rep, &a).await,
             "parse" => parse(&mut rep),
             "scale" => scale(&mut rep, &a).await,
+            "python" => python_queues(&mut rep, &a),
             other => eprintln!("unknown scenario {other}"),
         }
     }
