@@ -615,11 +615,16 @@ async fn main() {
     for (n, v, _) in &rep.0 {
         figures.insert(n.clone(), *v);
     }
-    if let (Some(f), Some(c)) = (
-        figures.get("fleet_items_per_s"),
-        figures.get("ceiling_items_per_s"),
-    ) {
-        rep.add("fleet_over_ceiling", f / c, "ratio", json!({}));
+    if let Some(f) = figures.get("fleet_items_per_s").copied() {
+        for (other, name) in [
+            ("ceiling_items_per_s", "fleet_over_ceiling"),
+            ("celery_items_per_s", "fleet_over_celery"),
+            ("dramatiq_items_per_s", "fleet_over_dramatiq"),
+        ] {
+            if let Some(c) = figures.get(other) {
+                rep.add(name, f / c, "ratio", json!({}));
+            }
+        }
     }
     println!("\n| figure | value | unit |\n|---|---|---|");
     for (n, v, u) in &rep.0 {
