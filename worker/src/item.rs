@@ -568,7 +568,7 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 .is_some_and(|k| k.contains(&docfleet_shared::model::ImageKind::Screenshot));
             if wants_screens && parsed.format == "pdf" {
                 for p in &parsed.pages {
-                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100) {
+                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
                         images.push((format!("page-{}.png", p.page_number), png));
                     }
                 }

@@ -122,23 +122,33 @@ pub fn image(bytes: &[u8], lang: &str) -> Result<Vec<String>, ParseError> {
     Ok(pages)
 }
 
-/// Renders page `number` (1-based) of a PDF to PNG bytes at `dpi` (for `images_to_save`).
-pub fn render_pdf_page(pdf: &[u8], number: u32, dpi: u32) -> Result<Vec<u8>, ParseError> {
+/// Renders page `number` (1-based) of a PDF to PNG bytes at `dpi`: for OCR (grey) and for
+/// `images_to_save` screenshots (colour).
+pub fn render_pdf_page(
+    pdf: &[u8],
+    number: u32,
+    dpi: u32,
+    grey: bool,
+) -> Result<Vec<u8>, ParseError> {
     let dir = tempdir()?;
     let input = dir.join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
     let n = number.to_string();
-    let out = std::process::Command::new("pdftoppm")
-        .args([
-            "-r",
-            &dpi.to_string(),
-            "-png",
-            "-singlefile",
-            "-f",
-            &n,
-            "-l",
-            &n,
-        ])
+    let mut cmd = std::process::Command::new("pdftoppm");
+    cmd.args([
+        "-r",
+        &dpi.to_string(),
+        "-png",
+        "-singlefile",
+        "-f",
+        &n,
+        "-l",
+        &n,
+    ]);
+    if grey {
+        cmd.arg("-gray");
+    }
+    let out = cmd
         .arg(&input)
         .arg(dir.join("page"))
         .stdin(Stdio::null())
@@ -153,7 +163,7 @@ pub fn render_pdf_page(pdf: &[u8], number: u32, dpi: u32) -> Result<Vec<u8>, Par
             ),
         }),
         Err(_) => Err(ParseError::Unsupported(
-            "page screenshots need pdftoppm (apt-get install poppler-utils)".into(),
+            "rendering PDF pages needs pdftoppm (apt-get install poppler-utils)".into(),
         )),
     };
     let _ = std::fs::remove_dir_all(&dir);
@@ -165,43 +175,8 @@ pub fn pdf_page(pdf: &[u8], number: u32, lang: &str) -> Result<String, ParseErro
     if !available() {
         return Err(unavailable());
     }
-    let dir = tempdir()?;
-    let input = dir.join("doc.pdf");
-    std::fs::write(&input, pdf).map_err(io)?;
-    let n = number.to_string();
-    let rendered = std::process::Command::new("pdftoppm")
-        .args([
-            "-r",
-            "300",
-            "-gray",
-            "-png",
-            "-singlefile",
-            "-f",
-            &n,
-            "-l",
-            &n,
-        ])
-        .arg(&input)
-        .arg(dir.join("page"))
-        .stdin(Stdio::null())
-        .output();
-    let result = match rendered {
-        Ok(o) if o.status.success() => std::fs::read(dir.join("page.png"))
-            .map_err(io)
-            .and_then(|png| image(&png, lang).map(|p| p.join("\n"))),
-        Ok(o) => Err(ParseError::Corrupt {
-            format: "pdf",
-            reason: format!(
-                "page {number} could not be rendered: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        }),
-        Err(_) => Err(ParseError::Unsupported(
-            "scanned PDF page needs pdftoppm to render it (apt-get install poppler-utils)".into(),
-        )),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let png = render_pdf_page(pdf, number, 300, true)?;
+    image(&png, lang).map(|pages| pages.join("\n"))
 }
 
 fn io(e: std::io::Error) -> ParseError {
