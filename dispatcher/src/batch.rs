@@ -50,7 +50,7 @@ struct ValidJob {
     session_id: Option<String>,
 }
 
-fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
+fn validate_job(raw: &Value) -> Result<ValidJob, ApiError> {
     let obj = raw
         .as_object()
         .ok_or_else(|| ApiError::field("job_config", "must be an object"))?;
@@ -137,12 +137,14 @@ fn validate_job(st: &AppState, raw: &Value) -> Result<ValidJob, ApiError> {
         }
     }
     if let Some(mode) = params.parse_mode {
-        if mode.needs_model() && st.settings.llm_endpoint.is_none() {
+        // No model-based parsing exists yet, so these modes are refused whatever is configured:
+        // running them as plain text extraction would be a silent downgrade.
+        if mode.needs_model() {
             let name = serde_json::to_value(mode)?;
             return Err(ApiError::field(
                 "job_config.parameters.parse_mode",
                 format!(
-                    "{} needs a language or vision model endpoint, and none is configured; \
+                    "{} needs a language or vision model, which this deployment does not run; \
                      use parse_page_without_llm",
                     name.as_str().unwrap_or("this mode")
                 ),
@@ -181,7 +183,7 @@ pub async fn create(
     Project(project): Project,
     JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = validate_job(&st, &body.job_config)?;
+    let job = validate_job(&body.job_config)?;
     let webhooks = crate::webhook::subscription::from_request(
         &body.job_config,
         body.webhook_configurations.as_ref(),

@@ -144,8 +144,6 @@ pub struct DispatcherSettings {
     pub max_item_ids: usize,
     /// How long an expansion lease lasts without renewal; another replica takes over after it.
     pub expansion_lease_secs: u64,
-    /// Parse modes that need a model endpoint are refused unless this is set (later work).
-    pub llm_endpoint: Option<String>,
     /// Webhook delivery.
     pub webhook: WebhookSettings,
 }
@@ -161,7 +159,6 @@ impl Default for DispatcherSettings {
             max_upload_bytes: 512 * 1024 * 1024,
             max_item_ids: 100_000,
             expansion_lease_secs: 15,
-            llm_endpoint: None,
             webhook: WebhookSettings::default(),
         }
     }
