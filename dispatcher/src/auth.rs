@@ -35,11 +35,44 @@ impl FromRequestParts<AppState> for Project {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("Authorization must be Bearer <key>".into()))?;
+        let d = digest(key);
+        if let Some(p) = state.key_cache.get(&d) {
+            return Ok(Project(p));
+        }
         let mut con = state.redis.clone();
-        let project: Option<String> = con.get(state.keys.api_key(&digest(key))).await?;
-        project
-            .map(Project)
-            .ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))
+        let project: Option<String> = con.get(state.keys.api_key(&d)).await?;
+        let project = project.ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+        state.key_cache.put(d, project.clone());
+        Ok(Project(project))
+    }
+}
+
+/// Known keys for a short while, so a status poll costs one Redis round trip, not two.
+/// A key deleted from Redis keeps working here for at most [`KeyCache::TTL`].
+#[derive(Default)]
+pub struct KeyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    /// How long a looked-up key is trusted without asking Redis again.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    const MAX: usize = 10_000;
+
+    fn get(&self, digest: &str) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, digest: String, project: String) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(digest, (project, std::time::Instant::now()));
     }
 }
 

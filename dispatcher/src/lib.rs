@@ -71,6 +71,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         expansion_wake: Arc::new(Notify::new()),
         webhook_wake: Arc::new(Notify::new()),
         metrics: Arc::default(),
+        key_cache: Arc::default(),
         replica_id: format!("dispatcher-{}", uuid::Uuid::new_v4()).into(),
         settings: Arc::new(settings),
     })

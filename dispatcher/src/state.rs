@@ -29,6 +29,8 @@ pub struct AppState {
     pub expansion_wake: Arc<Notify>,
     /// Wakes the webhook sender when new deliveries exist.
     pub webhook_wake: Arc<Notify>,
+    /// API keys seen recently.
+    pub key_cache: Arc<crate::auth::KeyCache>,
     /// Prometheus metrics.
     pub metrics: Arc<docfleet_shared::metrics::Metrics>,
     /// This replica's id, used as the expansion lease owner.
