@@ -167,20 +167,37 @@ impl Fleet {
             stop: Some(tx),
             handle,
         });
-        for _ in 0..100 {
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/readyz", self.base_url))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return;
-                }
+        let base = self.base_url.clone();
+        assert!(
+            self.wait_ready(&base).await,
+            "dispatcher did not become ready"
+        );
+    }
+
+    /// Polls `<base>/readyz` for up to 5 s; whether it answered 2xx.
+    pub async fn wait_ready(&self, base: &str) -> bool {
+        for _ in 0..200 {
+            let r = self.http.get(format!("{base}/readyz")).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("dispatcher did not become ready");
+        false
+    }
+
+    /// Polls `get_status` until the batch has `status` (e.g. `dispatched`), for up to 5 s.
+    pub async fn wait_status(&self, batch_id: &str, status: &str) {
+        for _ in 0..200 {
+            let (_, s) = self
+                .get(&format!("/api/v1/beta/batch-processing/{batch_id}"))
+                .await;
+            if s["job"]["status"] == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("batch {batch_id} never reached {status}");
     }
 
     /// Stops the dispatcher gracefully.

@@ -369,18 +369,10 @@ async fn kill_dispatcher(f: &mut Fleet, ids: &[String]) -> Row {
     let port = Fleet::free_port().await;
     let mut d = f.spawn_dispatcher_process(port).await;
     f.base_url = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if status(f, "none").await.is_none()
-            && f.http
-                .get(format!("{}/readyz", f.base_url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    assert!(
+        f.wait_ready(&f.base_url.clone()).await,
+        "dispatcher process not ready"
+    );
     let mut w = spawn_workers(f, WORKERS).await;
     let t = Instant::now();
     let mut body = parse_job(ids);
@@ -434,12 +426,7 @@ async fn republish(f: &Fleet, batch: &str, items: &[String]) {
 async fn duplicates(f: &Fleet, ids: &[String]) -> Row {
     let t = Instant::now();
     let id = create(f, parse_job(ids)).await;
-    while status(f, &id)
-        .await
-        .is_none_or(|s| s["job"]["status"] != "dispatched")
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    f.wait_status(&id, "dispatched").await;
     let singles: Vec<String> = ids.iter().step_by(10).cloned().collect();
     republish(f, &id, &singles).await;
     republish(f, &id, &ids[..100]).await; // a whole expansion page again

@@ -27,16 +27,7 @@ async fn a_dispatcher_killed_mid_expansion_is_resumed_by_another() {
     let port = Fleet::free_port().await;
     let mut first = f.spawn_dispatcher_process(port).await;
     f.base_url = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = f.http.get(format!("{}/readyz", f.base_url)).send().await {
-            ready = r.status().is_success();
-            if ready {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ready = f.wait_ready(&f.base_url.clone()).await;
     assert!(ready, "dispatcher process not ready");
     let (s, b) = f
         .post(
@@ -112,16 +103,7 @@ async fn a_worker_drains_and_exits_zero_on_sigterm() {
         .spawn_worker_process(&[("DOCFLEET__HEALTH_LISTEN", addr.as_str())])
         .await;
     // Probes: live, ready once attached to the broker, and metrics in Prometheus text.
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(r) = f.http.get(format!("http://{addr}/readyz")).send().await {
-            if r.status().is_success() {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ready = f.wait_ready(&format!("http://{addr}")).await;
     assert!(ready, "worker never reported ready");
     let live = f
         .http
@@ -197,20 +179,7 @@ async fn several_dispatchers_agree_and_expand_each_batch_once() {
         urls.push(format!("http://127.0.0.1:{port}"));
     }
     for u in &urls {
-        let mut up = false;
-        for _ in 0..200 {
-            if f.http
-                .get(format!("{u}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(up, "{u} not ready");
+        assert!(f.wait_ready(u).await, "{u} not ready");
     }
     let mut batches = Vec::new();
     for (i, u) in urls.iter().enumerate() {

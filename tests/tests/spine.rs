@@ -232,13 +232,7 @@ async fn a_message_delivered_twice_counts_once() {
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
     // Wait until every message is published, then publish each one again.
-    for _ in 0..200 {
-        let (_, s) = f.get(&format!("{BATCH}/{id}")).await;
-        if s["job"]["status"] == "dispatched" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    f.wait_status(&id, "dispatched").await;
     let publisher = docfleet_dispatcher::publisher::Publisher::connect(
         &docfleet_tests::amqp_url(),
         docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
@@ -290,13 +284,7 @@ async fn twenty_workers_finishing_together_make_one_terminal_transition() {
         )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
-    for _ in 0..200 {
-        let (_, s) = f.get(&format!("{BATCH}/{id}")).await;
-        if s["job"]["status"] == "dispatched" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    f.wait_status(&id, "dispatched").await;
     // Twenty workers, each taking at most two items at once, all start on a full queue.
     let mut ws = f.worker_settings.clone();
     ws.concurrency = 1;
@@ -413,24 +401,12 @@ async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     let dir = f.create_dir(&f.api_key, "prio").await;
     let ids = f.upload_texts(&dir, "p", 60).await;
     let create = |prio: &str, items: &[String]| json!({ "job_config": { "parameters": { "priority": prio } }, "item_ids": items });
-    let dispatched = |id: String| {
-        let f = &f;
-        async move {
-            for _ in 0..200 {
-                if f.get(&format!("{BATCH}/{id}")).await.1["job"]["status"] == "dispatched" {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("batch {id} never dispatched");
-        }
-    };
     let (_, low) = f.post(BATCH, &create("low", &ids[..50])).await;
     let low = low["id"].as_str().unwrap().to_owned();
-    dispatched(low.clone()).await;
+    f.wait_status(&low, "dispatched").await;
     let (_, crit) = f.post(BATCH, &create("critical", &ids[50..])).await;
     let crit = crit["id"].as_str().unwrap().to_owned();
-    dispatched(crit.clone()).await;
+    f.wait_status(&crit, "dispatched").await;
     // One worker taking one message at a time: it must pick the critical ones first.
     let mut ws = f.worker_settings.clone();
     ws.concurrency = 1;

@@ -242,17 +242,7 @@ async fn nothing_is_lost_when_the_receiver_and_the_dispatcher_are_down() {
     let dport = Fleet::free_port().await;
     let mut first = f.spawn_dispatcher_process(dport).await;
     f.base_url = format!("http://127.0.0.1:{dport}");
-    for _ in 0..200 {
-        if f.http
-            .get(format!("{}/readyz", f.base_url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    assert!(f.wait_ready(&f.base_url.clone()).await);
     let batch = create(
         &f,
         &ids,
