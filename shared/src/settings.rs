@@ -193,6 +193,10 @@ pub struct WorkerSettings {
     pub drain_secs: u64,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (`0.0.0.0:9091`); off when unset.
     pub health_listen: Option<String>,
+    /// Folder with the sentence-embedding model for FAST classify (`model.safetensors`,
+    /// `config.json`, `tokenizer.json` of all-MiniLM-L6-v2). Unset or incomplete: FAST
+    /// classifies on lexical evidence alone, and each result says so.
+    pub classify_model_dir: Option<PathBuf>,
 }
 
 impl Default for WorkerSettings {
@@ -212,6 +216,7 @@ impl Default for WorkerSettings {
             max_attempts: 3,
             drain_secs: 30,
             health_listen: None,
+            classify_model_dir: None,
         }
     }
 }

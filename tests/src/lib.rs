@@ -123,6 +123,8 @@ impl Fleet {
             prefetch: 4,
             item_deadline_secs: 30,
             drain_secs: 10,
+            // deploy/local/test fetches the classify model and says where.
+            classify_model_dir: std::env::var_os("DOCFLEET_TEST_MODEL_DIR").map(Into::into),
             ..WorkerSettings::default()
         };
         let redis = docfleet_shared::services::connect_redis(&ds.redis.url)

@@ -215,6 +215,12 @@ async fn classify_batch_over_item_ids_with_two_workers() {
             "{r}"
         );
         assert_eq!(r["configuration"]["mode"], "FAST");
+        let reasoning = r["result"]["reasoning"].as_str().unwrap();
+        if std::env::var_os("DOCFLEET_TEST_MODEL_DIR").is_some() {
+            assert!(reasoning.contains("semantic similarity"), "{r}");
+        } else {
+            assert!(reasoning.contains("Lexical evidence only"), "{r}");
+        }
     }
     f.shutdown().await;
 }

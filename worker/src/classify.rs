@@ -1,12 +1,23 @@
-//! The classify engine (first cut): lexical evidence, scored honestly.
+//! The classify engine: semantic and lexical evidence, combined and scored honestly.
 //!
-//! Each rule becomes a bag of terms (its type counts twice, its description once). A term's
-//! weight is its rarity across the rules, so words every rule shares decide nothing. A rule's
-//! score is the weighted share of its terms found in the document. Confidence combines how
-//! much of the winner was found with how far it is ahead of the runner-up, so a weak or a
-//! close call never comes out confident. The reasoning names the matched terms of both.
+//! - **Semantic**: with the sentence-embedding model loaded ([`crate::embedding`]), each rule's
+//!   `type: description` is embedded once per batch, and the document once: a sentence naming
+//!   its form (slides, spreadsheet…, which the parser knows and the words may not say), its
+//!   title and its opening. A rule's semantic score is the cosine similarity of the two.
+//! - **Lexical**: each rule becomes a bag of terms (its type counts twice, its description
+//!   once), weighted by rarity across the rules so words every rule shares decide nothing; a
+//!   rule's lexical score is the weighted share of its terms found in the document.
+//! - **Catch-all rules** ("other: anything that is none of the above") describe the absence of
+//!   the rest, which neither measure can match, so such a rule scores a fixed threshold and wins
+//!   exactly when no specific rule reaches it.
+//! - **Confidence** is the winner's share of a softmax over the rules' scores, so a close call
+//!   or a weak match never comes out confident; the reasoning names the evidence for the winner
+//!   and the runner-up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::embedding::Embedder;
 
 use docfleet_shared::model::ClassifyRule;
 use serde::Serialize;
@@ -112,16 +123,166 @@ fn stem(w: &str) -> String {
     w.to_owned()
 }
 
+/// What the classifier reads of a parsed document.
+#[derive(Debug, Clone, Copy)]
+pub struct Document<'a> {
+    /// The text of the pages read.
+    pub text: &'a str,
+    /// The detected format (`pdf`, `pptx`, `csv`…).
+    pub format: &'a str,
+    /// Pages (slides, sheets) in the document.
+    pub page_count: usize,
+    /// The document's title, when it declares one.
+    pub title: Option<&'a str>,
+}
+
+/// Tokens of each of the two passages the model reads (opening and outline): together about
+/// 70 ms of CPU, the bulk of a FAST classification.
+const PASSAGE_TOKENS: usize = 64;
+/// Words taken for a passage before tokenising (a word is 1–2 tokens).
+const PASSAGE_WORDS: usize = 60;
+/// Lines of at most this many words count as headings or labels for the outline.
+const OUTLINE_LINE_WORDS: usize = 6;
+/// Weight of the lexical share next to the cosine similarity.
+const LEXICAL_WEIGHT: f64 = 0.5;
+/// A catch-all rule's score with the model: a specific rule whose combined score stays below
+/// this fits no better than "none of the above".
+const CATCH_ALL_SEMANTIC: f64 = 0.30;
+/// The same without the model, on the lexical share alone.
+const CATCH_ALL_LEXICAL: f64 = 0.12;
+/// Softmax temperature over the combined scores: a lead of 0.2 is decisive.
+const TEMPERATURE_SEMANTIC: f64 = 0.08;
+const TEMPERATURE_LEXICAL: f64 = 0.05;
+
+/// The most a catch-all answer may claim.
+const CATCH_ALL_CONFIDENCE: f64 = 0.6;
+
+/// Phrases by which a rule says it is the catch-all.
+const CATCH_ALL_PHRASES: &[&str] = &[
+    "none of the above",
+    "none of the other",
+    "anything else",
+    "everything else",
+    "any other",
+    "all other",
+    "not covered",
+    "does not fit",
+    "doesn't fit",
+    "does not match",
+    "doesn't match",
+    "catch-all",
+    "catch all",
+    "miscellaneous",
+];
+const CATCH_ALL_TYPES: &[&str] = &[
+    "other",
+    "others",
+    "misc",
+    "miscellaneous",
+    "unknown",
+    "none",
+    "unclassified",
+];
+
+fn is_catch_all(rule: &ClassifyRule) -> bool {
+    let description = rule.description.to_lowercase();
+    CATCH_ALL_TYPES.contains(&rule.kind.trim().to_lowercase().as_str())
+        || CATCH_ALL_PHRASES.iter().any(|p| description.contains(p))
+}
+
+/// A sentence naming the document's form, for formats whose form is evidence in itself.
+fn form_sentence(doc: &Document) -> Option<String> {
+    let n = doc.page_count;
+    match doc.format {
+        "pptx" | "ppt" | "odp" => Some(format!(
+            "A slide presentation deck with {n} slides."
+        )),
+        "xlsx" | "xls" | "xlsb" | "ods" => Some(format!(
+            "A spreadsheet workbook with {n} sheets: a table of rows and columns of cells and values."
+        )),
+        "csv" | "tsv" => {
+            Some("A spreadsheet table of data: rows and columns of values with column headers.".into())
+        }
+        "html" => Some("A web page.".into()),
+        _ => None,
+    }
+}
+
+/// The rules' semantic side, prepared once per batch.
+struct Semantic {
+    embedder: Arc<Embedder>,
+    rules: Vec<Vec<f32>>,
+}
+
 /// Rules prepared once per batch.
-#[derive(Debug, Clone)]
 pub struct Classifier {
-    rules: Vec<(String, HashMap<String, f64>)>,
+    kinds: Vec<String>,
+    lexical: Vec<HashMap<String, f64>>,
+    catch_all: Vec<bool>,
+    semantic: Option<Semantic>,
+    /// Why the model is not used, when it is not.
+    without_model: Option<String>,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("kinds", &self.kinds)
+            .field("semantic", &self.semantic.is_some())
+            .finish()
+    }
+}
+
+/// How one rule measured against a document.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleEvidence {
+    /// The rule's type.
+    pub kind: String,
+    /// Whether the rule is the catch-all.
+    pub catch_all: bool,
+    /// Cosine similarity of the rule to the document's opening and to its outline.
+    pub similarity: Option<(f64, f64)>,
+    /// Weighted share of the rule's terms found in the document.
+    pub lexical: f64,
+    /// The terms found, heaviest first, as the document spelled them.
+    pub hits: Vec<String>,
+}
+
+impl RuleEvidence {
+    /// The combined score rules are ranked by.
+    pub fn score(&self) -> f64 {
+        match (self.catch_all, self.similarity) {
+            (true, Some(_)) => CATCH_ALL_SEMANTIC,
+            (true, None) => CATCH_ALL_LEXICAL,
+            (false, Some((opening, outline))) => {
+                (opening + outline) / 2.0 + LEXICAL_WEIGHT * self.lexical
+            }
+            (false, None) => self.lexical,
+        }
+    }
+}
+
+/// Every rule measured against one document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    /// What the model read first: the form sentence, title and opening words.
+    pub opening: String,
+    /// Per rule, in rule order.
+    pub rules: Vec<RuleEvidence>,
+}
+
+struct Scored<'a> {
+    index: usize,
+    score: f64,
+    similarity: Option<f64>,
+    lexical: f64,
+    hits: Vec<&'a str>,
 }
 
 impl Classifier {
-    /// Prepares `rules`.
-    pub fn new(rules: &[ClassifyRule]) -> Self {
-        let bags: Vec<(String, HashMap<String, f64>)> = rules
+    /// Prepares `rules`, embedding them when `model` is loaded; `Err` says why it is not.
+    pub fn new(rules: &[ClassifyRule], model: Result<Arc<Embedder>, String>) -> Self {
+        let bags: Vec<HashMap<String, f64>> = rules
             .iter()
             .map(|r| {
                 let mut bag: HashMap<String, f64> = HashMap::new();
@@ -131,81 +292,200 @@ impl Classifier {
                 for t in terms(&r.description) {
                     *bag.entry(t).or_default() += 1.0;
                 }
-                (r.kind.clone(), bag)
+                bag
             })
             .collect();
         let n = bags.len() as f64;
         let mut df: HashMap<&str, f64> = HashMap::new();
-        for (_, bag) in &bags {
+        for bag in &bags {
             for t in bag.keys() {
                 *df.entry(t.as_str()).or_default() += 1.0;
             }
         }
-        let rules = bags
+        let lexical = bags
             .iter()
-            .map(|(kind, bag)| {
-                let weighted = bag
-                    .iter()
+            .map(|bag| {
+                bag.iter()
                     .map(|(t, count)| {
                         let idf = (1.0 + n / df.get(t.as_str()).copied().unwrap_or(1.0)).ln();
                         (t.clone(), count.sqrt() * idf)
                     })
-                    .collect();
-                (kind.clone(), weighted)
+                    .collect()
             })
             .collect();
-        Self { rules }
+        let (semantic, without_model) = match model {
+            Ok(embedder) => {
+                let embedded: Result<Vec<Vec<f32>>, _> = rules
+                    .iter()
+                    .map(|r| embedder.embed(&format!("{}: {}", r.kind, r.description), 256))
+                    .collect();
+                match embedded {
+                    Ok(rules) => (Some(Semantic { embedder, rules }), None),
+                    Err(e) => (None, Some(format!("the rules could not be embedded ({e})"))),
+                }
+            }
+            Err(why) => (None, Some(why)),
+        };
+        Self {
+            kinds: rules.iter().map(|r| r.kind.clone()).collect(),
+            lexical,
+            catch_all: rules.iter().map(is_catch_all).collect(),
+            semantic,
+            without_model,
+        }
     }
 
-    /// Classifies a document's text.
-    pub fn classify(&self, text: &str) -> Classification {
-        // Each stem maps to the first word the document spelled it with, for the reasoning.
-        let mut doc: HashMap<String, String> = HashMap::new();
-        for word in words(text) {
-            doc.entry(stem(&word)).or_insert(word);
+    /// Measures every rule against a parsed document; `None` when it has no readable text.
+    pub fn evidence(&self, doc: &Document) -> Option<Evidence> {
+        let form = form_sentence(doc);
+        let mut lead = String::new();
+        if let Some(f) = &form {
+            lead.push_str(f);
+            lead.push('\n');
         }
-        if doc.is_empty() {
+        if let Some(t) = doc.title.filter(|t| !t.trim().is_empty()) {
+            lead.push_str(t.trim());
+            lead.push('\n');
+        }
+        let opening = doc
+            .text
+            .split_whitespace()
+            .take(PASSAGE_WORDS)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Short lines are headings and field labels ("Abstract", "Total due", "Education"):
+        // the skeleton that says what kind of document this is.
+        let outline = doc
+            .text
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                let n = l.split_whitespace().count();
+                (1..=OUTLINE_LINE_WORDS).contains(&n) && l.chars().any(char::is_alphabetic)
+            })
+            .flat_map(str::split_whitespace)
+            .take(PASSAGE_WORDS)
+            .collect::<Vec<_>>()
+            .join(" ");
+
+        // Each stem maps to the first word the document spelled it with, for the reasoning.
+        let mut found: HashMap<String, String> = HashMap::new();
+        for word in words(form.as_deref().unwrap_or("")).chain(words(doc.text)) {
+            found.entry(stem(&word)).or_insert(word);
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let vectors = self.semantic.as_ref().and_then(|s| {
+            let opening = s
+                .embedder
+                .embed(&format!("{lead}{opening}"), PASSAGE_TOKENS);
+            let outline = s
+                .embedder
+                .embed(&format!("{lead}{outline}"), PASSAGE_TOKENS);
+            opening.ok().zip(outline.ok()).map(|v| (s, v))
+        });
+        let rules = self
+            .lexical
+            .iter()
+            .enumerate()
+            .map(|(index, bag)| {
+                let total: f64 = bag.values().sum();
+                let mut hits: Vec<(&str, f64)> = bag
+                    .iter()
+                    .filter_map(|(t, w)| found.get(t).map(|surface| (surface.as_str(), *w)))
+                    .collect();
+                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+                // 0.0 + …: an empty f64 sum is -0.0, which would print as "-0%".
+                let share = 0.0 + hits.iter().map(|h| h.1).sum::<f64>();
+                let similarity = vectors.as_ref().map(|(s, (o, l))| {
+                    let rule = &s.rules[index];
+                    (
+                        f64::from(crate::embedding::cosine(rule, o)),
+                        f64::from(crate::embedding::cosine(rule, l)),
+                    )
+                });
+                RuleEvidence {
+                    kind: self.kinds[index].clone(),
+                    catch_all: self.catch_all[index],
+                    similarity,
+                    lexical: if total > 0.0 { share / total } else { 0.0 },
+                    hits: hits.into_iter().map(|h| h.0.to_owned()).collect(),
+                }
+            })
+            .collect();
+        Some(Evidence {
+            opening: format!("{lead}{opening}"),
+            rules,
+        })
+    }
+
+    /// Classifies a parsed document.
+    pub fn classify(&self, doc: &Document) -> Classification {
+        let Some(evidence) = self.evidence(doc) else {
             return Classification {
-                kind: self.rules.first().map(|(k, _)| k.clone()),
+                kind: self.kinds.first().cloned(),
                 confidence: 0.0,
                 reasoning: "The document has no readable text, so no rule could be matched; \
                             the first rule is returned with zero confidence."
                     .into(),
             };
-        }
-        let mut scored: Vec<(f64, &str, Vec<&str>)> = self
+        };
+        let semantic = evidence.rules.iter().any(|r| r.similarity.is_some());
+        let mut scored: Vec<Scored> = evidence
             .rules
             .iter()
-            .map(|(kind, bag)| {
-                let total: f64 = bag.values().sum();
-                let mut hits: Vec<(&str, f64)> = bag
-                    .iter()
-                    .filter_map(|(t, w)| doc.get(t).map(|surface| (surface.as_str(), *w)))
-                    .collect();
-                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-                // 0.0 + …: an empty f64 sum is -0.0, which would print as "-0%".
-                let found: f64 = 0.0 + hits.iter().map(|h| h.1).sum::<f64>();
-                let score = if total > 0.0 { found / total } else { 0.0 };
-                (
-                    score,
-                    kind.as_str(),
-                    hits.into_iter().map(|h| h.0).collect(),
-                )
+            .enumerate()
+            .map(|(index, r)| Scored {
+                index,
+                score: r.score(),
+                similarity: r.similarity.map(|(o, l)| (o + l) / 2.0),
+                lexical: r.lexical,
+                hits: r.hits.iter().map(String::as_str).collect(),
             })
             .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let (best, kind, hits) = &scored[0];
-        let runner = scored.get(1);
-        let second = runner.map(|r| r.0).unwrap_or(0.0);
-        // Ahead by a clear margin and with a good share of its terms found: both are needed.
-        let margin = if *best > 0.0 {
-            (best - second) / best
+        scored.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let opening = evidence.opening.as_str();
+        let temperature = if semantic {
+            TEMPERATURE_SEMANTIC
         } else {
-            0.0
+            TEMPERATURE_LEXICAL
         };
-        let strength = (best / 0.35).min(1.0);
-        // Lexical evidence alone never justifies certainty, hence the 0.95 ceiling.
-        let confidence = ((0.15 + 0.85 * margin) * strength).clamp(0.0, 0.95);
+        let top = scored[0].score;
+        let mass: f64 = scored
+            .iter()
+            .map(|s| ((s.score - top) / temperature).exp())
+            .sum();
+        let mut confidence = 1.0 / mass;
+        let threshold = if semantic {
+            CATCH_ALL_SEMANTIC
+        } else {
+            CATCH_ALL_LEXICAL
+        };
+        let best = &scored[0];
+        let weak = !self.catch_all[best.index] && best.score < threshold;
+        if weak {
+            // No catch-all rule to fall back on: still answer, but never confidently.
+            confidence = confidence.min(0.3);
+        }
+        if self.catch_all[best.index] {
+            // The catch-all wins on the absence of evidence, which never makes it certain.
+            confidence = confidence.min(CATCH_ALL_CONFIDENCE);
+        }
+        if !semantic {
+            // Lexical evidence alone never justifies certainty.
+            confidence = confidence.min(0.9);
+        }
+
+        let reasoning = self.explain(&scored, semantic, opening, weak);
+        Classification {
+            kind: Some(self.kinds[best.index].clone()),
+            confidence: (confidence * 1000.0).round() / 1000.0,
+            reasoning,
+        }
+    }
+
+    fn explain(&self, scored: &[Scored], semantic: bool, opening: &str, weak: bool) -> String {
         let show = |h: &[&str]| {
             if h.is_empty() {
                 "no terms".to_owned()
@@ -217,28 +497,53 @@ impl Classifier {
                     .join(", ")
             }
         };
-        let mut reasoning = format!(
-            "Rule '{kind}' matched {} ({:.0}% of its weighted terms).",
-            show(hits),
-            best * 100.0
-        );
-        if let Some((s, k, h)) = runner {
-            reasoning.push_str(&format!(
-                " Runner-up '{k}' matched {} ({:.0}%).",
-                show(h),
-                s * 100.0
+        let describe = |s: &Scored| {
+            if self.catch_all[s.index] {
+                format!(
+                    "'{}' is the catch-all rule: it wins when no other rule scores {:.2}",
+                    self.kinds[s.index],
+                    if semantic {
+                        CATCH_ALL_SEMANTIC
+                    } else {
+                        CATCH_ALL_LEXICAL
+                    }
+                )
+            } else {
+                let mut d = format!("'{}' scored {:.2}: ", self.kinds[s.index], s.score);
+                if let Some(sim) = s.similarity {
+                    d.push_str(&format!("semantic similarity {sim:.2}, "));
+                }
+                d.push_str(&format!(
+                    "its terms {} found ({:.0}% of their weight)",
+                    show(&s.hits),
+                    s.lexical * 100.0
+                ));
+                d
+            }
+        };
+        let best = &scored[0];
+        let mut out = format!("Chose {}.", describe(best));
+        if let Some(runner) = scored.get(1) {
+            out.push_str(&format!(" Runner-up {}.", describe(runner)));
+        }
+        if self.catch_all[best.index] {
+            out.push_str(" No specific rule fits the document well, so the catch-all applies.");
+        } else if weak {
+            out.push_str(" This is a weak match: no rule fits the document well.");
+        } else if scored.get(1).is_some_and(|r| best.score - r.score < 0.03) {
+            out.push_str(" The two are close, so confidence is low.");
+        }
+        if semantic {
+            let snippet: String = opening.chars().take(160).collect();
+            out.push_str(&format!(
+                " The model read the document's opening: \"{snippet}\"."
+            ));
+        } else if let Some(why) = &self.without_model {
+            out.push_str(&format!(
+                " Lexical evidence only: the embedding model is not used ({why})."
             ));
         }
-        if *best < 0.1 {
-            reasoning.push_str(" This is a weak match: no rule fits the document well.");
-        } else if margin < 0.2 {
-            reasoning.push_str(" The two are close, so confidence is low.");
-        }
-        Classification {
-            kind: Some(kind.to_string()),
-            confidence: (confidence * 1000.0).round() / 1000.0,
-            reasoning,
-        }
+        out
     }
 }
 
@@ -260,23 +565,78 @@ mod tests {
         ]
     }
 
+    fn text(text: &str) -> Document<'_> {
+        Document {
+            text,
+            format: "txt",
+            page_count: 1,
+            title: None,
+        }
+    }
+
+    fn lexical(rules: &[ClassifyRule]) -> Classifier {
+        Classifier::new(rules, Err("not loaded in unit tests".into()))
+    }
+
     #[test]
     fn picks_the_matching_rule_and_explains_it() {
-        let c = Classifier::new(&rules());
-        let r =
-            c.classify("INVOICE #123. Payment due in 30 days. Total due: $400. Line items below.");
+        let c = lexical(&rules());
+        let r = c.classify(&text(
+            "INVOICE #123. Payment due in 30 days. Total due: $400. Line items below.",
+        ));
         assert_eq!(r.kind.as_deref(), Some("invoice"));
         assert!(r.confidence > 0.5, "{r:?}");
         assert!(r.reasoning.contains("'invoice'") && r.reasoning.contains("Runner-up 'resume'"));
-        let r = c.classify("Work experience: 5 years. Education: MSc. Skills: Rust.");
+        assert!(r.reasoning.contains("Lexical evidence only"), "{r:?}");
+        let r = c.classify(&text(
+            "Work experience: 5 years. Education: MSc. Skills: Rust.",
+        ));
         assert_eq!(r.kind.as_deref(), Some("resume"));
     }
 
     #[test]
     fn weak_matches_are_not_confident() {
-        let c = Classifier::new(&rules());
-        let r = c.classify("The quick brown fox jumps over the lazy dog.");
-        assert!(r.confidence < 0.2, "{r:?}");
+        let c = lexical(&rules());
+        let r = c.classify(&text("The quick brown fox jumps over the lazy dog."));
+        assert!(r.confidence <= 0.3, "{r:?}");
         assert!(r.reasoning.contains("weak match"));
+    }
+
+    #[test]
+    fn a_catch_all_rule_wins_when_nothing_fits() {
+        let mut r = rules();
+        r.push(ClassifyRule {
+            kind: "misc".into(),
+            description: "Anything that is none of the above".into(),
+        });
+        let c = lexical(&r);
+        let got = c.classify(&text("The quick brown fox jumps over the lazy dog."));
+        assert_eq!(got.kind.as_deref(), Some("misc"), "{got:?}");
+        assert!(got.reasoning.contains("catch-all"), "{got:?}");
+        let got = c.classify(&text(
+            "INVOICE #9. Total due: $40 for line items; payment by May.",
+        ));
+        assert_eq!(got.kind.as_deref(), Some("invoice"), "{got:?}");
+    }
+
+    #[test]
+    fn the_form_of_a_document_is_evidence() {
+        let r = vec![
+            ClassifyRule {
+                kind: "slides".into(),
+                description: "A presentation deck of slides".into(),
+            },
+            ClassifyRule {
+                kind: "letter".into(),
+                description: "Correspondence addressed to a person".into(),
+            },
+        ];
+        let got = lexical(&r).classify(&Document {
+            text: "Quarterly results. Growth. Outlook.",
+            format: "pptx",
+            page_count: 3,
+            title: None,
+        });
+        assert_eq!(got.kind.as_deref(), Some("slides"), "{got:?}");
     }
 }

@@ -26,7 +26,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::classify::Classifier;
+use crate::classify::{Classifier, Document};
+use crate::embedding::Embedder;
 use crate::parse::{self, ParseRequest};
 
 /// What went wrong with an item, typed by what happens next.
@@ -91,6 +92,9 @@ pub struct Processor {
     metrics: Arc<docfleet_shared::metrics::Metrics>,
     /// Bounds the CPU-bound engine stage to `cpu_slots` items at once.
     cpu: Arc<tokio::sync::Semaphore>,
+    /// The embedding model, loaded on the first classify batch (a parse-only worker never
+    /// pays its ~90 MB), then shared; `Err` says why it is not available.
+    model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -114,7 +118,32 @@ impl Processor {
             batches: Mutex::default(),
             metrics,
             cpu: Arc::new(tokio::sync::Semaphore::new(cpu_slots)),
+            model: Arc::default(),
         }
+    }
+
+    /// The embedding model, loading it on first use; blocking.
+    fn model(
+        slot: &std::sync::OnceLock<Result<Arc<Embedder>, String>>,
+        dir: Option<&std::path::Path>,
+    ) -> Result<Arc<Embedder>, String> {
+        slot.get_or_init(|| {
+            let Some(dir) = dir else {
+                return Err("worker.classify_model_dir is not set".into());
+            };
+            let started = std::time::Instant::now();
+            match Embedder::load(dir) {
+                Ok(m) => {
+                    tracing::info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "embedding model loaded");
+                    Ok(Arc::new(m))
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "embedding model unavailable; classify uses lexical evidence only");
+                    Err(format!("model not loaded from {}: {e}", dir.display()))
+                }
+            }
+        })
+        .clone()
     }
 
     /// Whether Redis answers (readiness).
@@ -300,7 +329,18 @@ impl Processor {
         let spec = JobSpec::from_json(&raw_config)
             .map_err(|e| Failure::Fail(format!("stored job config invalid: {e}")))?;
         let classifier = match &spec {
-            JobSpec::Classify(c) => Some(Classifier::new(&c.rules)),
+            JobSpec::Classify(c) => {
+                let rules = c.rules.clone();
+                let slot = self.model.clone();
+                let dir = self.settings.classify_model_dir.clone();
+                // Loading the model and embedding the rules are CPU work: off the runtime.
+                let classifier = tokio::task::spawn_blocking(move || {
+                    Classifier::new(&rules, Self::model(&slot, dir.as_deref()))
+                })
+                .await
+                .map_err(|e| Failure::Retry(format!("classifier set-up: {e}")))?;
+                Some(classifier)
+            }
             JobSpec::Parse(_) => None,
         };
         let ctx = Arc::new(BatchContext {
@@ -595,7 +635,12 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 .classifier
                 .as_ref()
                 .ok_or_else(|| Failure::Fail("classifier missing".into()))?;
-            let c = classifier.classify(&text);
+            let c = classifier.classify(&Document {
+                text: &text,
+                format: parsed.format,
+                page_count: parsed.page_count,
+                title: parsed.title.as_deref(),
+            });
             let summary = serde_json::to_value(&c)
                 .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
             Ok(EngineOutput {

@@ -6,10 +6,11 @@
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
 //! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
-//! - [`classify`]: the classify engine.
+//! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses.
 
 pub mod classify;
 pub mod consumer;
+pub mod embedding;
 pub mod health;
 pub mod item;
 pub mod ocr;
