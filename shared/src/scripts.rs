@@ -18,14 +18,25 @@ macro_rules! batch_script {
 /// What [`Scripts::claim`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Process it; this is delivery attempt `n` (1-based).
-    Run(u32),
+    /// Process it.
+    Run(Run),
     /// Already terminal: a duplicate or redelivered message.
     Done,
     /// The batch was cancelled; the item is now cancelled.
     Cancelled,
     /// No such batch or item.
     Missing,
+}
+
+/// A claimed item: what the worker needs to process it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Delivery attempt, 1-based.
+    pub attempt: u32,
+    /// The item's result id, when it has one.
+    pub job_id: Option<String>,
+    /// The item's directory-file record (JSON), when it exists.
+    pub file: Option<String>,
 }
 
 /// An item's outcome as recorded by [`Scripts::finish`].
@@ -171,7 +182,7 @@ impl Scripts {
         item_id: &str,
     ) -> redis::RedisResult<Claim> {
         let mut inv = self.invocation(&self.claim, batch_id);
-        inv.arg(item_id);
+        inv.key(self.keys.dfile(item_id)).arg(item_id);
         let reply: Vec<redis::Value> = inv.invoke_async(con).await?;
         let tag: String = match reply.first() {
             Some(v) => redis::from_redis_value(v.clone())?,
@@ -179,11 +190,21 @@ impl Scripts {
         };
         Ok(match tag.as_str() {
             "run" => {
-                let n: u32 = match reply.get(1) {
-                    Some(v) => redis::from_redis_value(v.clone())?,
-                    None => 1,
+                let text = |i: usize| -> redis::RedisResult<Option<String>> {
+                    Ok(match reply.get(i) {
+                        Some(v) => Some(redis::from_redis_value::<String>(v.clone())?)
+                            .filter(|s| !s.is_empty()),
+                        None => None,
+                    })
                 };
-                Claim::Run(n)
+                Claim::Run(Run {
+                    attempt: match reply.get(1) {
+                        Some(v) => redis::from_redis_value(v.clone())?,
+                        None => 1,
+                    },
+                    job_id: text(2)?,
+                    file: text(3)?,
+                })
             }
             "done" => Claim::Done,
             "cancelled" => Claim::Cancelled,

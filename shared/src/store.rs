@@ -161,9 +161,44 @@ impl FileStore {
 
     /// Writes a whole object atomically.
     pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut staged = self.stage(key).await?;
-        staged.write(bytes).await?;
-        staged.commit().await?;
+        let (store, key, bytes) = (self.clone(), key.to_owned(), bytes.to_vec());
+        // One hop to the blocking pool for the whole write, not one per file operation.
+        tokio::task::spawn_blocking(move || store.put_blocking(&key, &bytes))
+            .await
+            .map_err(|e| StoreError::Io {
+                key: String::new(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
+    /// [`FileStore::put`] on the calling thread, for code already on a blocking thread.
+    pub fn put_blocking(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let dest = self.path(key)?;
+        let io = |source| StoreError::Io {
+            key: key.to_owned(),
+            source,
+        };
+        let tmp = tmp_path(&dest);
+        let mut file = match std::fs::File::create(&tmp) {
+            Ok(f) => f,
+            // The folder is created on first use only: most writes go to one that exists.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                std::fs::File::create(&tmp).map_err(io)?
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let written =
+            file.write_all(bytes)
+                .and_then(|()| if self.fsync { file.sync_all() } else { Ok(()) });
+        drop(file);
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &dest)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         Ok(())
     }
 
@@ -173,6 +208,12 @@ impl FileStore {
         tokio::fs::read(&path)
             .await
             .map_err(|source| map_io(key, source))
+    }
+
+    /// [`FileStore::get`] on the calling thread, for code already on a blocking thread.
+    pub fn get_blocking(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(key)?;
+        std::fs::read(&path).map_err(|source| map_io(key, source))
     }
 
     /// The size of an object, without reading it.

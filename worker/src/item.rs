@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use docfleet_shared::keys::Keys;
 use docfleet_shared::model::{parse_page_selection, JobSpec};
-use docfleet_shared::scripts::{Claim, Outcome, OutcomeFields, Scripts};
+use docfleet_shared::scripts::{Claim, Outcome, OutcomeFields, Run, Scripts};
 use docfleet_shared::settings::WorkerSettings;
 use docfleet_shared::store::{FileStore, StoreError};
 use docfleet_shared::wire::ItemMessage;
@@ -186,12 +186,12 @@ impl Processor {
 
     async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
         let mut con = self.redis.clone();
-        let attempt = match self
+        let run = match self
             .scripts
             .claim(&mut con, &msg.batch_id, &msg.item_id)
             .await
         {
-            Ok(Claim::Run(n)) => n,
+            Ok(Claim::Run(run)) => run,
             Ok(Claim::Done) => {
                 self.metrics.item_settled("unknown", "duplicate", None);
                 return Verdict::Ack;
@@ -211,6 +211,7 @@ impl Processor {
                 return Verdict::Requeue;
             }
         };
+        let attempt = run.attempt;
         let max = self.settings.max_attempts;
         if attempt > max {
             let last: Option<String> = con
@@ -224,7 +225,7 @@ impl Processor {
             );
             return self.record(msg, Err(Failure::Fail(error))).await;
         }
-        let result = self.execute(msg).await;
+        let result = self.execute(msg, run).await;
         if let Err(Failure::Retry(error)) = &result {
             let _: redis::RedisResult<()> = con
                 .hset(
@@ -359,15 +360,10 @@ impl Processor {
         Ok(ctx)
     }
 
-    async fn execute(&self, msg: &ItemMessage) -> Result<Done, Failure> {
+    async fn execute(&self, msg: &ItemMessage, run: Run) -> Result<Done, Failure> {
         let began = std::time::Instant::now();
         let ctx = self.context(&msg.batch_id).await?;
-        let mut con = self.redis.clone();
-        let (file, job_id): (Option<String>, Option<String>) = redis::pipe()
-            .get(self.keys.dfile(&msg.item_id))
-            .hget(self.keys.item(&msg.batch_id, &msg.item_id), "job_id")
-            .query_async(&mut con)
-            .await?;
+        let (file, job_id) = (run.file, run.job_id);
         let file: Value = file
             .and_then(|f| serde_json::from_str(&f).ok())
             .ok_or_else(|| Failure::Fail("directory file record missing".into()))?;
@@ -381,16 +377,32 @@ impl Processor {
         }
         let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
         let name = file["display_name"].as_str().unwrap_or_default().to_owned();
-        let bytes = self.store.get(&storage_key).await?;
         let deadline = Duration::from_secs(self.settings.item_deadline_secs);
         let Ok(_cpu) = self.cpu.clone().acquire_owned().await else {
             return Err(Failure::Retry("worker shutting down".into()));
         };
-        let work_ctx = ctx.clone();
+        let output_key = docfleet_shared::store::sharded_key(
+            &format!("projects/{}/results/{}", ctx.project_id, msg.batch_id),
+            &job_id,
+            ".json",
+        );
+        let (work_ctx, store, key) = (ctx.clone(), self.store.clone(), output_key.clone());
+        // Read, engine and write in one trip to a blocking thread: for small files the hops
+        // between threads cost more than the work.
         let work = tokio::task::spawn_blocking(move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let bytes = store.get_blocking(&storage_key)?;
+            let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 run_engine(&work_ctx, &bytes, &name)
             }))
+            .map_err(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Failure::Fail(format!("parser crashed: {what}"))
+            })??;
+            store_output(&store, &key, output)
         });
         let output = match tokio::time::timeout(deadline, work).await {
             Err(_) => {
@@ -400,34 +412,8 @@ impl Processor {
                 )))
             }
             Ok(Err(join)) => return Err(Failure::Fail(format!("parser task failed: {join}"))),
-            Ok(Ok(Err(panic))) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(Failure::Fail(format!("parser crashed: {what}")));
-            }
-            Ok(Ok(Ok(result))) => result?,
+            Ok(Ok(result)) => result?,
         };
-        let output_key = docfleet_shared::store::sharded_key(
-            &format!("projects/{}/results/{}", ctx.project_id, msg.batch_id),
-            &job_id,
-            ".json",
-        );
-        let mut stored = output.stored;
-        if !output.images.is_empty() {
-            let mut names = Vec::new();
-            for (name, png) in &output.images {
-                let key = format!("{}.{name}", output_key.trim_end_matches(".json"));
-                self.store.put(&key, png).await?;
-                names.push(json!({ "name": name, "key": key, "uri": self.store.uri(&key) }));
-            }
-            stored["metadata"]["images"] = json!(names);
-        }
-        let body = serde_json::to_vec(&stored)
-            .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
-        self.store.put(&output_key, &body).await?;
         let result = match output.summary {
             Some(s) => s,
             None => json!({ "output_key": output_key, "pages": output.pages }),
@@ -448,6 +434,28 @@ impl Processor {
             seconds: began.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Writes the engine's output (and any images beside it) under `key`; blocking.
+fn store_output(
+    store: &FileStore,
+    key: &str,
+    output: EngineOutput,
+) -> Result<EngineOutput, Failure> {
+    let mut output = output;
+    if !output.images.is_empty() {
+        let mut names = Vec::new();
+        for (name, png) in &output.images {
+            let image_key = format!("{}.{name}", key.trim_end_matches(".json"));
+            store.put_blocking(&image_key, png)?;
+            names.push(json!({ "name": name, "key": image_key, "uri": store.uri(&image_key) }));
+        }
+        output.stored["metadata"]["images"] = json!(names);
+    }
+    let body = serde_json::to_vec(&output.stored)
+        .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
+    store.put_blocking(key, &body)?;
+    Ok(output)
 }
 
 /// A successful item, ready to record.

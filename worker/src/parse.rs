@@ -79,13 +79,20 @@ pub struct Parsed {
 impl Parsed {
     /// The document's language (ISO 639-3, e.g. `eng`), when the text says so reliably.
     pub fn language(&self) -> Option<&'static str> {
-        let sample: String = self
-            .pages
-            .iter()
-            .map(|p| p.text.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let sample: String = sample.chars().take(20_000).collect();
+        // A few thousand characters settle the language; more only costs time.
+        let mut sample = String::new();
+        for page in &self.pages {
+            sample.extend(page.text.chars().take(4_000 - sample.len().min(4_000)));
+            sample.push('\n');
+            if sample.len() >= 4_000 {
+                break;
+            }
+        }
+        // Under a sentence's worth of letters no detector is reliable, and whatlang's fixed
+        // cost per call would dominate parsing a tiny file.
+        if sample.chars().filter(|c| c.is_alphabetic()).count() < 40 {
+            return None;
+        }
         whatlang::detect(&sample)
             .filter(|i| i.is_reliable())
             .map(|i| i.lang().code())

@@ -1,6 +1,8 @@
--- A worker asks to start an item. KEYS: batch, events. ARGV: base, now, batch_id, item_id.
--- Returns {'run', attempts} | {'done', status} | {'cancelled'} | {'missing'}.
-local batch_key, events_key = KEYS[1], KEYS[2]
+-- A worker asks to start an item. KEYS: batch, events, the item's directory-file record.
+-- ARGV: base, now, batch_id, item_id.
+-- Returns {'run', attempts, job_id, file record} | {'done', status} | {'cancelled'} | {'missing'};
+-- 'run' carries what the worker reads next, saving it a round trip.
+local batch_key, events_key, dfile_key = KEYS[1], KEYS[2], KEYS[3]
 local base, now, bid, iid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ik = base .. ':item:' .. iid
 local bst = redis.call('HGET', batch_key, 'status')
@@ -27,4 +29,4 @@ if bst == 'pending' or bst == 'dispatched' then
   redis.call('HSET', batch_key, 'status', 'running', 'started_at', now, 'updated_at', now)
   emit(batch_key, events_key, 'batch.running', bid, '', 'running', now)
 end
-return { 'run', attempts }
+return { 'run', attempts, redis.call('HGET', ik, 'job_id') or '', redis.call('GET', dfile_key) or '' }
