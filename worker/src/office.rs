@@ -362,6 +362,13 @@ pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
 /// Parses a spreadsheet (xlsx, xls, ods): one page per sheet.
 pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
     use calamine::Reader as _;
+    // Only zip containers (XLSX, XLSB, ODS). Legacy binary workbooks are refused before
+    // calamine's compound-file reader sees them: fuzzing showed it panics on damaged ones.
+    if !bytes.starts_with(b"PK\x03\x04") {
+        return Err(ParseError::Unsupported(
+            "not a zip-based spreadsheet (XLSX, XLSB or ODS)".into(),
+        ));
+    }
     let mut wb =
         calamine::open_workbook_auto_from_rs(Cursor::new(bytes.to_vec())).map_err(|e| {
             ParseError::Corrupt {
@@ -405,4 +412,21 @@ pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
         title: None,
         ocr_pages: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_binary_workbooks_never_reach_the_compound_file_reader() {
+        // The head of a damaged compound file that made calamine panic under fuzzing.
+        let mut cfb = b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1".to_vec();
+        cfb.resize(4096, 0);
+        let err = spreadsheet(&cfb).expect_err("refused");
+        assert!(
+            err.to_string().contains("not a zip-based spreadsheet"),
+            "{err}"
+        );
+    }
 }
