@@ -9,6 +9,7 @@ use docfleet_shared::model::{
     ParseJobConfig,
 };
 use docfleet_shared::scripts::CancelOutcome;
+use docfleet_shared::settings::VisionSettings;
 use docfleet_shared::{now_millis, now_rfc3339};
 use redis::AsyncCommands;
 use serde::Deserialize;
@@ -50,7 +51,7 @@ struct ValidJob {
     session_id: Option<String>,
 }
 
-fn validate_job(raw: &Value) -> Result<ValidJob, ApiError> {
+fn validate_job(raw: &Value, vision: &VisionSettings) -> Result<ValidJob, ApiError> {
     let obj = raw
         .as_object()
         .ok_or_else(|| ApiError::field("job_config", "must be an object"))?;
@@ -97,10 +98,13 @@ fn validate_job(raw: &Value) -> Result<ValidJob, ApiError> {
                 ));
             }
         }
-        if cfg.mode == Some(ClassifyMode::Multimodal) {
+        if cfg.mode == Some(ClassifyMode::Multimodal) && !vision.configured() {
             return Err(ApiError::field(
                 "job_config.mode",
-                "MULTIMODAL needs a vision model endpoint, and none is configured; use FAST",
+                "MULTIMODAL needs a vision model endpoint, and none is configured: set vision.url \
+                 and vision.model (DOCFLEET__VISION__URL, DOCFLEET__VISION__MODEL, and \
+                 DOCFLEET__VISION__API_KEY if it needs one) on the dispatcher and the workers, \
+                 or use FAST",
             ));
         }
         if let Some(p) = &cfg.parsing_configuration {
@@ -183,7 +187,7 @@ pub async fn create(
     Project(project): Project,
     JsonBody(body): JsonBody<CreateBatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = validate_job(&body.job_config)?;
+    let job = validate_job(&body.job_config, &st.settings.vision)?;
     let webhooks = crate::webhook::subscription::from_request(
         &body.job_config,
         body.webhook_configurations.as_ref(),

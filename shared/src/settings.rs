@@ -146,6 +146,8 @@ pub struct DispatcherSettings {
     pub expansion_lease_secs: u64,
     /// Webhook delivery.
     pub webhook: WebhookSettings,
+    /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
+    pub vision: VisionSettings,
 }
 
 impl Default for DispatcherSettings {
@@ -160,6 +162,7 @@ impl Default for DispatcherSettings {
             max_item_ids: 100_000,
             expansion_lease_secs: 15,
             webhook: WebhookSettings::default(),
+            vision: VisionSettings::default(),
         }
     }
 }
@@ -197,6 +200,60 @@ pub struct WorkerSettings {
     /// `config.json`, `tokenizer.json` of all-MiniLM-L6-v2). Unset or incomplete: FAST
     /// classifies on lexical evidence alone, and each result says so.
     pub classify_model_dir: Option<PathBuf>,
+    /// The vision model endpoint classify MULTIMODAL calls.
+    pub vision: VisionSettings,
+}
+
+/// An OpenAI-compatible chat-completions endpoint with image input, for classify MULTIMODAL.
+/// Dispatcher and workers need the same `url`: the dispatcher to accept MULTIMODAL batches,
+/// the workers to call it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VisionSettings {
+    /// Base URL of the API, without `/chat/completions` (`https://api.openai.com/v1`).
+    pub url: Option<String>,
+    /// Model name sent with each request.
+    pub model: String,
+    /// Bearer token, when the endpoint wants one.
+    pub api_key: Option<String>,
+    /// Per-request timeout.
+    pub timeout_secs: u64,
+    /// Page images sent per document (PDF pages rendered, or the image itself).
+    pub max_images: usize,
+}
+
+impl Default for VisionSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            model: String::new(),
+            api_key: None,
+            timeout_secs: 60,
+            max_images: 3,
+        }
+    }
+}
+
+impl VisionSettings {
+    /// Whether an endpoint is configured.
+    pub fn configured(&self) -> bool {
+        self.url.is_some()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("vision.url must be an http(s) URL, got {url:?}"));
+            }
+            if self.model.trim().is_empty() {
+                return Err("vision.model must be set when vision.url is".into());
+            }
+        }
+        if self.timeout_secs == 0 || self.max_images == 0 {
+            return Err("vision.timeout_secs and vision.max_images must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for WorkerSettings {
@@ -217,6 +274,7 @@ impl Default for WorkerSettings {
             drain_secs: 30,
             health_listen: None,
             classify_model_dir: None,
+            vision: VisionSettings::default(),
         }
     }
 }
@@ -264,6 +322,7 @@ fn validate_common(
 impl Validate for DispatcherSettings {
     fn validate(&self) -> Result<(), String> {
         validate_common(&self.broker, &self.redis, &self.store)?;
+        self.vision.validate()?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen must be host:port, got {:?}", self.listen));
         }
@@ -291,6 +350,7 @@ impl Validate for DispatcherSettings {
 impl Validate for WorkerSettings {
     fn validate(&self) -> Result<(), String> {
         validate_common(&self.broker, &self.redis, &self.store)?;
+        self.vision.validate()?;
         if self.concurrency == 0 || self.cpu_slots == 0 {
             return Err("concurrency and cpu_slots must be at least 1".into());
         }

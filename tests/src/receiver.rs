@@ -50,6 +50,8 @@ pub enum Reply {
     RetryAfter(u64),
     /// Wait this long, then 200.
     Slow(Duration),
+    /// 200 with this JSON body (an API stand-in, such as a vision model's).
+    Json(Value),
 }
 
 #[derive(Clone, Default)]
@@ -88,6 +90,7 @@ async fn receive(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
             [("retry-after", secs.to_string())],
         )
             .into_response(),
+        Some(Reply::Json(v)) => axum::Json(v).into_response(),
         _ => StatusCode::OK.into_response(),
     }
 }
@@ -107,6 +110,7 @@ impl Receiver {
         let shared = Shared::default();
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
+            .route("/v1/chat/completions", axum::routing::post(receive))
             .with_state(shared.clone());
         let handle = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

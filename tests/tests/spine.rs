@@ -602,3 +602,87 @@ async fn screenshots_language_and_stored_outputs() {
     }
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multimodal_classify_asks_the_configured_vision_model() {
+    use docfleet_tests::receiver::{Receiver, Reply};
+    let model = Receiver::start().await;
+    let mut f = Fleet::start(0).await;
+    let vision = docfleet_shared::settings::VisionSettings {
+        url: Some(format!("http://{}/v1", model.addr)),
+        model: "test-vision".into(),
+        api_key: Some("sk-test".into()),
+        ..Default::default()
+    };
+    let dir = f.create_dir(&f.api_key, "mm").await;
+    let id = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "invoice-1042.pdf",
+            sample("invoice-1042.pdf"),
+        )
+        .await;
+    let mut config = classify_config();
+    config["mode"] = json!("MULTIMODAL");
+    let body = json!({ "job_config": config, "item_ids": [id] });
+
+    // Without an endpoint the batch is refused, saying what to configure.
+    let (s, b) = f.post(BATCH, &body).await;
+    assert_eq!(s, 422, "{b}");
+    let detail = b["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("job_config.mode") && detail.contains("DOCFLEET__VISION__URL"),
+        "{b}"
+    );
+
+    f.stop_dispatcher().await;
+    f.dispatcher_settings.vision = vision.clone();
+    f.start_dispatcher().await;
+    let mut ws = f.worker_settings.clone();
+    ws.vision = vision;
+    f.start_worker_with(ws).await;
+    // A 500 first: a transient failure, retried; then the model's answer.
+    let answer = json!({ "type": "invoice", "confidence": 0.93, "reasoning": "It asks for payment of a total due." });
+    model.plan([
+        Reply::Status(500),
+        Reply::Json(json!({ "choices": [{ "message": { "role": "assistant", "content": answer.to_string() } }] })),
+    ]);
+    let (s, b) = f.post(BATCH, &body).await;
+    assert_eq!(s, 200, "{b}");
+    let batch = b["id"].as_str().unwrap().to_owned();
+    let status = f.wait_terminal(&batch, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    let items = f.items(&batch).await;
+    let (s, r) = f
+        .get(&format!(
+            "/api/v2/classify/{}",
+            items[0]["job_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["result"]["type"], "invoice", "{r}");
+    assert_eq!(r["result"]["confidence"], 0.93, "{r}");
+    assert_eq!(
+        r["result"]["reasoning"],
+        "It asks for payment of a total due."
+    );
+
+    let sent = model.received();
+    assert_eq!(sent.len(), 2, "one failed call, one retry");
+    let req: Value = serde_json::from_slice(&sent[1].body).unwrap();
+    assert_eq!(req["model"], "test-vision");
+    assert_eq!(sent[1].headers["authorization"], "Bearer sk-test");
+    let content = req["messages"][1]["content"].as_array().unwrap();
+    let prompt = content[0]["text"].as_str().unwrap();
+    assert!(
+        prompt.contains("- meeting_notes: Minutes") && prompt.contains("1042"),
+        "{prompt}"
+    );
+    let image = content[1]["image_url"]["url"].as_str().unwrap();
+    assert!(
+        image.starts_with("data:image/png;base64,"),
+        "a rendered page"
+    );
+    f.shutdown().await;
+}

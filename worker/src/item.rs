@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
 use crate::parse::{self, ParseRequest};
+use crate::vision::{VisionClient, VisionError};
 
 /// What went wrong with an item, typed by what happens next.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ struct BatchContext {
     spec: JobSpec,
     parameters_hash: String,
     classifier: Option<Classifier>,
+    /// The vision endpoint, for MULTIMODAL classify batches.
+    vision: Option<VisionClient>,
 }
 
 /// Processes items; shared by every consumer task of a worker process.
@@ -95,6 +98,7 @@ pub struct Processor {
     /// The embedding model, loaded on the first classify batch (a parse-only worker never
     /// pays its ~90 MB), then shared; `Err` says why it is not available.
     model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
+    vision: Option<VisionClient>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -109,6 +113,13 @@ impl Processor {
     ) -> Self {
         let keys = Keys::new(settings.redis.key_prefix.clone());
         let cpu_slots = settings.cpu_slots;
+        let vision = match VisionClient::new(&settings.vision) {
+            Ok(v) => v,
+            Err(error) => {
+                tracing::error!(%error, "vision endpoint client could not be built; MULTIMODAL items will fail");
+                None
+            }
+        };
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
             scripts: Scripts::new(keys.clone()),
@@ -119,6 +130,7 @@ impl Processor {
             metrics,
             cpu: Arc::new(tokio::sync::Semaphore::new(cpu_slots)),
             model: Arc::default(),
+            vision,
         }
     }
 
@@ -350,6 +362,7 @@ impl Processor {
             raw_config,
             spec,
             classifier,
+            vision: self.vision.clone(),
         });
         if let Ok(mut cache) = self.batches.lock() {
             if cache.len() >= BATCH_CACHE {
@@ -434,6 +447,41 @@ impl Processor {
             seconds: began.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// MULTIMODAL: the first pages' images and text to the configured vision model. Runs on the
+/// engine's blocking thread, so it waits on the runtime for the HTTP call.
+fn classify_with_vision(
+    ctx: &BatchContext,
+    rules: &[docfleet_shared::model::ClassifyRule],
+    parsed: &parse::Parsed,
+    text: &str,
+    bytes: &[u8],
+) -> Result<crate::classify::Classification, Failure> {
+    let client = ctx.vision.as_ref().ok_or_else(|| {
+        Failure::Fail("MULTIMODAL batch, but this worker has no vision.url configured".into())
+    })?;
+    let mut images: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    match parsed.format {
+        "pdf" => {
+            for p in parsed.pages.iter().take(client.max_images) {
+                if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
+                    images.push(("image/png", png));
+                }
+            }
+        }
+        "png" => images.push(("image/png", bytes.to_vec())),
+        "jpeg" => images.push(("image/jpeg", bytes.to_vec())),
+        _ => {}
+    }
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| Failure::Retry(format!("no runtime for the vision call: {e}")))?;
+    runtime
+        .block_on(client.classify(rules, text, &images))
+        .map_err(|e| match e {
+            VisionError::Transient(_) => Failure::Retry(e.to_string()),
+            VisionError::Permanent(_) => Failure::Fail(e.to_string()),
+        })
 }
 
 /// Writes the engine's output (and any images beside it) under `key`; blocking.
@@ -639,6 +687,17 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
             let parsed =
                 parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
             let text = parsed.full_text("\n");
+            if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
+                let c = classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes)?;
+                let summary = serde_json::to_value(&c)
+                    .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
+                return Ok(EngineOutput {
+                    pages: parsed.pages.len(),
+                    stored: summary.clone(),
+                    summary: Some(summary),
+                    images: Vec::new(),
+                });
+            }
             let classifier = ctx
                 .classifier
                 .as_ref()

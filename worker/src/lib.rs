@@ -6,7 +6,8 @@
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
 //! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
-//! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses.
+//! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
+//!   [`vision`]: MULTIMODAL through an OpenAI-compatible vision model.
 
 pub mod classify;
 pub mod consumer;
@@ -16,6 +17,7 @@ pub mod item;
 pub mod ocr;
 pub mod office;
 pub mod parse;
+pub mod vision;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
