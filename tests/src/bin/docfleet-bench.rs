@@ -7,6 +7,10 @@
 //! prefix, with the release binaries next to this one as worker processes.
 
 use std::collections::HashMap;
+
+// The same allocator as the worker binary, so the parse figures are the worker's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
