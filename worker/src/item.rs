@@ -449,6 +449,47 @@ impl Processor {
     }
 }
 
+/// Images kept per document with `images_to_save: ["embedded"]`, and the largest kept.
+const EMBEDDED_LIMIT: usize = 200;
+const EMBEDDED_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `images_to_save: ["embedded"]`: the images inside the document, named `embedded-…`
+/// (`embedded-p<page>-<n>.png` for PDFs, the part name for Office files).
+fn embedded_images(
+    parsed: &parse::Parsed,
+    bytes: &[u8],
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let found = match parsed.format {
+        "pdf" => {
+            let first = parsed.pages.iter().map(|p| p.page_number).min();
+            let last = parsed.pages.iter().map(|p| p.page_number).max();
+            match first.zip(last) {
+                Some((f, l)) => crate::ocr::pdf_images(bytes, f, l, EMBEDDED_LIMIT)
+                    .map_err(|e| Failure::Fail(e.to_string()))?,
+                None => Vec::new(),
+            }
+        }
+        "docx" | "pptx" | "xlsx" => crate::office::media(bytes, EMBEDDED_LIMIT, EMBEDDED_MAX_BYTES),
+        _ => Vec::new(),
+    };
+    // Part names inside a document are arbitrary; store keys take a safe alphabet only.
+    let safe = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    Ok(found
+        .into_iter()
+        .map(|(name, data)| (format!("embedded-{}", safe(&name)), data))
+        .collect())
+}
+
 /// MULTIMODAL: the first pages' images and text to the configured vision model. Runs on the
 /// engine's blocking thread, so it waits on the runtime for the HTTP call.
 fn classify_with_vision(
@@ -658,16 +699,21 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 },
             });
             let mut images = Vec::new();
-            let wants_screens = params
-                .images_to_save
-                .as_ref()
-                .is_some_and(|k| k.contains(&docfleet_shared::model::ImageKind::Screenshot));
-            if wants_screens && parsed.format == "pdf" {
+            let wants = |kind| {
+                params
+                    .images_to_save
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&kind))
+            };
+            if wants(docfleet_shared::model::ImageKind::Screenshot) && parsed.format == "pdf" {
                 for p in &parsed.pages {
                     if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
                         images.push((format!("page-{}.png", p.page_number), png));
                     }
                 }
+            }
+            if wants(docfleet_shared::model::ImageKind::Embedded) {
+                images.extend(embedded_images(&parsed, bytes)?);
             }
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
@@ -723,6 +769,64 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-page PDF drawing one 2×2 grey image.
+    fn pdf_with_an_image() -> Vec<u8> {
+        let content = b"q 50 0 0 50 10 10 cm /Im1 Do Q";
+        let objects: Vec<Vec<u8>> = vec![
+            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] /Resources << /XObject << /Im1 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
+            [&b"<< /Type /XObject /Subtype /Image /Width 2 /Height 2 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 4 >>\nstream\n"[..], &[0, 255, 255, 0], b"\nendstream"].concat(),
+            [format!("<< /Length {} >>\nstream\n", content.len()).as_bytes(), content, b"\nendstream"].concat(),
+        ];
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            offsets.push(pdf.len());
+            pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+            pdf.extend_from_slice(o);
+            pdf.extend_from_slice(b"\nendobj\n");
+        }
+        let xref = pdf.len();
+        pdf.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for o in offsets {
+            pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+        }
+        pdf.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        pdf
+    }
+
+    #[test]
+    fn embedded_images_come_out_of_pdfs() {
+        let bytes = pdf_with_an_image();
+        let parsed = parse::parse(
+            &bytes,
+            "image.pdf",
+            &ParseRequest {
+                disable_ocr: true,
+                ..ParseRequest::default()
+            },
+        )
+        .expect("parsed");
+        let images = embedded_images(&parsed, &bytes).expect("extracted");
+        assert_eq!(
+            images.len(),
+            1,
+            "{:?}",
+            images.iter().map(|i| &i.0).collect::<Vec<_>>()
+        );
+        assert_eq!(images[0].0, "embedded-p001-000.png");
+        assert!(images[0].1.starts_with(b"\x89PNG"));
+    }
     use docfleet_shared::model::{FailPageMode, ParseParameters};
 
     fn doc() -> parse::Parsed {

@@ -170,6 +170,68 @@ pub fn render_pdf_page(
     result
 }
 
+/// The images embedded in pages `first..=last` of a PDF, as PNG (`pdfimages -png -p`), named
+/// `p<page, 3 digits>-<n>.png`; at most `limit`.
+pub fn pdf_images(
+    pdf: &[u8],
+    first: u32,
+    last: u32,
+    limit: usize,
+) -> Result<Vec<(String, Vec<u8>)>, ParseError> {
+    let dir = tempdir()?;
+    let input = dir.join("doc.pdf");
+    std::fs::write(&input, pdf).map_err(io)?;
+    let out = std::process::Command::new("pdfimages")
+        .args([
+            "-png",
+            "-p",
+            "-f",
+            &first.to_string(),
+            "-l",
+            &last.to_string(),
+        ])
+        .arg(&input)
+        .arg(dir.join("img"))
+        .stdin(Stdio::null())
+        .output();
+    let result = match out {
+        Ok(o) if o.status.success() => {
+            let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                .map_err(io)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "png"))
+                .collect();
+            names.sort();
+            names
+                .into_iter()
+                .take(limit)
+                .map(|p| {
+                    // img-<page>-<n>.png → p<page>-<n>.png
+                    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+                    let name = format!(
+                        "p{}.png",
+                        stem.as_deref().unwrap_or("").trim_start_matches("img-")
+                    );
+                    std::fs::read(&p).map(|b| (name, b)).map_err(io)
+                })
+                .collect()
+        }
+        Ok(o) => Err(ParseError::Corrupt {
+            format: "pdf",
+            reason: format!(
+                "embedded images could not be extracted: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        }),
+        Err(_) => Err(ParseError::Unsupported(
+            "extracting PDF images needs pdfimages (apt-get install poppler-utils)".into(),
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Renders page `number` (1-based) of a PDF at 300 dpi and OCRs it.
 pub fn pdf_page(pdf: &[u8], number: u32, lang: &str) -> Result<String, ParseError> {
     if !available() {

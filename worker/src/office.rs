@@ -22,6 +22,41 @@ fn open(bytes: &[u8], format: &'static str) -> Result<Zip, ParseError> {
     })
 }
 
+/// The images embedded in a DOCX, PPTX or XLSX (its `*/media/` parts), named by their part's
+/// file name; at most `limit`, each at most `max_bytes`.
+pub fn media(bytes: &[u8], limit: usize, max_bytes: u64) -> Vec<(String, Vec<u8>)> {
+    let Ok(mut z) = open(bytes, "zip") else {
+        return Vec::new();
+    };
+    let names: Vec<String> = z
+        .file_names()
+        .filter(|n| {
+            let mut parts = n.split('/');
+            matches!(parts.next(), Some("word" | "ppt" | "xl"))
+                && parts.next() == Some("media")
+                && parts.next().is_some_and(|f| !f.is_empty())
+                && parts.next().is_none()
+        })
+        .map(str::to_owned)
+        .collect();
+    let mut out = Vec::new();
+    for name in names {
+        if out.len() >= limit {
+            break;
+        }
+        let Ok(f) = z.by_name(&name) else { continue };
+        if f.size() > max_bytes {
+            continue;
+        }
+        let mut data = Vec::new();
+        if f.take(max_bytes).read_to_end(&mut data).is_ok() {
+            let file = name.rsplit('/').next().unwrap_or(&name).to_owned();
+            out.push((file, data));
+        }
+    }
+    out
+}
+
 fn entry(z: &mut Zip, name: &str) -> Option<String> {
     let mut f = z.by_name(name).ok()?;
     let mut s = String::new();
@@ -417,6 +452,32 @@ pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_parts_are_the_embedded_images() {
+        use std::io::Write;
+        let mut buf = Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            let opts = zip::write::SimpleFileOptions::default();
+            for (name, data) in [
+                ("word/document.xml", &b"<w:document/>"[..]),
+                ("word/media/image1.png", &b"\x89PNG one"[..]),
+                ("word/media/image2.jpeg", &b"\xFF\xD8\xFF two"[..]),
+                ("word/media/nested/x.png", &b"not a media part"[..]),
+            ] {
+                w.start_file(name, opts).expect("start");
+                w.write_all(data).expect("write");
+            }
+            w.finish().expect("finish");
+        }
+        let got = media(buf.get_ref(), 10, 1 << 20);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["image1.png", "image2.jpeg"]);
+        assert_eq!(got[0].1, b"\x89PNG one");
+        assert_eq!(media(buf.get_ref(), 1, 1 << 20).len(), 1, "limit");
+        assert!(media(b"not a zip", 10, 1 << 20).is_empty());
+    }
 
     #[test]
     fn legacy_binary_workbooks_never_reach_the_compound_file_reader() {
