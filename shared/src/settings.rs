@@ -202,6 +202,11 @@ pub struct WorkerSettings {
     pub classify_model_dir: Option<PathBuf>,
     /// The vision model endpoint classify MULTIMODAL calls.
     pub vision: VisionSettings,
+    /// Address-space bound of one parse, in MB: PDF, Office, HTML and image files are parsed
+    /// by a child process under this limit (`0`: in-process, unbounded).
+    pub parse_memory_mb: u64,
+    /// The binary that serves the parser child (`engine`); the running worker when unset.
+    pub engine_binary: Option<PathBuf>,
 }
 
 /// An OpenAI-compatible chat-completions endpoint with image input, for classify MULTIMODAL.
@@ -275,6 +280,8 @@ impl Default for WorkerSettings {
             health_listen: None,
             classify_model_dir: None,
             vision: VisionSettings::default(),
+            parse_memory_mb: 2048,
+            engine_binary: None,
         }
     }
 }
@@ -362,6 +369,9 @@ impl Validate for WorkerSettings {
         }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
+        }
+        if self.parse_memory_mb != 0 && self.parse_memory_mb < 64 {
+            return Err("parse_memory_mb must be 0 (unbounded) or at least 64".into());
         }
         if self.drain_secs == 0 {
             return Err("drain_secs must be at least 1".into());

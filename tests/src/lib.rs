@@ -125,6 +125,14 @@ impl Fleet {
             drain_secs: 10,
             // deploy/local/test fetches the classify model and says where.
             classify_model_dir: std::env::var_os("DOCFLEET_TEST_MODEL_DIR").map(Into::into),
+            // Parsing under the memory bound needs the worker binary (deploy/local/test builds
+            // it first); this test process cannot serve the parser child itself.
+            parse_memory_mb: if bin_dir().join("docfleet-worker").exists() {
+                1024
+            } else {
+                0
+            },
+            engine_binary: Some(bin_dir().join("docfleet-worker")),
             ..WorkerSettings::default()
         };
         let redis = docfleet_shared::services::connect_redis(&ds.redis.url)

@@ -223,3 +223,50 @@ async fn several_dispatchers_agree_and_expand_each_batch_once() {
     f.base_url = urls[0].clone();
     f.shutdown().await;
 }
+
+/// A file that makes the parser allocate without end fails alone, with a message naming the
+/// bound, and the worker goes on (the hog is the worker binary's test-only failpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parse_past_the_memory_bound_fails_only_its_item() {
+    let mut f = Fleet::start(0).await;
+    let mut ws = f.worker_settings.clone();
+    ws.parse_memory_mb = 256;
+    ws.engine_binary = Some(docfleet_tests::bin_dir().join("docfleet-worker"));
+    f.start_worker_with(ws).await;
+    let dir = f.create_dir(&f.api_key, "hog").await;
+    let hog = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "hog.pdf",
+            b"%PDF-1.4\nDOCFLEET-FAULT:MEMORY\n".to_vec(),
+        )
+        .await;
+    let fine = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "invoice-1042.pdf",
+            docfleet_tests::sample("invoice-1042.pdf"),
+        )
+        .await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": [hog, fine] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    assert_eq!(status["job"]["failed_items"], 1, "{status}");
+    let items = f.items(&id).await;
+    let by_name = |n: &str| items.iter().find(|i| i["item_name"] == n).unwrap().clone();
+    let failed = by_name("hog.pdf");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error_message"].as_str().unwrap_or_default();
+    assert!(error.contains("memory bound of 256 MB"), "{failed}");
+    assert_eq!(by_name("invoice-1042.pdf")["status"], "completed");
+    f.shutdown().await;
+}

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
+use crate::isolation::Isolation;
 use crate::parse::{self, ParseRequest};
 use crate::vision::{VisionClient, VisionError};
 
@@ -82,6 +83,23 @@ struct BatchContext {
     classifier: Option<Classifier>,
     /// The vision endpoint, for MULTIMODAL classify batches.
     vision: Option<VisionClient>,
+    /// The parse memory bound; in-process when `None`.
+    isolation: Option<Isolation>,
+}
+
+impl BatchContext {
+    fn parse(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        req: &ParseRequest,
+    ) -> Result<parse::Parsed, Failure> {
+        match &self.isolation {
+            Some(i) => i.parse(bytes, name, req),
+            None => parse::parse(bytes, name, req),
+        }
+        .map_err(|e| Failure::Fail(e.to_string()))
+    }
 }
 
 /// Processes items; shared by every consumer task of a worker process.
@@ -99,6 +117,7 @@ pub struct Processor {
     /// pays its ~90 MB), then shared; `Err` says why it is not available.
     model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
     vision: Option<VisionClient>,
+    isolation: Option<Isolation>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -120,6 +139,15 @@ impl Processor {
                 None
             }
         };
+        let isolation = (settings.parse_memory_mb > 0).then(|| Isolation {
+            binary: settings
+                .engine_binary
+                .clone()
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| "docfleet-worker".into()),
+            memory_mb: settings.parse_memory_mb,
+            cpu_secs: settings.item_deadline_secs + 5,
+        });
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
             scripts: Scripts::new(keys.clone()),
@@ -131,6 +159,7 @@ impl Processor {
             cpu: Arc::new(tokio::sync::Semaphore::new(cpu_slots)),
             model: Arc::default(),
             vision,
+            isolation,
         }
     }
 
@@ -363,6 +392,7 @@ impl Processor {
             spec,
             classifier,
             vision: self.vision.clone(),
+            isolation: self.isolation.clone(),
         });
         if let Ok(mut cache) = self.batches.lock() {
             if cache.len() >= BATCH_CACHE {
@@ -647,8 +677,7 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 disable_ocr: params.disable_ocr.unwrap_or(false),
                 languages,
             };
-            let mut parsed =
-                parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            let mut parsed = ctx.parse(bytes, name, &req)?;
             apply_failed_pages(&mut parsed, &params)?;
             parsed.hide(
                 params.hide_headers.unwrap_or(false),
@@ -730,8 +759,7 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
                 disable_ocr: false,
                 languages: pc.lang.clone().into_iter().collect(),
             };
-            let parsed =
-                parse::parse(bytes, name, &req).map_err(|e| Failure::Fail(e.to_string()))?;
+            let parsed = ctx.parse(bytes, name, &req)?;
             let text = parsed.full_text("\n");
             if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
                 let c = classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes)?;

@@ -5,6 +5,7 @@
 //! - [`consumer`]: the AMQP loop: prefetch, concurrency, acks, reconnection, drain.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
+//! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`.
 //! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
 //! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
 //!   [`vision`]: MULTIMODAL through an OpenAI-compatible vision model.
@@ -13,6 +14,7 @@ pub mod classify;
 pub mod consumer;
 pub mod embedding;
 pub mod health;
+pub mod isolation;
 pub mod item;
 pub mod ocr;
 pub mod office;

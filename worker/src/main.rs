@@ -31,11 +31,40 @@ enum Command {
         /// e.g. http://127.0.0.1:9091/readyz
         url: String,
     },
+    /// Internal: parse one file from stdin under resource limits (the worker runs this).
+    #[command(hide = true)]
+    Engine {
+        #[arg(long)]
+        memory_mb: u64,
+        #[arg(long)]
+        cpu_secs: u64,
+    },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The parser child runs before any runtime exists: its resource limits must not meet the
+    // runtime's threads.
+    if let Some(Command::Engine {
+        memory_mb,
+        cpu_secs,
+    }) = &cli.command
+    {
+        return docfleet_worker::isolation::serve_child(*memory_mb, *cpu_secs);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(serve(cli)),
+        Err(e) => {
+            eprintln!("docfleet-worker: could not start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> ExitCode {
     if let Some(Command::Probe { url }) = &cli.command {
         return if docfleet_shared::probe::http_ok(url) {
             ExitCode::SUCCESS

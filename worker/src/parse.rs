@@ -5,7 +5,7 @@
 //! directly, decoding non-UTF-8 input with `encoding_rs`. Everything else fails with a
 //! message naming the detected type; nothing is guessed.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Why a document could not be parsed. Every variant is permanent for that file.
@@ -25,10 +25,13 @@ pub enum ParseError {
     /// The selected pages do not exist.
     #[error("none of the selected pages exist (document has {0} pages)")]
     NoPages(usize),
+    /// The bounded parser process failed; the message says how.
+    #[error("{0}")]
+    Isolated(String),
 }
 
 /// What to extract.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ParseRequest {
     /// 0-based pages to keep; all when `None`.
     pub target_pages: Option<Vec<u32>>,
@@ -41,7 +44,7 @@ pub struct ParseRequest {
 }
 
 /// One page of output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Page {
     /// 1-based.
     pub page_number: u32,
@@ -62,18 +65,36 @@ pub struct Page {
 }
 
 /// A parsed document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Parsed {
     /// Selected pages in order.
     pub pages: Vec<Page>,
     /// Detected format.
-    pub format: &'static str,
+    #[serde(deserialize_with = "known_format")]
+    pub format: StaticStr,
     /// Pages in the whole document.
     pub page_count: usize,
     /// Document title, when the file says.
     pub title: Option<String>,
     /// 1-based numbers of the pages whose text came from OCR.
     pub ocr_pages: Vec<u32>,
+}
+
+/// Spelled as an alias so serde does not treat the field as borrowed from the input.
+type StaticStr = &'static str;
+
+/// Formats a parse can report, so one read back from the parser process is `'static` again.
+const FORMATS: &[&str] = &[
+    "pdf", "docx", "pptx", "xlsx", "html", "text", "markdown", "csv", "png", "jpeg", "tiff",
+];
+
+fn known_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let s = String::deserialize(d)?;
+    FORMATS
+        .iter()
+        .find(|f| **f == s)
+        .copied()
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown format {s:?}")))
 }
 
 impl Parsed {

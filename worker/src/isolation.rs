@@ -1,0 +1,179 @@
+//! A memory bound per parse. Threads share one address space, so the only way to stop a file
+//! that makes a parser allocate without end, without losing the whole worker, is a process:
+//! document formats with complex readers (PDF, Office, HTML, images) are parsed by a child,
+//! `docfleet-worker engine`, under `RLIMIT_DATA` (and `RLIMIT_CPU` as a backstop for the item
+//! deadline). `RLIMIT_DATA` rather than `RLIMIT_AS`: the allocator reserves large address
+//! ranges it never touches, which `RLIMIT_AS` would count. Past the bound an allocation fails, the child aborts, and only that item fails,
+//! with a message that says why. Plain text, Markdown and CSV stay in-process: their readers
+//! are linear and a child would cost more than the parse.
+//!
+//! Protocol: the parent writes one JSON line (`name`, `request`) and then the file's bytes to
+//! the child's stdin; the child answers one JSON object on stdout, `{"ok": Parsed}` or
+//! `{"error": message}`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::parse::{self, ParseError, ParseRequest, Parsed};
+
+/// How parses are bounded; one per worker process.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    /// The worker binary (it serves `engine`).
+    pub binary: PathBuf,
+    /// Address-space bound of one parse.
+    pub memory_mb: u64,
+    /// CPU-time bound of one parse.
+    pub cpu_secs: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    name: String,
+    request: ParseRequest,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Answer {
+    Ok(Parsed),
+    Error(String),
+}
+
+/// Formats read in-process: linear readers, no bound needed.
+fn in_process(format: &str) -> bool {
+    matches!(format, "text" | "markdown" | "csv")
+}
+
+impl Isolation {
+    /// Parses `bytes`, in a bounded child unless the format is plain text.
+    pub fn parse(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        req: &ParseRequest,
+    ) -> Result<Parsed, ParseError> {
+        if in_process(parse::detect(bytes, name)) {
+            return parse::parse(bytes, name, req);
+        }
+        let failed = |why: String| ParseError::Isolated(why);
+        let mut child = Command::new(&self.binary)
+            .arg("engine")
+            .arg("--memory-mb")
+            .arg(self.memory_mb.to_string())
+            .arg("--cpu-secs")
+            .arg(self.cpu_secs.to_string())
+            // mimalloc reserves a 1 GiB arena up front, which RLIMIT_DATA counts: reserve less.
+            .env("MIMALLOC_ARENA_RESERVE", "16MiB")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                failed(format!(
+                    "could not start the parser process {}: {e}",
+                    self.binary.display()
+                ))
+            })?;
+        let header = serde_json::to_vec(&Header {
+            name: name.to_owned(),
+            request: req.clone(),
+        })
+        .map_err(|e| failed(e.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A child that dies while reading closes the pipe; its exit status says why.
+            let _ = stdin
+                .write_all(&header)
+                .and_then(|()| stdin.write_all(b"\n"))
+                .and_then(|()| stdin.write_all(bytes));
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| failed(format!("parser process: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(failed(if stderr.contains("memory allocation") {
+                format!(
+                    "the parser exceeded the memory bound of {} MB on this file",
+                    self.memory_mb
+                )
+            } else if out.status.to_string().contains("SIGXCPU") || stderr.contains("CPU time") {
+                format!(
+                    "the parser exceeded the CPU bound of {} s on this file",
+                    self.cpu_secs
+                )
+            } else {
+                let tail: String = stderr
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect();
+                format!("the parser process died ({}): {tail}", out.status)
+            }));
+        }
+        match serde_json::from_slice::<Answer>(&out.stdout) {
+            Ok(Answer::Ok(parsed)) => Ok(parsed),
+            Ok(Answer::Error(message)) => Err(failed(message)),
+            Err(e) => Err(failed(format!(
+                "unreadable answer from the parser process: {e}"
+            ))),
+        }
+    }
+}
+
+/// The child's side: `docfleet-worker engine`. Bounds itself, reads the request and the file
+/// from stdin, parses, answers on stdout.
+pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
+    let bytes = memory_mb.saturating_mul(1024 * 1024);
+    if let Err(e) = rlimit::setrlimit(rlimit::Resource::DATA, bytes, bytes)
+        .and_then(|()| rlimit::setrlimit(rlimit::Resource::CPU, cpu_secs, cpu_secs + 1))
+    {
+        eprintln!("engine: could not set resource limits: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("engine: reading stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let split = input
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(input.len());
+    let Ok(header) = serde_json::from_slice::<Header>(&input[..split]) else {
+        eprintln!("engine: no request header on stdin");
+        return ExitCode::FAILURE;
+    };
+    let file = input.get(split + 1..).unwrap_or_default();
+    #[cfg(feature = "fault-injection")]
+    {
+        // Test-only: a file whose head carries this marker allocates without end.
+        let head = &file[..file.len().min(64)];
+        if head.windows(21).any(|w| w == b"DOCFLEET-FAULT:MEMORY") {
+            let mut hog: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hog.push(vec![1u8; 64 << 20]);
+            }
+        }
+    }
+    let answer = match parse::parse(file, &header.name, &header.request) {
+        Ok(parsed) => Answer::Ok(parsed),
+        Err(e) => Answer::Error(e.to_string()),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut stdout, &answer)
+        .map_err(std::io::Error::from)
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("engine: writing the answer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
