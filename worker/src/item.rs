@@ -170,7 +170,7 @@ impl Processor {
     ) -> Result<Arc<Embedder>, String> {
         slot.get_or_init(|| {
             let Some(dir) = dir else {
-                return Err("worker.classify_model_dir is not set".into());
+                return Err("classify_model_dir (DOCFLEET__CLASSIFY_MODEL_DIR) is not set".into());
             };
             let started = std::time::Instant::now();
             match Embedder::load(dir) {
