@@ -155,6 +155,15 @@ const CATCH_ALL_LEXICAL: f64 = 0.12;
 const TEMPERATURE_SEMANTIC: f64 = 0.08;
 const TEMPERATURE_LEXICAL: f64 = 0.05;
 
+/// The score a catch-all rule stands at, and a specific rule must beat.
+fn catch_all_level(semantic: bool) -> f64 {
+    if semantic {
+        CATCH_ALL_SEMANTIC
+    } else {
+        CATCH_ALL_LEXICAL
+    }
+}
+
 /// The most a catch-all answer may claim.
 const CATCH_ALL_CONFIDENCE: f64 = 0.6;
 
@@ -253,8 +262,7 @@ impl RuleEvidence {
     /// The combined score rules are ranked by.
     pub fn score(&self) -> f64 {
         match (self.catch_all, self.similarity) {
-            (true, Some(_)) => CATCH_ALL_SEMANTIC,
-            (true, None) => CATCH_ALL_LEXICAL,
+            (true, similarity) => catch_all_level(similarity.is_some()),
             (false, Some((opening, outline))) => {
                 (opening + outline) / 2.0 + LEXICAL_WEIGHT * self.lexical
             }
@@ -458,11 +466,7 @@ impl Classifier {
             .map(|s| ((s.score - top) / temperature).exp())
             .sum();
         let mut confidence = 1.0 / mass;
-        let threshold = if semantic {
-            CATCH_ALL_SEMANTIC
-        } else {
-            CATCH_ALL_LEXICAL
-        };
+        let threshold = catch_all_level(semantic);
         let best = &scored[0];
         let weak = !self.catch_all[best.index] && best.score < threshold;
         if weak {
@@ -503,11 +507,7 @@ impl Classifier {
                 format!(
                     "'{}' is the catch-all rule: it wins when no other rule scores {:.2}",
                     self.kinds[s.index],
-                    if semantic {
-                        CATCH_ALL_SEMANTIC
-                    } else {
-                        CATCH_ALL_LEXICAL
-                    }
+                    catch_all_level(semantic)
                 )
             } else {
                 let mut d = format!("'{}' scored {:.2}: ", self.kinds[s.index], s.score);

@@ -761,27 +761,20 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
             };
             let parsed = ctx.parse(bytes, name, &req)?;
             let text = parsed.full_text("\n");
-            if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
-                let c = classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes)?;
-                let summary = serde_json::to_value(&c)
-                    .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
-                return Ok(EngineOutput {
-                    pages: parsed.pages.len(),
-                    stored: summary.clone(),
-                    summary: Some(summary),
-                    images: Vec::new(),
-                });
-            }
-            let classifier = ctx
-                .classifier
-                .as_ref()
-                .ok_or_else(|| Failure::Fail("classifier missing".into()))?;
-            let c = classifier.classify(&Document {
-                text: &text,
-                format: parsed.format,
-                page_count: parsed.page_count,
-                title: parsed.title.as_deref(),
-            });
+            let c = if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
+                classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes)?
+            } else {
+                let classifier = ctx
+                    .classifier
+                    .as_ref()
+                    .ok_or_else(|| Failure::Fail("classifier missing".into()))?;
+                classifier.classify(&Document {
+                    text: &text,
+                    format: parsed.format,
+                    page_count: parsed.page_count,
+                    title: parsed.title.as_deref(),
+                })
+            };
             let summary = serde_json::to_value(&c)
                 .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
             Ok(EngineOutput {
