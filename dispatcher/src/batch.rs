@@ -301,31 +301,38 @@ pub async fn create(
         )
         .zadd(st.keys.project_batches(&project), &batch_id, now_millis())
         .zadd(st.keys.expansion(), &batch_id, now_millis());
-    if !webhooks.is_empty() {
+    let wanted = crate::webhook::subscription::wanted_events(&webhooks);
+    if let Some(wanted) = &wanted {
         pipe.hset(
             st.keys.batch(&batch_id),
             "webhooks",
             serde_json::to_string(&webhooks)?,
-        );
+        )
+        .hset(st.keys.batch(&batch_id), "hooks", wanted);
     }
     // The first event of the outbox, in the same transaction as the batch itself.
     let at = now_rfc3339();
-    pipe.hset(st.keys.batch(&batch_id), "seq", 1)
-        .cmd("XADD")
-        .arg(st.keys.events())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(1_000_000)
-        .arg("*")
-        .arg(&[
-            ("type", "batch.pending"),
-            ("batch_id", batch_id.as_str()),
-            ("item_id", ""),
-            ("status", "pending"),
-            ("seq", "1"),
-            ("at", at.as_str()),
-        ])
-        .ignore();
+    pipe.hset(st.keys.batch(&batch_id), "seq", 1);
+    if wanted
+        .as_deref()
+        .is_some_and(|w| w == "*" || w.contains(" batch.pending "))
+    {
+        pipe.cmd("XADD")
+            .arg(st.keys.events())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(1_000_000)
+            .arg("*")
+            .arg(&[
+                ("type", "batch.pending"),
+                ("batch_id", batch_id.as_str()),
+                ("item_id", ""),
+                ("status", "pending"),
+                ("seq", "1"),
+                ("at", at.as_str()),
+            ])
+            .ignore();
+    }
     let _: () = pipe.query_async(&mut con).await?;
     st.expansion_wake.notify_one();
     tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");

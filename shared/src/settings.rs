@@ -62,8 +62,9 @@ impl Default for RedisSettings {
 pub struct StoreSettings {
     /// Root folder of the local file store.
     pub root: PathBuf,
-    /// fsync every stored object before it becomes visible (uploads and results). Off, a write
-    /// still survives a process crash (atomic rename) but not a power loss.
+    /// Make stored objects durable: uploads are fsynced before they become visible, results
+    /// before their outcome is recorded (one `syncfs` shared by concurrent writers). Off, a
+    /// write still survives a process crash (atomic rename) but not a power loss.
     pub fsync: bool,
 }
 

@@ -77,6 +77,8 @@ pub struct Fleet {
     dispatcher: Option<Service>,
     workers: Vec<Service>,
     cleaned: bool,
+    /// The endpoint [`Fleet::watched`] subscribes.
+    pub sink: receiver::Receiver,
 }
 
 impl Fleet {
@@ -149,6 +151,7 @@ impl Fleet {
             dispatcher: None,
             workers: Vec::new(),
             cleaned: false,
+            sink: receiver::Receiver::start().await,
         };
         fleet.start_dispatcher().await;
         fleet.api_key = fleet.new_key("proj-a").await;
@@ -420,6 +423,13 @@ impl Fleet {
                 return out;
             }
         }
+    }
+
+    /// `body` with a subscription of every event to [`Fleet::sink`]: the outbox records events
+    /// only for batches whose endpoints want them, and tests read the outbox.
+    pub fn watched(&self, mut body: Value) -> Value {
+        body["webhook_configurations"] = serde_json::json!([{ "webhook_url": self.sink.url() }]);
+        body
     }
 
     /// Every outbox event of this fleet, in stream order, as (batch_id, type, item_id).

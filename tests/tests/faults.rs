@@ -217,7 +217,8 @@ fn row(
 }
 
 async fn create(f: &Fleet, body: Value) -> String {
-    let (s, b) = f.post(BATCH, &body).await;
+    // Subscribed, so the outbox records every event and the check can count them.
+    let (s, b) = f.post(BATCH, &f.watched(body)).await;
     assert_eq!(s, 200, "{b}");
     b["id"].as_str().unwrap().to_owned()
 }

@@ -32,7 +32,9 @@ async fn a_dispatcher_killed_mid_expansion_is_resumed_by_another() {
     let (s, b) = f
         .post(
             BATCH,
-            &json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1 }),
+            &f.watched(
+                json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1 }),
+            ),
         )
         .await;
     assert_eq!(s, 200, "{b}");
@@ -187,7 +189,7 @@ async fn several_dispatchers_agree_and_expand_each_batch_once() {
         let (s, b) = f
             .post(
                 "/api/v1/beta/batch-processing",
-                &serde_json::json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 7 + i }),
+                &f.watched(serde_json::json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 7 + i })),
             )
             .await;
         assert_eq!(s, 200, "{b}");

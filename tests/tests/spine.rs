@@ -92,7 +92,9 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     let (s, b) = f
         .post(
             BATCH,
-            &json!({ "job_config": parse_config(), "directory_id": dir, "page_size": 2 }),
+            &f.watched(
+                json!({ "job_config": parse_config(), "directory_id": dir, "page_size": 2 }),
+            ),
         )
         .await;
     assert_eq!(s, 200, "{b}");
@@ -233,7 +235,7 @@ async fn a_message_delivered_twice_counts_once() {
     let (_, b) = f
         .post(
             BATCH,
-            &json!({ "job_config": parse_config(), "item_ids": ids }),
+            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
         )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
@@ -286,7 +288,7 @@ async fn twenty_workers_finishing_together_make_one_terminal_transition() {
     let (_, b) = f
         .post(
             BATCH,
-            &json!({ "job_config": parse_config(), "item_ids": ids }),
+            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
         )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
@@ -330,7 +332,7 @@ async fn cancel_mid_batch_stops_new_work() {
     let (_, b) = f
         .post(
             BATCH,
-            &json!({ "job_config": parse_config(), "directory_id": dir }),
+            &f.watched(json!({ "job_config": parse_config(), "directory_id": dir })),
         )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
@@ -406,7 +408,11 @@ async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     let mut f = Fleet::start(0).await;
     let dir = f.create_dir(&f.api_key, "prio").await;
     let ids = f.upload_texts(&dir, "p", 60).await;
-    let create = |prio: &str, items: &[String]| json!({ "job_config": { "parameters": { "priority": prio } }, "item_ids": items });
+    let create = |prio: &str, items: &[String]| {
+        f.watched(
+            json!({ "job_config": { "parameters": { "priority": prio } }, "item_ids": items }),
+        )
+    };
     let (_, low) = f.post(BATCH, &create("low", &ids[..50])).await;
     let low = low["id"].as_str().unwrap().to_owned();
     f.wait_status(&low, "dispatched").await;

@@ -408,3 +408,37 @@ async fn two_dispatcher_replicas_deliver_each_event_once() {
     other.kill().await;
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_outbox_holds_only_events_some_endpoint_wants() {
+    let f = Fleet::start(2).await;
+    let r = Receiver::start().await;
+    let ids = files(&f, 3).await;
+    let quiet = create(&f, &ids, json!([])).await;
+    let picky = create(
+        &f,
+        &ids,
+        json!([{ "webhook_url": r.url(), "webhook_events": ["parse.success", "batch.success"] }]),
+    )
+    .await;
+    for id in [&quiet, &picky] {
+        let done = f.wait_terminal(id, Duration::from_secs(30)).await;
+        assert_eq!(done["job"]["status"], "completed", "{done}");
+    }
+    // Nobody listens to the first batch: nothing is written for it.
+    assert_eq!(f.events(&quiet).await, Vec::<(String, String)>::new());
+    let mut kinds: Vec<String> = f.events(&picky).await.into_iter().map(|(t, _)| t).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "batch.success",
+            "parse.success",
+            "parse.success",
+            "parse.success"
+        ]
+    );
+    r.wait_for(Duration::from_secs(10), |got| got.len() == 4)
+        .await;
+    f.shutdown().await;
+}

@@ -109,7 +109,9 @@ pub struct Processor {
     keys: Keys,
     scripts: Scripts,
     store: FileStore,
-    batches: Mutex<HashMap<String, Arc<BatchContext>>>,
+    /// Per batch, set once by the first item that needs it: the items that arrive together at
+    /// the start of a batch wait for one load (one classifier, one embedding of the rules).
+    batches: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<BatchContext>>>>>,
     metrics: Arc<docfleet_shared::metrics::Metrics>,
     /// Bounds the CPU-bound engine stage to `cpu_slots` items at once.
     cpu: Arc<tokio::sync::Semaphore>,
@@ -328,7 +330,11 @@ impl Processor {
                     .batches
                     .lock()
                     .ok()
-                    .and_then(|c| c.get(&msg.batch_id).map(|b| b.spec.job_type().as_str()))
+                    .and_then(|c| {
+                        c.get(&msg.batch_id)
+                            .and_then(|cell| cell.get())
+                            .map(|b| b.spec.job_type().as_str())
+                    })
                     .unwrap_or("unknown");
                 let label = match (&recorded, outcome) {
                     (docfleet_shared::scripts::Recorded::Duplicate, _) => "duplicate",
@@ -352,11 +358,21 @@ impl Processor {
     }
 
     async fn context(&self, batch_id: &str) -> Result<Arc<BatchContext>, Failure> {
-        if let Ok(cache) = self.batches.lock() {
-            if let Some(c) = cache.get(batch_id) {
-                return Ok(c.clone());
+        let cell = {
+            // A poisoned lock only means a panic elsewhere mid-insert; the map is still whole.
+            let mut cache = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= BATCH_CACHE && !cache.contains_key(batch_id) {
+                cache.clear();
             }
-        }
+            cache.entry(batch_id.to_owned()).or_default().clone()
+        };
+        // A failed load leaves the cell empty, so the next item tries again.
+        cell.get_or_try_init(|| self.load_context(batch_id))
+            .await
+            .cloned()
+    }
+
+    async fn load_context(&self, batch_id: &str) -> Result<Arc<BatchContext>, Failure> {
         let mut con = self.redis.clone();
         let (project, raw): (Option<String>, Option<String>) = redis::pipe()
             .hget(self.keys.batch(batch_id), "project_id")
@@ -394,12 +410,6 @@ impl Processor {
             vision: self.vision.clone(),
             isolation: self.isolation.clone(),
         });
-        if let Ok(mut cache) = self.batches.lock() {
-            if cache.len() >= BATCH_CACHE {
-                cache.clear();
-            }
-            cache.insert(batch_id.to_owned(), ctx.clone());
-        }
         Ok(ctx)
     }
 
@@ -421,7 +431,7 @@ impl Processor {
         let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
         let name = file["display_name"].as_str().unwrap_or_default().to_owned();
         let deadline = Duration::from_secs(self.settings.item_deadline_secs);
-        let Ok(_cpu) = self.cpu.clone().acquire_owned().await else {
+        let Ok(cpu) = self.cpu.clone().acquire_owned().await else {
             return Err(Failure::Retry("worker shutting down".into()));
         };
         let output_key = docfleet_shared::store::sharded_key(
@@ -445,7 +455,12 @@ impl Processor {
                     .unwrap_or_else(|| "unknown panic".into());
                 Failure::Fail(format!("parser crashed: {what}"))
             })??;
-            store_output(&store, &key, output)
+            let output = store_output(&store, &key, output)?;
+            // Waiting for the shared sync uses no CPU: let the next item's engine start, and
+            // let more items join this sync round.
+            drop(cpu);
+            store.sync_blocking()?;
+            Ok::<_, Failure>(output)
         });
         let output = match tokio::time::timeout(deadline, work).await {
             Err(_) => {
@@ -555,7 +570,8 @@ fn classify_with_vision(
         })
 }
 
-/// Writes the engine's output (and any images beside it) under `key`; blocking.
+/// Writes the engine's output (and any images beside it) under `key`; blocking. Durable only
+/// after the store's `sync_blocking`, which the caller awaits before recording the outcome.
 fn store_output(
     store: &FileStore,
     key: &str,
@@ -566,14 +582,14 @@ fn store_output(
         let mut names = Vec::new();
         for (name, png) in &output.images {
             let image_key = format!("{}.{name}", key.trim_end_matches(".json"));
-            store.put_blocking(&image_key, png)?;
+            store.write_blocking(&image_key, png)?;
             names.push(json!({ "name": name, "key": image_key, "uri": store.uri(&image_key) }));
         }
         output.stored["metadata"]["images"] = json!(names);
     }
     let body = serde_json::to_vec(&output.stored)
         .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
-    store.put_blocking(key, &body)?;
+    store.write_blocking(key, &body)?;
     Ok(output)
 }
 

@@ -76,6 +76,25 @@ impl Endpoint {
     }
 }
 
+/// The event types a batch's endpoints want, in the form the Lua `emit` matches: `*` when any
+/// endpoint takes every event, else the types between spaces; `None` without endpoints, in
+/// which case no event is written at all (the outbox exists only to feed webhooks).
+pub fn wanted_events(endpoints: &[Endpoint]) -> Option<String> {
+    if endpoints.is_empty() {
+        return None;
+    }
+    if endpoints.iter().any(|e| e.events.is_none()) {
+        return Some("*".into());
+    }
+    let mut types: Vec<&str> = endpoints
+        .iter()
+        .flat_map(|e| e.events.iter().flatten().map(String::as_str))
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    Some(format!(" {} ", types.join(" ")))
+}
+
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     #[serde(default)]

@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R]`
 //! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `python` (Celery, Dramatiq),
-//! `status`, `webhooks`, `parse`, `scale`;
+//! `status`, `webhooks`, `parse`, `scale`, `million` (status and memory through one batch of
+//! `--million` files, 1,000,000 unless told);
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes.
 
@@ -25,6 +26,8 @@ struct Args {
     scenarios: Vec<String>,
     items: usize,
     runs: usize,
+    /// Files in the `million` scenario's batch.
+    million: usize,
 }
 
 fn args() -> Args {
@@ -32,19 +35,23 @@ fn args() -> Args {
         scenarios: Vec::new(),
         items: 100_000,
         runs: 3,
+        million: 1_000_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
             "--items" => a.items = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.items),
             "--runs" => a.runs = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.runs),
+            "--million" => a.million = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.million),
             s => a.scenarios.push(s.to_owned()),
         }
     }
     if a.scenarios.is_empty() {
-        a.scenarios = ["ceiling", "fleet", "status", "webhooks", "parse"]
-            .map(String::from)
-            .to_vec();
+        a.scenarios = [
+            "ceiling", "fleet", "python", "status", "webhooks", "parse", "million",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     a
 }
@@ -78,7 +85,8 @@ impl Report {
     }
 }
 
-async fn upload_many(f: &Fleet, n: usize) -> Vec<String> {
+/// Uploads `n` tiny text files into a new directory: (directory id, file ids).
+async fn upload_many(f: &Fleet, n: usize) -> (String, Vec<String>) {
     let dir = f.create_dir(&f.api_key, "bench").await;
     let done = AtomicUsize::new(0);
     let ids: Vec<String> = futures_util::stream::iter(0..n)
@@ -103,7 +111,7 @@ async fn upload_many(f: &Fleet, n: usize) -> Vec<String> {
         .buffered(32)
         .collect()
         .await;
-    ids
+    (dir, ids)
 }
 
 async fn wait_done(f: &Fleet, id: &str) -> Value {
@@ -125,15 +133,18 @@ async fn fleet(rep: &mut Report, a: &Args) {
         a.items, a.runs
     );
     let f = Fleet::start(0).await;
-    let ids = upload_many(&f, a.items).await;
+    let (dir, ids) = upload_many(&f, a.items).await;
     let mut workers = vec![
         f.spawn_worker_process(&[]).await,
         f.spawn_worker_process(&[]).await,
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut rates, mut creates, mut expansions) = (Vec::new(), Vec::new(), Vec::new());
+    let mut split: HashMap<String, Vec<f64>> = HashMap::new();
+    let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     for run in 0..a.runs {
         let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
+        let cpu = CpuSplit::start("dispatcher", &worker_pids);
         let t0 = Instant::now();
         let (s, b) = f.post(BATCH, &body).await;
         let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -153,6 +164,9 @@ async fn fleet(rep: &mut Report, a: &Args) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = t0.elapsed().as_secs_f64();
+        for (who, us) in cpu.per_item(a.items) {
+            split.entry(who).or_default().push(us);
+        }
         let rate = a.items as f64 / secs;
         let exp = expanded_at.unwrap_or(secs);
         eprintln!(
@@ -180,6 +194,45 @@ async fn fleet(rep: &mut Report, a: &Args) {
         "msgs/s",
         json!({ "runs": expansions }),
     );
+    // The same files as a directory: expansion pages through the directory's index instead
+    // of the batch's input list.
+    let t0 = Instant::now();
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1000 }),
+        )
+        .await;
+    let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expanded = t0.elapsed().as_secs_f64();
+    wait_done(&f, &id).await;
+    rep.add(
+        "create_call_ms_directory",
+        create_ms,
+        "ms",
+        json!({ "items": a.items }),
+    );
+    rep.add(
+        "expansion_msgs_per_s_directory",
+        a.items as f64 / expanded,
+        "msgs/s",
+        json!({ "seconds": expanded }),
+    );
+    let mut split: Vec<(String, Vec<f64>)> = split.into_iter().collect();
+    split.sort_by(|a, b| a.0.cmp(&b.0));
+    for (who, runs) in split {
+        rep.add(
+            &format!("fleet_cpu_us_per_item_{who}"),
+            median(runs.clone()),
+            "µs CPU/item",
+            json!({ "runs": runs }),
+        );
+    }
     for w in &mut workers {
         w.terminate().await;
     }
@@ -205,11 +258,47 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The first process whose command name is `comm`, from /proc.
+fn pid_of(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (name.trim() == comm).then_some(pid)
+    })
+}
+
+/// CPU used by each process of the fleet over a run: where an item's cost goes.
+struct CpuSplit(Vec<(String, u32, f64)>);
+
+impl CpuSplit {
+    /// `me` names this process: the in-process dispatcher, or the ceiling's client.
+    fn start(me: &str, workers: &[u32]) -> CpuSplit {
+        let mut pids = vec![(me.to_owned(), std::process::id())];
+        pids.extend(workers.iter().map(|p| ("workers".to_owned(), *p)));
+        pids.extend(pid_of("redis-server").map(|p| ("redis".to_owned(), p)));
+        pids.extend(pid_of("beam.smp").map(|p| ("rabbitmq".to_owned(), p)));
+        CpuSplit(pids.into_iter().map(|(n, p)| (n, p, cpu_secs(p))).collect())
+    }
+
+    /// µs of CPU per item by process kind since `start`.
+    fn per_item(&self, items: usize) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for (name, pid, before) in &self.0 {
+            let us = (cpu_secs(*pid) - before) * 1e6 / items as f64;
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => *v += us,
+                None => out.push((name.clone(), us)),
+            }
+        }
+        out
+    }
+}
+
 async fn scale(rep: &mut Report, a: &Args) {
     let n = a.items.min(20_000);
     eprintln!("scale: {n} tiny files with 1, 2 and 4 worker processes");
     let f = Fleet::start(0).await;
-    let ids = upload_many(&f, n).await;
+    let (_, ids) = upload_many(&f, n).await;
     for workers in [1usize, 2, 4] {
         let mut w = Vec::new();
         for _ in 0..workers {
@@ -251,6 +340,145 @@ async fn scale(rep: &mut Report, a: &Args) {
             p.terminate().await;
         }
     }
+    f.shutdown().await;
+}
+
+/// Resident and peak resident memory of a process, in MB, from /proc.
+fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A batch of `--million` files from one directory (a million by default) through
+/// a dispatcher process and 2 worker processes: status latency for it and for a 1,000-item
+/// batch while it runs, and the memory of every process along the way.
+async fn million(rep: &mut Report, a: &Args) {
+    let n = a.million;
+    eprintln!("million: a {n}-file directory batch; status latency and memory while it runs");
+    let mut f = Fleet::start(0).await;
+    let (dir, _) = upload_many(&f, n).await;
+    let (_, small_ids) = upload_many(&f, 1000).await;
+    // The dispatcher as a process of its own, so its memory is its own.
+    f.stop_dispatcher().await;
+    let port = Fleet::free_port().await;
+    let mut dispatcher = f.spawn_dispatcher_process(port).await;
+    f.base_url = format!("http://127.0.0.1:{port}");
+    assert!(
+        f.wait_ready(&f.base_url.clone()).await,
+        "dispatcher not ready"
+    );
+    let Some(dpid) = dispatcher.child.id() else {
+        panic!("dispatcher exited")
+    };
+    let mut workers = vec![
+        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(&[]).await,
+    ];
+    let wpids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
+    // Idle: started and consuming an empty queue.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_worker = wpids.iter().map(|p| rss_mb(*p).0).fold(0.0, f64::max);
+    let (_, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
+        )
+        .await;
+    let small = b["id"].as_str().unwrap_or_default().to_owned();
+    wait_done(&f, &small).await;
+    let t0 = Instant::now();
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1000 }),
+        )
+        .await;
+    let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(s, 200, "{b}");
+    let big = b["id"].as_str().unwrap_or_default().to_owned();
+    let (mut lat_small, mut lat_big) = (Vec::new(), Vec::new());
+    // Dispatcher RSS at each tenth of the batch: flat means memory does not grow with it.
+    let mut rss_by_tenth: Vec<f64> = Vec::new();
+    let mut last_print = Instant::now();
+    loop {
+        for (id, lat) in [(&small, &mut lat_small), (&big, &mut lat_big)] {
+            let t = Instant::now();
+            let (code, _) = f.get(&format!("{BATCH}/{id}")).await;
+            assert_eq!(code, 200);
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let (_, st) = f.get(&format!("{BATCH}/{big}")).await;
+        let done = st["job"]["processed_items"].as_u64().unwrap_or(0) as usize;
+        while rss_by_tenth.len() < 10 && done * 10 >= n * (rss_by_tenth.len() + 1) {
+            rss_by_tenth.push(rss_mb(dpid).0);
+        }
+        if last_print.elapsed() > Duration::from_secs(30) {
+            last_print = Instant::now();
+            eprintln!(
+                "  {done}/{n} after {:.0} s; dispatcher {:.1} MB",
+                t0.elapsed().as_secs_f64(),
+                rss_mb(dpid).0
+            );
+        }
+        if matches!(
+            st["job"]["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            assert_eq!(st["job"]["processed_items"], n, "{st}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    rep.add(
+        "million_items_per_s",
+        n as f64 / secs,
+        "items/s",
+        json!({ "items": n, "seconds": secs, "create_ms": create_ms }),
+    );
+    for (name, lat) in [("1k", &mut lat_small), ("big", &mut lat_big)] {
+        let samples = lat.len();
+        rep.add(
+            &format!("million_status_p50_ms_{name}"),
+            pct(lat, 0.5),
+            "ms",
+            json!({ "n": samples }),
+        );
+        rep.add(
+            &format!("million_status_p99_ms_{name}"),
+            pct(lat, 0.99),
+            "ms",
+            json!({ "n": samples }),
+        );
+    }
+    let (_, dispatcher_peak) = rss_mb(dpid);
+    rep.add(
+        "million_dispatcher_peak_rss_mb",
+        dispatcher_peak,
+        "MB",
+        json!({ "rss_at_each_tenth_mb": rss_by_tenth }),
+    );
+    for (i, pid) in wpids.iter().enumerate() {
+        rep.add(
+            &format!("million_worker{}_peak_rss_mb", i + 1),
+            rss_mb(*pid).1,
+            "MB",
+            json!({}),
+        );
+    }
+    rep.add("idle_worker_rss_mb", idle_worker, "MB", json!({}));
+    for w in &mut workers {
+        w.terminate().await;
+    }
+    dispatcher.terminate().await;
     f.shutdown().await;
 }
 
@@ -328,7 +556,9 @@ async fn ceiling(rep: &mut Report, a: &Args) {
     let script = redis::Script::new("return redis.call('HINCRBY', KEYS[1], 'n', 1)");
     let key = format!("{prefix}:counter");
     let (mut pubs, mut cons) = (Vec::new(), Vec::new());
+    let mut split: HashMap<String, Vec<f64>> = HashMap::new();
     for _ in 0..a.runs {
+        let cpu = CpuSplit::start("client", &[]);
         let body = br#"{"v":1,"batch_id":"bjb-00000000-0000-0000-0000-000000000000","item_id":"dfl-00000000-0000-0000-0000-000000000000"}"#;
         let t0 = Instant::now();
         let mut window = Vec::with_capacity(1000);
@@ -384,6 +614,9 @@ async fn ceiling(rep: &mut Report, a: &Args) {
             }
         }
         cons.push(a.items as f64 / t0.elapsed().as_secs_f64());
+        for (who, us) in cpu.per_item(a.items) {
+            split.entry(who).or_default().push(us);
+        }
         cch.close(200, "".into()).await.ok();
         eprintln!(
             "  publish {:.0}/s, consume {:.0}/s",
@@ -414,6 +647,16 @@ async fn ceiling(rep: &mut Report, a: &Args) {
         "items/s",
         json!({ "runs": e2e, "note": "publish then consume, sequential" }),
     );
+    let mut split: Vec<(String, Vec<f64>)> = split.into_iter().collect();
+    split.sort_by(|a, b| a.0.cmp(&b.0));
+    for (who, runs) in split {
+        rep.add(
+            &format!("ceiling_cpu_us_per_item_{who}"),
+            median(runs.clone()),
+            "µs CPU/item",
+            json!({ "runs": runs }),
+        );
+    }
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
         .ok();
@@ -427,7 +670,7 @@ async fn status(rep: &mut Report, a: &Args) {
         a.items.min(20_000)
     );
     let f = Fleet::start(0).await;
-    let small_ids = upload_many(&f, 1000).await;
+    let (_, small_ids) = upload_many(&f, 1000).await;
     let (_, b) = f
         .post(
             BATCH,
@@ -435,7 +678,7 @@ async fn status(rep: &mut Report, a: &Args) {
         )
         .await;
     let small = b["id"].as_str().unwrap_or_default().to_owned();
-    let load = upload_many(&f, a.items.min(20_000)).await;
+    let (_, load) = upload_many(&f, a.items.min(20_000)).await;
     let mut w = vec![
         f.spawn_worker_process(&[]).await,
         f.spawn_worker_process(&[]).await,
@@ -479,7 +722,7 @@ async fn webhooks(rep: &mut Report, a: &Args) {
     eprintln!("webhooks: every event of a {n}-item batch to a local receiver");
     let f = Fleet::start(0).await;
     let r = Receiver::start().await;
-    let ids = upload_many(&f, n).await;
+    let (_, ids) = upload_many(&f, n).await;
     let mut w = vec![
         f.spawn_worker_process(&[]).await,
         f.spawn_worker_process(&[]).await,
@@ -612,6 +855,7 @@ async fn main() {
             "webhooks" => webhooks(&mut rep, &a).await,
             "parse" => parse(&mut rep),
             "scale" => scale(&mut rep, &a).await,
+            "million" => million(&mut rep, &a).await,
             "python" => python_queues(&mut rep, &a),
             other => eprintln!("unknown scenario {other}"),
         }
