@@ -21,10 +21,14 @@ local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'er
 -- Moves a non-terminal item to a terminal status and counts it once.
 local function settle(batch_key, events_key, base, bid, iid, from, to, order, now, fields)
   local ik = base .. ':item:' .. iid
-  redis.call('HSET', ik, 'status', to, 'completed_at', now, 'updated_at', now)
+  local set = { 'status', to, 'completed_at', now, 'updated_at', now }
   for k, v in pairs(fields) do
-    if v ~= '' then redis.call('HSET', ik, k, v) end
+    if v ~= '' then
+      set[#set + 1] = k
+      set[#set + 1] = v
+    end
   end
+  redis.call('HSET', ik, unpack(set))
   redis.call('ZREM', base .. ':st:' .. from, iid)
   redis.call('ZADD', base .. ':st:' .. to, order, iid)
   redis.call('HINCRBY', batch_key, 'processed', 1)
