@@ -151,7 +151,23 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(axum::middleware::from_fn(server_timing))
         .with_state(state)
+}
+
+/// `Server-Timing: app;dur=<ms>` on every response: the time spent in docfleet, body reading
+/// included, so a client can tell it from the network's (the benchmark reads it for create).
+async fn server_timing(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).await;
+    let value = format!("app;dur={:.2}", started.elapsed().as_secs_f64() * 1000.0);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+        response.headers_mut().insert("server-timing", v);
+    }
+    response
 }
 
 /// Readiness: connected to Redis and to the broker.

@@ -692,3 +692,26 @@ async fn multimodal_classify_asks_the_configured_vision_model() {
     );
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_says_how_long_the_dispatcher_took() {
+    let f = Fleet::start(0).await;
+    let res = f
+        .req(reqwest::Method::GET, BATCH)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(res.status(), 200);
+    let timing = res
+        .headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let ms: f64 = timing
+        .strip_prefix("app;dur=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("server-timing {timing:?}"));
+    assert!(ms >= 0.0);
+    f.shutdown().await;
+}
