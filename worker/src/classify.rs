@@ -356,9 +356,12 @@ impl Classifier {
             lead.push_str(t.trim());
             lead.push('\n');
         }
+        // Rules drawn with box characters, bullets and the like say nothing and would take the
+        // passage's whole token budget (an HTML page opening with a horizontal rule did).
         let opening = doc
             .text
             .split_whitespace()
+            .filter(|w| w.chars().any(char::is_alphanumeric))
             .take(PASSAGE_WORDS)
             .collect::<Vec<_>>()
             .join(" ");
@@ -373,6 +376,7 @@ impl Classifier {
                 (1..=OUTLINE_LINE_WORDS).contains(&n) && l.chars().any(char::is_alphabetic)
             })
             .flat_map(str::split_whitespace)
+            .filter(|w| w.chars().any(char::is_alphanumeric))
             .take(PASSAGE_WORDS)
             .collect::<Vec<_>>()
             .join(" ");
@@ -593,6 +597,17 @@ mod tests {
             "Work experience: 5 years. Education: MSc. Skills: Rust.",
         ));
         assert_eq!(r.kind.as_deref(), Some("resume"));
+    }
+
+    #[test]
+    fn drawn_rules_and_bullets_are_not_read_as_words() {
+        let c = lexical(&rules());
+        let doc = format!(
+            "{}\n• ─── •\nCurriculum vitae: work experience and education",
+            "─".repeat(120)
+        );
+        let e = c.evidence(&text(&doc)).expect("evidence");
+        assert_eq!(e.opening, "Curriculum vitae: work experience and education");
     }
 
     #[test]
