@@ -76,6 +76,20 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 struct Report(Vec<(String, f64, String)>);
 
 impl Report {
+    /// `<prefix>_cpu_us_per_item_<process>`: the median over runs of each process's share.
+    fn add_cpu_split(&mut self, prefix: &str, split: HashMap<String, Vec<f64>>) {
+        let mut split: Vec<(String, Vec<f64>)> = split.into_iter().collect();
+        split.sort_by(|a, b| a.0.cmp(&b.0));
+        for (who, runs) in split {
+            self.add(
+                &format!("{prefix}_cpu_us_per_item_{who}"),
+                median(runs.clone()),
+                "µs CPU/item",
+                json!({ "runs": runs }),
+            );
+        }
+    }
+
     fn add(&mut self, name: &str, value: f64, unit: &str, extra: Value) {
         println!(
             "{}",
@@ -195,9 +209,7 @@ async fn fleet(rep: &mut Report, a: &Args) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = t0.elapsed().as_secs_f64();
-        for (who, us) in cpu.per_item(a.items) {
-            split.entry(who).or_default().push(us);
-        }
+        cpu.add_to(a.items, &mut split);
         let rate = a.items as f64 / secs;
         let exp = expanded_at.unwrap_or(secs);
         eprintln!(
@@ -231,16 +243,7 @@ async fn fleet(rep: &mut Report, a: &Args) {
         "msgs/s",
         json!({ "runs": expansions, "note": "while the workers consume" }),
     );
-    let mut split: Vec<(String, Vec<f64>)> = split.into_iter().collect();
-    split.sort_by(|a, b| a.0.cmp(&b.0));
-    for (who, runs) in split {
-        rep.add(
-            &format!("fleet_cpu_us_per_item_{who}"),
-            median(runs.clone()),
-            "µs CPU/item",
-            json!({ "runs": runs }),
-        );
-    }
+    rep.add_cpu_split("fleet", split);
     for w in &mut workers {
         w.terminate().await;
     }
@@ -307,6 +310,13 @@ impl CpuSplit {
         pids.extend(pid_of("redis-server").map(|p| ("redis".to_owned(), p)));
         pids.extend(pid_of("beam.smp").map(|p| ("rabbitmq".to_owned(), p)));
         CpuSplit(pids.into_iter().map(|(n, p)| (n, p, cpu_secs(p))).collect())
+    }
+
+    /// Appends this run's [`CpuSplit::per_item`] to `split`.
+    fn add_to(&self, items: usize, split: &mut HashMap<String, Vec<f64>>) {
+        for (who, us) in self.per_item(items) {
+            split.entry(who).or_default().push(us);
+        }
     }
 
     /// µs of CPU per item by process kind since `start`.
@@ -643,9 +653,7 @@ async fn ceiling(rep: &mut Report, a: &Args) {
             }
         }
         cons.push(a.items as f64 / t0.elapsed().as_secs_f64());
-        for (who, us) in cpu.per_item(a.items) {
-            split.entry(who).or_default().push(us);
-        }
+        cpu.add_to(a.items, &mut split);
         cch.close(200, "".into()).await.ok();
         eprintln!(
             "  publish {:.0}/s, consume {:.0}/s",
@@ -676,16 +684,7 @@ async fn ceiling(rep: &mut Report, a: &Args) {
         "items/s",
         json!({ "runs": e2e, "note": "publish then consume, sequential" }),
     );
-    let mut split: Vec<(String, Vec<f64>)> = split.into_iter().collect();
-    split.sort_by(|a, b| a.0.cmp(&b.0));
-    for (who, runs) in split {
-        rep.add(
-            &format!("ceiling_cpu_us_per_item_{who}"),
-            median(runs.clone()),
-            "µs CPU/item",
-            json!({ "runs": runs }),
-        );
-    }
+    rep.add_cpu_split("ceiling", split);
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
         .ok();
