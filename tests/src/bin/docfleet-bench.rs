@@ -425,13 +425,11 @@ async fn million(rep: &mut Report, a: &Args) {
     // Idle: started and consuming an empty queue.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_worker = wpids.iter().map(|p| rss_mb(*p).0).fold(0.0, f64::max);
-    let (_, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
-        )
-        .await;
-    let small = b["id"].as_str().unwrap_or_default().to_owned();
+    let (small, _) = create_timed(
+        &f,
+        &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
+    )
+    .await;
     wait_done(&f, &small).await;
     let t0 = Instant::now();
     let (s, b) = f
@@ -699,13 +697,11 @@ async fn status(rep: &mut Report, a: &Args) {
     );
     let f = Fleet::start(0).await;
     let (_, small_ids) = upload_many(&f, 1000).await;
-    let (_, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
-        )
-        .await;
-    let small = b["id"].as_str().unwrap_or_default().to_owned();
+    let (small, _) = create_timed(
+        &f,
+        &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
+    )
+    .await;
     let (_, load) = upload_many(&f, a.items.min(20_000)).await;
     let mut w = vec![
         f.spawn_worker_process(&[]).await,
