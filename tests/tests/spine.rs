@@ -24,6 +24,13 @@ fn classify_config() -> Value {
     })
 }
 
+/// The sample invoice, alone in a new directory: its file id.
+async fn upload_invoice(f: &Fleet, dir_name: &str) -> String {
+    let dir = f.create_dir(&f.api_key, dir_name).await;
+    let name = "invoice-1042.pdf";
+    f.upload(&f.api_key, &dir, name, sample(name)).await
+}
+
 async fn upload_samples(f: &Fleet, dir: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for name in [
@@ -570,15 +577,7 @@ async fn correlation_and_session_ids_travel_in_message_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_language_and_stored_outputs() {
     let f = Fleet::start(1).await;
-    let dir = f.create_dir(&f.api_key, "shots").await;
-    let id = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "invoice-1042.pdf",
-            sample("invoice-1042.pdf"),
-        )
-        .await;
+    let id = upload_invoice(&f, "shots").await;
     let (s, b) = f
         .post(
             BATCH,
@@ -620,15 +619,7 @@ async fn multimodal_classify_asks_the_configured_vision_model() {
         api_key: Some("sk-test".into()),
         ..Default::default()
     };
-    let dir = f.create_dir(&f.api_key, "mm").await;
-    let id = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "invoice-1042.pdf",
-            sample("invoice-1042.pdf"),
-        )
-        .await;
+    let id = upload_invoice(&f, "mm").await;
     let mut config = classify_config();
     config["mode"] = json!("MULTIMODAL");
     let body = json!({ "job_config": config, "item_ids": [id] });
