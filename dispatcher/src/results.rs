@@ -112,16 +112,21 @@ pub async fn parse(
     if status != "completed" || expand.is_empty() {
         return Ok(Json(body));
     }
-    let output_key = job
+    let mut result = job
         .field("result")
         .and_then(|r| serde_json::from_str::<Value>(r).ok())
-        .and_then(|v| {
-            v.get("output_key")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .ok_or_else(|| ApiError::Unavailable(format!("job {job_id} has no stored output")))?;
-    let output: Value = serde_json::from_slice(&st.store.get(&output_key).await?)?;
+        .unwrap_or_default();
+    // Small outputs ride on the item record; the rest are files in the store.
+    let inline = result.get_mut("output").map(Value::take);
+    let output = match (inline, result.get("output_key")) {
+        (Some(output), _) => output,
+        (None, Some(Value::String(key))) => serde_json::from_slice(&st.store.get(key).await?)?,
+        _ => {
+            return Err(ApiError::Unavailable(format!(
+                "job {job_id} has no stored output"
+            )))
+        }
+    };
     let pages = output
         .get("pages")
         .and_then(Value::as_array)

@@ -56,6 +56,9 @@ impl Default for RedisSettings {
     }
 }
 
+/// The largest `store.inline_max_bytes` accepted.
+pub const INLINE_LIMIT: usize = 1 << 20;
+
 /// Where uploaded files and parse outputs live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -66,6 +69,10 @@ pub struct StoreSettings {
     /// before their outcome is recorded (one `syncfs` shared by concurrent writers). Off, a
     /// write still survives a process crash (atomic rename) but not a power loss.
     pub fsync: bool,
+    /// Results whose JSON is at most this many bytes (and that carry no images) are kept on
+    /// the item's record in Redis, written by the same script that records the outcome, instead
+    /// of in a file: no file to create and sync per item. 0 puts every result in a file.
+    pub inline_max_bytes: usize,
 }
 
 impl Default for StoreSettings {
@@ -73,6 +80,7 @@ impl Default for StoreSettings {
         Self {
             root: PathBuf::from("var/store"),
             fsync: true,
+            inline_max_bytes: 4096,
         }
     }
 }
@@ -323,6 +331,12 @@ fn validate_common(
     }
     if store.root.as_os_str().is_empty() {
         return Err("store.root must be set".into());
+    }
+    // Large values on one Redis key stall every client behind the command that moves them.
+    if store.inline_max_bytes > INLINE_LIMIT {
+        return Err(format!(
+            "store.inline_max_bytes must be at most {INLINE_LIMIT}"
+        ));
     }
     Ok(())
 }

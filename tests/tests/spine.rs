@@ -706,3 +706,79 @@ async fn every_response_says_how_long_the_dispatcher_took() {
     assert!(ms >= 0.0);
     f.shutdown().await;
 }
+
+/// A small output rides on the item record; a large one goes to a file. The API serves both
+/// the same way, and only the file leaves anything in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_outputs_live_on_the_item_and_large_ones_in_files() {
+    let mut f = Fleet::start(0).await;
+    let id = upload_invoice(&f, "placement").await;
+    let mut outputs = Vec::new();
+    for inline_max in [0, 1 << 20] {
+        let mut settings = f.worker_settings.clone();
+        settings.store.inline_max_bytes = inline_max;
+        f.start_worker_with(settings).await;
+        let (s, b) = f
+            .post(
+                BATCH,
+                &json!({ "job_config": parse_config(), "item_ids": [id] }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let batch = b["id"].as_str().unwrap().to_owned();
+        let status = f.wait_terminal(&batch, Duration::from_secs(60)).await;
+        assert_eq!(status["job"]["status"], "completed", "{status}");
+        f.stop_workers().await;
+        let items = f.items(&batch).await;
+        let (job, item) = (
+            items[0]["job_id"].as_str().unwrap().to_owned(),
+            items[0]["item_id"].as_str().unwrap().to_owned(),
+        );
+        let (s, r) = f
+            .get(&format!(
+                "/api/v2/parse/{job}?expand=text&expand=markdown_full&expand=metadata"
+            ))
+            .await;
+        assert_eq!(s, 200, "{r}");
+        let (_, pr) = f
+            .get(&format!("{BATCH}/items/{item}/processing-results"))
+            .await;
+        let runs = pr["processing_results"].as_array().unwrap();
+        let path = runs.last().unwrap()["output_s3_path"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let stored = files_named(&f.worker_settings.store.root, &format!("{job}.json"));
+        outputs.push((r, path, job, stored));
+    }
+    let (file, inline) = (&outputs[0], &outputs[1]);
+    assert!(
+        file.0["text"]["pages"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Total due: 126.00"),
+        "{}",
+        file.0
+    );
+    for section in ["text", "markdown_full", "metadata"] {
+        assert_eq!(file.0[section], inline.0[section], "{section}");
+    }
+    let path = file.1.strip_prefix("file://").unwrap();
+    assert_eq!(file.3, vec![std::path::PathBuf::from(path)]);
+    assert_eq!(inline.1, format!("/api/v2/parse/{}", inline.2));
+    assert!(inline.3.is_empty(), "an inline output writes no file");
+    f.shutdown().await;
+}
+
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, name));
+        } else if entry.file_name() == name {
+            found.push(std::path::absolute(&path).unwrap());
+        }
+    }
+    found
+}

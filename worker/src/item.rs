@@ -440,6 +440,7 @@ impl Processor {
             ".json",
         );
         let (work_ctx, store, key) = (ctx.clone(), self.store.clone(), output_key.clone());
+        let inline_max = self.settings.store.inline_max_bytes;
         // Read, engine and write in one trip to a blocking thread: for small files the hops
         // between threads cost more than the work.
         let work = tokio::task::spawn_blocking(move || {
@@ -455,14 +456,16 @@ impl Processor {
                     .unwrap_or_else(|| "unknown panic".into());
                 Failure::Fail(format!("parser crashed: {what}"))
             })??;
-            let output = store_output(&store, &key, output)?;
-            // Waiting for the shared sync uses no CPU: let the next item's engine start, and
-            // let more items join this sync round.
-            drop(cpu);
-            store.sync_blocking()?;
-            Ok::<_, Failure>(output)
+            let placed = place_output(&store, &key, output, inline_max)?;
+            if let Placed::File { .. } = placed {
+                // Waiting for the shared sync uses no CPU: let the next item's engine start,
+                // and let more items join this sync round.
+                drop(cpu);
+                store.sync_blocking()?;
+            }
+            Ok::<_, Failure>(placed)
         });
-        let output = match tokio::time::timeout(deadline, work).await {
+        let placed = match tokio::time::timeout(deadline, work).await {
             Err(_) => {
                 return Err(Failure::Fail(format!(
                     "exceeded the {}s per-item deadline",
@@ -472,22 +475,49 @@ impl Processor {
             Ok(Err(join)) => return Err(Failure::Fail(format!("parser task failed: {join}"))),
             Ok(Ok(result)) => result?,
         };
-        let result = match output.summary {
-            Some(s) => s,
-            None => json!({ "output_key": output_key, "pages": output.pages }),
+        let job_type = ctx.spec.job_type().as_str();
+        let (result, pages, output_path) = match placed {
+            // Classify keeps its answer on the item whichever way the output went.
+            Placed::File {
+                summary: Some(s),
+                pages,
+            } => (s.to_string(), pages, self.store.uri(&output_key)),
+            Placed::File {
+                summary: None,
+                pages,
+            } => (
+                json!({ "output_key": output_key, "pages": pages }).to_string(),
+                pages,
+                self.store.uri(&output_key),
+            ),
+            Placed::Inline {
+                body,
+                summary: true,
+                pages,
+            } => (body, pages, inline_uri(job_type, &job_id)),
+            // The body is already JSON: splice it in rather than parse and encode it again.
+            Placed::Inline {
+                body,
+                summary: false,
+                pages,
+            } => (
+                format!("{{\"pages\":{pages},\"output\":{body}}}"),
+                pages,
+                inline_uri(job_type, &job_id),
+            ),
         };
         let run_record = json!({
             "item_id": msg.item_id,
             "job_config": ctx.raw_config,
-            "job_type": ctx.spec.job_type().as_str(),
-            "output_s3_path": self.store.uri(&output_key),
+            "job_type": job_type,
+            "output_s3_path": output_path,
             "parameters_hash": ctx.parameters_hash,
             "processed_at": docfleet_shared::now_rfc3339(),
             "result_id": job_id,
-            "output_metadata": { "pages": output.pages },
+            "output_metadata": { "pages": pages },
         });
         Ok(Done {
-            result: result.to_string(),
+            result,
             run_record: run_record.to_string(),
             seconds: began.elapsed().as_secs_f64(),
         })
@@ -570,15 +600,41 @@ fn classify_with_vision(
         })
 }
 
-/// Writes the engine's output (and any images beside it) under `key`; blocking. Durable only
-/// after the store's `sync_blocking`, which the caller awaits before recording the outcome.
-fn store_output(
+/// Where an output went: onto the item record (small, no images) or into the file store.
+enum Placed {
+    /// The output's JSON, recorded on the item by the outcome's own script.
+    Inline {
+        body: String,
+        /// The body is the classify answer itself rather than a parse output.
+        summary: bool,
+        pages: usize,
+    },
+    /// Written under the output key; durable only after the store's `sync_blocking`, which
+    /// the caller awaits before recording the outcome.
+    File {
+        summary: Option<Value>,
+        pages: usize,
+    },
+}
+
+/// Where an inline output can be read: the API's own view of the job.
+fn inline_uri(job_type: &str, job_id: &str) -> String {
+    format!("/api/v2/{job_type}/{job_id}")
+}
+
+/// Keeps a small output for the item record, or writes it (and any images beside it) under
+/// `key`; blocking.
+fn place_output(
     store: &FileStore,
     key: &str,
     output: EngineOutput,
-) -> Result<EngineOutput, Failure> {
+    inline_max: usize,
+) -> Result<Placed, Failure> {
     let mut output = output;
-    if !output.images.is_empty() {
+    let pages = output.pages;
+    // Images live in files whatever the size, so their output points at them from a file too.
+    let with_images = !output.images.is_empty();
+    if with_images {
         let mut names = Vec::new();
         for (name, png) in &output.images {
             let image_key = format!("{}.{name}", key.trim_end_matches(".json"));
@@ -587,10 +643,20 @@ fn store_output(
         }
         output.stored["metadata"]["images"] = json!(names);
     }
-    let body = serde_json::to_vec(&output.stored)
+    let body = serde_json::to_string(&output.stored)
         .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
-    store.write_blocking(key, &body)?;
-    Ok(output)
+    if !with_images && body.len() <= inline_max {
+        return Ok(Placed::Inline {
+            body,
+            summary: output.summary.is_some(),
+            pages,
+        });
+    }
+    store.write_blocking(key, body.as_bytes())?;
+    Ok(Placed::File {
+        summary: output.summary,
+        pages,
+    })
 }
 
 /// A successful item, ready to record.
