@@ -6,15 +6,13 @@ use std::time::Duration;
 use docfleet_shared::topology::Topology;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::item::{Processor, Verdict};
+use crate::acks::Acker;
+use crate::item::Processor;
 use docfleet_shared::settings::WorkerSettings;
 
 /// Why one consume session ended.
@@ -88,6 +86,7 @@ async fn consume(
     connected.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(queue = %topology.items_queue(), "Consuming.");
     let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let (acker, acks_sent) = Acker::start(channel.clone());
     let mut tasks = JoinSet::new();
     let outcome = loop {
         let permit = tokio::select! {
@@ -106,12 +105,12 @@ async fn consume(
             Some(Err(e)) => break Err(ConsumeError::Broker(e)),
             Some(Ok(d)) => d,
         };
-        let processor = processor.clone();
+        let (processor, acker) = (processor.clone(), acker.clone());
         tasks.spawn(async move {
             let verdict = processor
                 .handle_traced(&delivery.data, &trace_of(&delivery))
                 .await;
-            settle(&delivery, verdict).await;
+            acker.settle(delivery.delivery_tag, verdict);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -127,7 +126,11 @@ async fn consume(
     {
         tracing::warn!("Drain deadline passed; unfinished items will be redelivered.");
         tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
     }
+    // The acker sends what is pending once the last sender is gone.
+    drop(acker);
+    let _ = acks_sent.await;
     // Closing hands every prefetched but unstarted delivery back to the queue.
     let _ = channel.close(200, "worker draining".into()).await;
     let _ = conn.close(200, "worker draining".into()).await;
@@ -151,25 +154,5 @@ fn trace_of(delivery: &Delivery) -> docfleet_shared::wire::Trace {
     Trace {
         correlation_id: header(Trace::CORRELATION_HEADER),
         session_id: header(Trace::SESSION_HEADER),
-    }
-}
-
-async fn settle(delivery: &Delivery, verdict: Verdict) {
-    let result = match verdict {
-        Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Verdict::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Verdict::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
-    };
-    if let Err(error) = result {
-        // The channel died after the outcome was recorded: the broker redelivers, and the
-        // claim script recognises the settled item and acks it without work.
-        tracing::warn!(%error, ?verdict, "Could not settle the delivery.");
     }
 }

@@ -2,7 +2,8 @@
 //! outcome atomically in Redis and acks only after that.
 //!
 //! # Layout
-//! - [`consumer`]: the AMQP loop: prefetch, concurrency, acks, reconnection, drain.
+//! - [`consumer`]: the AMQP loop: prefetch, concurrency, reconnection, drain; [`acks`]: acks
+//!   coalesced into runs.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
 //! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`.
@@ -10,6 +11,7 @@
 //! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
 //!   [`vision`]: MULTIMODAL through an OpenAI-compatible vision model.
 
+pub mod acks;
 pub mod classify;
 pub mod consumer;
 pub mod embedding;
