@@ -4,10 +4,12 @@
 //! replica holding its lease (`SET NX PX`, renewed every page); if that replica dies the lease
 //! lapses and another replica, or the restarted one, resumes from the stored cursor.
 //!
-//! One page at a time: read ids from the cursor → register them as pending items (once each,
-//! by script) → publish their messages and await every confirm → advance the cursor. A crash
-//! between publishing and advancing re-publishes that page; workers recognise the duplicates,
-//! so no file is missed and none is counted twice. Memory is one page, whatever the batch size.
+//! Page by page: read ids from the cursor → register them as pending items (once each, by
+//! script) → publish their messages → await the previous page's confirms and advance the
+//! cursor past it. Two pages overlap, so the broker confirms one while Redis registers the
+//! next. A crash re-publishes at most the two pages past the cursor; workers recognise the
+//! duplicates, so no file is missed and none is counted twice. Memory is two pages, whatever
+//! the batch size.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -133,10 +135,19 @@ async fn expand(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), ExpansionError> {
     let mut con = st.redis.clone();
-    let lease_ms = st.settings.expansion_lease_secs * 1000;
-    let renew = redis::Script::new(RENEW_LEASE);
+    let lease = Lease {
+        script: redis::Script::new(RENEW_LEASE),
+        ms: st.settings.expansion_lease_secs * 1000,
+    };
+    // The page published last, whose confirms are awaited after the next page is sent.
+    let mut in_flight: Option<Page> = None;
+    // Where the next page starts; the stored cursor lags it by the page in flight.
+    let mut next_page: Option<i64> = None;
     loop {
         if *shutdown.borrow() {
+            if let Some(page) = in_flight.take() {
+                page.advance(st, &mut con, batch_id, &lease).await?;
+            }
             return Ok(());
         }
         let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
@@ -150,7 +161,7 @@ async fn expand(
                 .await?;
             return Ok(());
         }
-        let cursor: i64 = get("cursor").parse().unwrap_or(0);
+        let cursor: i64 = next_page.unwrap_or_else(|| get("cursor").parse().unwrap_or(0));
         // Directory mode reads the directory `page_size` files at a time, as asked; an
         // `item_ids` batch has its ids in Redis already, so it moves in larger pages.
         let page_size: i64 = if get("source") == "directory" {
@@ -189,6 +200,11 @@ async fn expand(
                 (ids, orders, next)
             };
         if ids.is_empty() {
+            if let Some(page) = in_flight.take() {
+                if !page.advance(st, &mut con, batch_id, &lease).await? {
+                    return Ok(());
+                }
+            }
             let status = st.scripts.expanded(&mut con, batch_id).await?;
             let _: () = redis::pipe()
                 .zrem(st.keys.expansion(), batch_id)
@@ -230,22 +246,60 @@ async fn expand(
             correlation_id: h.get("correlation_id").cloned(),
             session_id: h.get("session_id").cloned(),
         };
-        st.publisher
-            .publish_traced(&bodies, priority, &trace)
-            .await?;
-        st.metrics.published.inc_by(bodies.len() as u64);
+        let confirms = st.publisher.send(&bodies, priority, &trace).await?;
+        next_page = Some(next_cursor);
+        let sent = Page {
+            confirms,
+            messages: bodies.len(),
+            cursor: next_cursor,
+        };
+        if let Some(page) = in_flight.replace(sent) {
+            if !page.advance(st, &mut con, batch_id, &lease).await? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The expansion lease and how long each renewal holds it.
+struct Lease {
+    script: redis::Script,
+    ms: u64,
+}
+
+/// A published page whose confirms may still be coming.
+struct Page {
+    confirms: crate::publisher::Confirms,
+    messages: usize,
+    /// The cursor just past this page.
+    cursor: i64,
+}
+
+impl Page {
+    /// Waits for the page's confirms, moves the stored cursor past it and renews the lease.
+    /// False if another replica holds the lease now: this one stops.
+    async fn advance(
+        self,
+        st: &AppState,
+        con: &mut redis::aio::ConnectionManager,
+        batch_id: &str,
+        lease: &Lease,
+    ) -> Result<bool, ExpansionError> {
+        self.confirms.wait().await?;
+        st.metrics.published.inc_by(self.messages as u64);
         let _: () = con
-            .hset(st.keys.batch(batch_id), "cursor", next_cursor)
+            .hset(st.keys.batch(batch_id), "cursor", self.cursor)
             .await?;
-        let held: i64 = renew
+        let held: i64 = lease
+            .script
             .key(st.keys.batch_lease(batch_id))
             .arg(&*st.replica_id)
-            .arg(lease_ms)
-            .invoke_async(&mut con)
+            .arg(lease.ms)
+            .invoke_async(con)
             .await?;
         if held == 0 {
             tracing::warn!("Expansion lease lost to another replica; stopping here.");
-            return Ok(());
         }
+        Ok(held != 0)
     }
 }

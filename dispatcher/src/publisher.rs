@@ -5,7 +5,7 @@ use std::time::Duration;
 use docfleet_shared::topology::Topology;
 use docfleet_shared::wire::Trace;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use tokio::sync::Mutex;
 
 /// A publish that the broker did not confirm.
@@ -89,21 +89,28 @@ impl Publisher {
     }
 
     /// Publishes persistent messages to the work queue and waits until the broker confirms
-    /// every one. On failure some may have been delivered: callers re-publish the whole page,
-    /// which is safe because workers ignore items that are already settled.
+    /// every one.
     pub async fn publish_all(&self, bodies: &[Vec<u8>], priority: u8) -> Result<(), PublishError> {
-        self.publish_traced(bodies, priority, &Trace::default())
+        self.send(bodies, priority, &Trace::default())
+            .await?
+            .wait()
             .await
     }
 
-    /// [`Publisher::publish_all`], with the batch's request identifiers as message headers.
-    pub async fn publish_traced(
+    /// Publishes persistent messages to the work queue, with the batch's request identifiers
+    /// as message headers, and returns once they are sent; [`Confirms::wait`] then waits until
+    /// the broker confirms every one. The channel is free for other pages in between, so a
+    /// caller can prepare its next page while the broker works. On failure some may have been
+    /// delivered: callers re-publish the whole page, which is safe because workers ignore
+    /// items that are already settled.
+    pub async fn send(
         &self,
         bodies: &[Vec<u8>],
         priority: u8,
         trace: &Trace,
-    ) -> Result<(), PublishError> {
+    ) -> Result<Confirms, PublishError> {
         let mut guard = self.link.lock().await;
+        // A channel that failed (here or while its confirms were awaited) is not reused.
         let healthy = guard
             .as_ref()
             .map(|l| l.channel.status().connected())
@@ -134,35 +141,45 @@ impl Publisher {
             .with_content_type("application/json".into())
             .with_headers(headers);
         let mut confirms = Vec::with_capacity(bodies.len());
-        let result: Result<(), PublishError> = async {
-            for body in bodies {
-                let confirm = link
-                    .channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        props.clone(),
-                    )
-                    .await?;
-                confirms.push(confirm);
-            }
-            let mut nacked = 0;
-            for c in confirms {
-                if !c.await?.is_ack() {
-                    nacked += 1;
+        for body in bodies {
+            let sent = link
+                .channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props.clone(),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => {
+                    *guard = None;
+                    return Err(e.into());
                 }
             }
-            if nacked > 0 {
-                return Err(PublishError::Nacked(nacked));
+        }
+        Ok(Confirms(confirms))
+    }
+}
+
+/// The broker's answers to one [`Publisher::send`], still to come.
+#[must_use = "a page counts as published only once its confirms are awaited"]
+pub struct Confirms(Vec<PublisherConfirm>);
+
+impl Confirms {
+    /// Waits for every confirm; an error if the channel failed or any message was nacked.
+    pub async fn wait(self) -> Result<(), PublishError> {
+        let mut nacked = 0;
+        for c in self.0 {
+            if !c.await?.is_ack() {
+                nacked += 1;
             }
-            Ok(())
         }
-        .await;
-        if matches!(result, Err(PublishError::Broker(_))) {
-            *guard = None;
+        if nacked > 0 {
+            return Err(PublishError::Nacked(nacked));
         }
-        result
+        Ok(())
     }
 }
