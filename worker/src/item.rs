@@ -430,7 +430,6 @@ impl Processor {
         }
         let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
         let name = file["display_name"].as_str().unwrap_or_default().to_owned();
-        let deadline = Duration::from_secs(self.settings.item_deadline_secs);
         let Ok(cpu) = self.cpu.clone().acquire_owned().await else {
             return Err(Failure::Retry("worker shutting down".into()));
         };
@@ -439,41 +438,32 @@ impl Processor {
             &job_id,
             ".json",
         );
-        let (work_ctx, store, key) = (ctx.clone(), self.store.clone(), output_key.clone());
         let inline_max = self.settings.store.inline_max_bytes;
-        // Read, engine and write in one trip to a blocking thread: for small files the hops
-        // between threads cost more than the work.
-        let work = tokio::task::spawn_blocking(move || {
-            let bytes = store.get_blocking(&storage_key)?;
-            let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_engine(&work_ctx, &bytes, &name)
-            }))
-            .map_err(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Failure::Fail(format!("parser crashed: {what}"))
-            })??;
-            let placed = place_output(&store, &key, output, inline_max)?;
-            if let Placed::File { .. } = placed {
-                // Waiting for the shared sync uses no CPU: let the next item's engine start,
-                // and let more items join this sync round.
+        // A small text file is read and parsed right here: the work takes microseconds, less
+        // than the two thread hops of a blocking task. Anything else, and an output that needs
+        // a file, goes to a blocking thread.
+        let mut work = Work::Read;
+        if size <= QUICK_BYTES && matches!(ctx.spec, JobSpec::Parse(_)) {
+            let bytes = self.store.get_blocking(&storage_key)?;
+            work = if quick_format(&bytes, &name) {
+                let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+                match place_inline(output, inline_max)? {
+                    Ok(placed) => Work::Placed(placed),
+                    Err(unplaced) => Work::Place(unplaced.output),
+                }
+            } else {
+                Work::Parse(bytes)
+            };
+        }
+        let placed = match work {
+            Work::Placed(placed) => {
                 drop(cpu);
-                store.sync_blocking()?;
+                placed
             }
-            Ok::<_, Failure>(placed)
-        });
-        let placed = match tokio::time::timeout(deadline, work).await {
-            Err(_) => {
-                return Err(Failure::Fail(format!(
-                    "exceeded the {}s per-item deadline",
-                    deadline.as_secs()
-                )))
+            work => {
+                self.run_blocking(work, &ctx, storage_key, name, output_key.clone(), cpu)
+                    .await?
             }
-            Ok(Err(join)) => return Err(Failure::Fail(format!("parser task failed: {join}"))),
-            Ok(Ok(result)) => result?,
         };
         let job_type = ctx.spec.job_type().as_str();
         let (result, pages, output_path) = match placed {
@@ -521,6 +511,52 @@ impl Processor {
             run_record: run_record.to_string(),
             seconds: began.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Reads (unless given the bytes), runs the engine (unless given its output) and places
+    /// the output, on a blocking thread under the per-item deadline; a file is synced before
+    /// this returns.
+    async fn run_blocking(
+        &self,
+        work: Work,
+        ctx: &Arc<BatchContext>,
+        storage_key: String,
+        name: String,
+        key: String,
+        cpu: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<Placed, Failure> {
+        let deadline = Duration::from_secs(self.settings.item_deadline_secs);
+        let (ctx, store) = (ctx.clone(), self.store.clone());
+        let inline_max = self.settings.store.inline_max_bytes;
+        // Read, engine and write in one trip to a blocking thread: the hops between threads
+        // cost more than the work for small files.
+        let task = tokio::task::spawn_blocking(move || {
+            let output = match work {
+                Work::Place(output) => output,
+                Work::Placed(placed) => return Ok(placed),
+                Work::Read => {
+                    let bytes = store.get_blocking(&storage_key)?;
+                    guarded(|| run_engine(&ctx, &bytes, &name))?
+                }
+                Work::Parse(bytes) => guarded(|| run_engine(&ctx, &bytes, &name))?,
+            };
+            let placed = place_output(&store, &key, output, inline_max)?;
+            if let Placed::File { .. } = placed {
+                // Waiting for the shared sync uses no CPU: let the next item's engine start,
+                // and let more items join this sync round.
+                drop(cpu);
+                store.sync_blocking()?;
+            }
+            Ok::<_, Failure>(placed)
+        });
+        match tokio::time::timeout(deadline, task).await {
+            Err(_) => Err(Failure::Fail(format!(
+                "exceeded the {}s per-item deadline",
+                deadline.as_secs()
+            ))),
+            Ok(Err(join)) => Err(Failure::Fail(format!("parser task failed: {join}"))),
+            Ok(Ok(result)) => result,
+        }
     }
 }
 
@@ -600,6 +636,73 @@ fn classify_with_vision(
         })
 }
 
+/// Input files up to this size may be parsed on the async thread itself (see `quick_format`).
+const QUICK_BYTES: u64 = 4096;
+
+/// What is left to do for an item when it reaches the blocking thread.
+enum Work {
+    /// Everything: read the file, run the engine, place the output.
+    Read,
+    /// Run the engine on these bytes, then place the output.
+    Parse(Vec<u8>),
+    /// Place this output (too large for the item record).
+    Place(EngineOutput),
+    /// Nothing: placed already.
+    Placed(Placed),
+}
+
+/// Formats whose parse is a linear pass over the text, safe to run between two awaits.
+fn quick_format(bytes: &[u8], name: &str) -> bool {
+    #[cfg(feature = "fault-injection")]
+    if bytes.starts_with(b"DOCFLEET-FAULT:") {
+        return false;
+    }
+    matches!(parse::detect(bytes, name), "text" | "markdown" | "csv")
+}
+
+/// Runs an engine call, turning a panic into the item's failure.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Failure::Fail(format!("parser crashed: {what}"))
+    })?
+}
+
+/// The output placed on the item record if it fits there, else handed back for a file with
+/// its JSON when already encoded (outputs with images are encoded after the images are
+/// stored).
+fn place_inline(
+    output: EngineOutput,
+    inline_max: usize,
+) -> Result<Result<Placed, Unplaced>, Failure> {
+    if !output.images.is_empty() {
+        return Ok(Err(Unplaced { output, body: None }));
+    }
+    let body = serde_json::to_string(&output.stored)
+        .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
+    if body.len() > inline_max {
+        return Ok(Err(Unplaced {
+            output,
+            body: Some(body),
+        }));
+    }
+    Ok(Ok(Placed::Inline {
+        body,
+        summary: output.summary.is_some(),
+        pages: output.pages,
+    }))
+}
+
+/// An output bound for a file.
+struct Unplaced {
+    output: EngineOutput,
+    body: Option<String>,
+}
+
 /// Where an output went: onto the item record (small, no images) or into the file store.
 enum Placed {
     /// The output's JSON, recorded on the item by the outcome's own script.
@@ -630,11 +733,11 @@ fn place_output(
     output: EngineOutput,
     inline_max: usize,
 ) -> Result<Placed, Failure> {
-    let mut output = output;
-    let pages = output.pages;
-    // Images live in files whatever the size, so their output points at them from a file too.
-    let with_images = !output.images.is_empty();
-    if with_images {
+    let Unplaced { mut output, body } = match place_inline(output, inline_max)? {
+        Ok(placed) => return Ok(placed),
+        Err(unplaced) => unplaced,
+    };
+    if !output.images.is_empty() {
         let mut names = Vec::new();
         for (name, png) in &output.images {
             let image_key = format!("{}.{name}", key.trim_end_matches(".json"));
@@ -643,19 +746,15 @@ fn place_output(
         }
         output.stored["metadata"]["images"] = json!(names);
     }
-    let body = serde_json::to_string(&output.stored)
-        .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
-    if !with_images && body.len() <= inline_max {
-        return Ok(Placed::Inline {
-            body,
-            summary: output.summary.is_some(),
-            pages,
-        });
-    }
+    let body = match body {
+        Some(body) => body,
+        None => serde_json::to_string(&output.stored)
+            .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?,
+    };
     store.write_blocking(key, body.as_bytes())?;
     Ok(Placed::File {
         summary: output.summary,
-        pages,
+        pages: output.pages,
     })
 }
 
