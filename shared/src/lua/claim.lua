@@ -7,7 +7,7 @@ local base, now, bid, iid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ik = base .. ':item:' .. iid
 local bst = redis.call('HGET', batch_key, 'status')
 if bst == false then return { 'missing' } end
-local it = redis.call('HMGET', ik, 'status', 'order')
+local it = redis.call('HMGET', ik, 'status', 'order', 'job_id')
 if it[1] == false then return { 'missing' } end
 if TERMINAL_ITEM[it[1]] then return { 'done', it[1] } end
 if bst == 'cancelled' then
@@ -20,8 +20,8 @@ if it[1] == 'pending' then
   redis.call('HSET', ik, 'status', 'processing', 'started_at', now, 'updated_at', now)
   redis.call('ZREM', base .. ':st:pending', iid)
   redis.call('ZADD', base .. ':st:processing', it[2], iid)
-  local jt = redis.call('HGET', batch_key, 'job_type')
-  emit(batch_key, events_key, jt .. '.running', bid, iid, 'processing', now)
+  emit(batch_key, events_key, batch_fixed(batch_key).job_type .. '.running', bid, iid,
+    'processing', now)
 else
   redis.call('HSET', ik, 'updated_at', now)
 end
@@ -29,4 +29,4 @@ if bst == 'pending' or bst == 'dispatched' then
   redis.call('HSET', batch_key, 'status', 'running', 'started_at', now, 'updated_at', now)
   emit(batch_key, events_key, 'batch.running', bid, '', 'running', now)
 end
-return { 'run', attempts, redis.call('HGET', ik, 'job_id') or '', redis.call('GET', dfile_key) or '' }
+return { 'run', attempts, it[3] or '', redis.call('GET', dfile_key) or '' }

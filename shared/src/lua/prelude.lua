@@ -2,12 +2,23 @@
 local TERMINAL_BATCH = { completed = true, failed = true, cancelled = true }
 local TERMINAL_ITEM = { completed = true, failed = true, skipped = true, cancelled = true }
 
+-- The batch fields fixed at create (`job_type`, `hooks`), read once per script run: every
+-- script works on one batch, and a redis.call costs more than the lookup it does.
+local fixed = nil
+local function batch_fixed(batch_key)
+  if fixed == nil then
+    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks')
+    fixed = { job_type = f[1], hooks = f[2] }
+  end
+  return fixed
+end
+
 -- Appends an event to the outbox with the batch's next sequence number, if an endpoint of the
 -- batch wants its type: `hooks` is '*' or the wanted types between spaces, set at create.
 -- Without subscribers nothing is written; that is most batches, and the stream would cost
 -- two entries per item.
 local function emit(batch_key, events_key, etype, bid, iid, status, now)
-  local hooks = redis.call('HGET', batch_key, 'hooks')
+  local hooks = batch_fixed(batch_key).hooks
   if not hooks then return end
   if hooks ~= '*' and not string.find(hooks, ' ' .. etype .. ' ', 1, true) then return end
   local seq = redis.call('HINCRBY', batch_key, 'seq', 1)
@@ -34,7 +45,7 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
   redis.call('HINCRBY', batch_key, 'processed', 1)
   redis.call('HINCRBY', batch_key, to, 1)
   redis.call('HSET', batch_key, 'updated_at', now)
-  local jt = redis.call('HGET', batch_key, 'job_type')
+  local jt = batch_fixed(batch_key).job_type
   emit(batch_key, events_key, jt .. '.' .. ITEM_EVENT[to], bid, iid, to, now)
 end
 

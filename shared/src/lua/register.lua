@@ -6,7 +6,7 @@ local base, now, bid, job_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local st = redis.call('HGET', batch_key, 'status')
 if st == false then return -1 end
 if TERMINAL_BATCH[st] then return -2 end
-local jt = redis.call('HGET', batch_key, 'job_type')
+local jt = batch_fixed(batch_key).job_type
 local n = 0
 for i = 5, #ARGV, 4 do
   local iid, name, order, jid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -17,9 +17,9 @@ for i = 5, #ARGV, 4 do
     redis.call('ZADD', base .. ':items', order, iid)
     redis.call('ZADD', base .. ':st:pending', order, iid)
     redis.call('SET', job_prefix .. jid, bid .. '\n' .. iid)
-    redis.call('HINCRBY', batch_key, 'registered', 1)
     emit(batch_key, events_key, jt .. '.pending', bid, iid, 'pending', now)
     n = n + 1
   end
 end
+if n > 0 then redis.call('HINCRBY', batch_key, 'registered', n) end
 return n
