@@ -442,25 +442,25 @@ impl Processor {
         // A small text file is read and parsed right here: the work takes microseconds, less
         // than the two thread hops of a blocking task. Anything else, and an output that needs
         // a file, goes to a blocking thread.
-        let mut work = Work::Read;
+        let (mut work, mut quick) = (Work::Read, None);
         if size <= QUICK_BYTES && matches!(ctx.spec, JobSpec::Parse(_)) {
             let bytes = self.store.get_blocking(&storage_key)?;
-            work = if quick_format(&bytes, &name) {
+            if quick_format(&bytes, &name) {
                 let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
                 match place_inline(output, inline_max)? {
-                    Ok(placed) => Work::Placed(placed),
-                    Err(unplaced) => Work::Place(unplaced.output),
+                    Ok(placed) => quick = Some(placed),
+                    Err(unplaced) => work = Work::Place(unplaced.output),
                 }
             } else {
-                Work::Parse(bytes)
-            };
+                work = Work::Parse(bytes);
+            }
         }
-        let placed = match work {
-            Work::Placed(placed) => {
+        let placed = match quick {
+            Some(placed) => {
                 drop(cpu);
                 placed
             }
-            work => {
+            None => {
                 self.run_blocking(work, &ctx, storage_key, name, output_key.clone(), cpu)
                     .await?
             }
@@ -533,7 +533,6 @@ impl Processor {
         let task = tokio::task::spawn_blocking(move || {
             let output = match work {
                 Work::Place(output) => output,
-                Work::Placed(placed) => return Ok(placed),
                 Work::Read => {
                     let bytes = store.get_blocking(&storage_key)?;
                     guarded(|| run_engine(&ctx, &bytes, &name))?
@@ -647,8 +646,6 @@ enum Work {
     Parse(Vec<u8>),
     /// Place this output (too large for the item record).
     Place(EngineOutput),
-    /// Nothing: placed already.
-    Placed(Placed),
 }
 
 /// Formats whose parse is a linear pass over the text, safe to run between two awaits.
