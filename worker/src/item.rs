@@ -449,7 +449,7 @@ impl Processor {
                 let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
                 match place_inline(output, inline_max)? {
                     Ok(placed) => quick = Some(placed),
-                    Err(unplaced) => work = Work::Place(unplaced.output),
+                    Err(unplaced) => work = Work::Place(unplaced),
                 }
             } else {
                 work = Work::Parse(bytes);
@@ -531,15 +531,18 @@ impl Processor {
         // Read, engine and write in one trip to a blocking thread: the hops between threads
         // cost more than the work for small files.
         let task = tokio::task::spawn_blocking(move || {
-            let output = match work {
-                Work::Place(output) => output,
+            let placed = match work {
+                Work::Place(unplaced) => write_output(&store, &key, unplaced)?,
                 Work::Read => {
                     let bytes = store.get_blocking(&storage_key)?;
-                    guarded(|| run_engine(&ctx, &bytes, &name))?
+                    let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+                    place_output(&store, &key, output, inline_max)?
                 }
-                Work::Parse(bytes) => guarded(|| run_engine(&ctx, &bytes, &name))?,
+                Work::Parse(bytes) => {
+                    let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+                    place_output(&store, &key, output, inline_max)?
+                }
             };
-            let placed = place_output(&store, &key, output, inline_max)?;
             if let Placed::File { .. } = placed {
                 // Waiting for the shared sync uses no CPU: let the next item's engine start,
                 // and let more items join this sync round.
@@ -644,8 +647,8 @@ enum Work {
     Read,
     /// Run the engine on these bytes, then place the output.
     Parse(Vec<u8>),
-    /// Place this output (too large for the item record).
-    Place(EngineOutput),
+    /// Write this output, too large for the item record, to a file.
+    Place(Unplaced),
 }
 
 /// Formats whose parse is a linear pass over the text, safe to run between two awaits.
@@ -730,10 +733,16 @@ fn place_output(
     output: EngineOutput,
     inline_max: usize,
 ) -> Result<Placed, Failure> {
-    let Unplaced { mut output, body } = match place_inline(output, inline_max)? {
-        Ok(placed) => return Ok(placed),
-        Err(unplaced) => unplaced,
-    };
+    match place_inline(output, inline_max)? {
+        Ok(placed) => Ok(placed),
+        Err(unplaced) => write_output(store, key, unplaced),
+    }
+}
+
+/// Writes an output (and any images beside it) under `key`, reusing its JSON when already
+/// encoded; blocking.
+fn write_output(store: &FileStore, key: &str, unplaced: Unplaced) -> Result<Placed, Failure> {
+    let Unplaced { mut output, body } = unplaced;
     if !output.images.is_empty() {
         let mut names = Vec::new();
         for (name, png) in &output.images {
