@@ -1,5 +1,6 @@
 //! Batches: create, list, status, cancel, items, per-item processing results.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, State};
@@ -17,7 +18,8 @@ use serde_json::{json, Value};
 
 use crate::auth::Project;
 use crate::error::ApiError;
-use crate::http::{parse_json, JsonBody, QueryParams};
+use crate::expansion;
+use crate::http::{parse_json, JsonBody, QueryParams, RawBody};
 use crate::records::{job_item, BatchRecord, DirectoryFile};
 use crate::state::AppState;
 
@@ -26,14 +28,15 @@ const MAX_RULES: usize = 100;
 /// Longest rule description, in characters.
 const MAX_RULE_DESCRIPTION: usize = 4000;
 
-/// `POST /api/v1/beta/batch-processing` body.
+/// `POST /api/v1/beta/batch-processing` body. The ids borrow from the body: a list of
+/// 100,000 parses without 100,000 allocations.
 #[derive(Debug, Deserialize)]
-pub struct CreateBatch {
+pub struct CreateBatch<'a> {
     job_config: Value,
     #[serde(default)]
     directory_id: Option<String>,
-    #[serde(default)]
-    item_ids: Option<Vec<String>>,
+    #[serde(default, borrow)]
+    item_ids: Option<Vec<Cow<'a, str>>>,
     #[serde(default)]
     page_size: Option<i64>,
     #[serde(default)]
@@ -185,7 +188,16 @@ fn validate_job(raw: &Value, vision: &VisionSettings) -> Result<ValidJob, ApiErr
 pub async fn create(
     State(st): State<AppState>,
     Project(project): Project,
-    JsonBody(body): JsonBody<CreateBatch>,
+    RawBody(bytes): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    let body: CreateBatch = parse_json(RawBody::json(&bytes))?;
+    create_batch(&st, &project, body).await
+}
+
+async fn create_batch(
+    st: &AppState,
+    project: &str,
+    body: CreateBatch<'_>,
 ) -> Result<Json<Value>, ApiError> {
     let job = validate_job(&body.job_config, &st.settings.vision)?;
     let webhooks = crate::webhook::subscription::from_request(
@@ -207,7 +219,7 @@ pub async fn create(
     let now = now_rfc3339();
     let mut fields: Vec<(&str, String)> = vec![
         ("id", batch_id.clone()),
-        ("project_id", project.clone()),
+        ("project_id", project.to_owned()),
         ("job_type", job.job_type.as_str().into()),
         ("status", BatchStatus::Pending.as_str().into()),
         ("processed", "0".into()),
@@ -241,7 +253,7 @@ pub async fn create(
             ))
         }
         (Some(dir_id), None) => {
-            let dir = crate::directories::load(&st, &project, dir_id)
+            let dir = crate::directories::load(st, project, dir_id)
                 .await
                 .map_err(|e| match e {
                     ApiError::NotFound(_) => {
@@ -272,26 +284,10 @@ pub async fn create(
                     format!("at most {} ids per batch", st.settings.max_item_ids),
                 ));
             }
-            let mut seen = HashSet::with_capacity(ids.len());
-            let unique: Vec<&String> = ids.iter().filter(|i| seen.insert(i.as_str())).collect();
-            let known: Vec<bool> = redis::cmd("SMISMEMBER")
-                .arg(st.keys.project_dfiles(&project))
-                .arg(&unique)
-                .query_async(&mut con)
-                .await?;
-            if let Some(pos) = known.iter().position(|k| !k) {
-                let missing = unique[pos];
-                let index = ids.iter().position(|i| i == missing).unwrap_or(pos);
-                return Err(ApiError::field(
-                    &format!("item_ids[{index}]"),
-                    format!("no file {missing:?} in this project"),
-                ));
-            }
+            let input = expansion::input_list(ids)?;
             fields.push(("source", "items".into()));
-            fields.push(("total", unique.len().to_string()));
-            for chunk in unique.chunks(10_000) {
-                pipe.rpush(st.keys.batch_input(&batch_id), chunk);
-            }
+            fields.push(("total", input.count.to_string()));
+            pipe.set(st.keys.batch_input(&batch_id), input.bytes);
         }
     }
     pipe.hset_multiple(st.keys.batch(&batch_id), &fields)
@@ -299,7 +295,7 @@ pub async fn create(
             st.keys.batch_config(&batch_id),
             serde_json::to_string(&body.job_config)?,
         )
-        .zadd(st.keys.project_batches(&project), &batch_id, now_millis())
+        .zadd(st.keys.project_batches(project), &batch_id, now_millis())
         .zadd(st.keys.expansion(), &batch_id, now_millis());
     let wanted = crate::webhook::subscription::wanted_events(&webhooks);
     if let Some(wanted) = &wanted {
@@ -336,7 +332,7 @@ pub async fn create(
     let _: () = pipe.query_async(&mut con).await?;
     st.expansion_wake.notify_one();
     tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");
-    let rec = load(&st, &project, &batch_id).await?;
+    let rec = load(st, project, &batch_id).await?;
     Ok(Json(rec.to_api()))
 }
 
@@ -612,6 +608,6 @@ pub async fn retry_failed(
             cfg.remove("webhook_url");
         }
     }
-    let parsed: CreateBatch = serde_json::from_value(body)?;
-    create(State(st), Project(project), JsonBody(parsed)).await
+    let bytes = serde_json::to_vec(&body)?;
+    create_batch(&st, &project, parse_json(&bytes)?).await
 }

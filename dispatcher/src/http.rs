@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 
 use crate::error::ApiError;
 
@@ -14,24 +14,45 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge("body: request body too large".into())
-            } else {
-                ApiError::BadRequest(format!("body: {e}"))
-            }
-        })?;
-        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(RawBody::json(&bytes)).map(JsonBody)
+    }
+}
+
+/// A body kept as bytes, for a handler whose JSON borrows from it (a long id list parses
+/// without an allocation per id).
+pub struct RawBody(pub Bytes);
+
+impl RawBody {
+    /// The JSON to parse: an empty body reads as `{}`, so the missing fields are named.
+    pub fn json(bytes: &[u8]) -> &[u8] {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
-            &bytes
-        };
-        parse_json(body).map(JsonBody)
+            bytes
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge("body: request body too large".into())
+                } else {
+                    ApiError::BadRequest(format!("body: {e}"))
+                }
+            })
     }
 }
 
 /// Deserialises JSON, naming the field that failed.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

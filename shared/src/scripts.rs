@@ -93,6 +93,9 @@ pub struct NewItem {
     pub order: i64,
     /// Per-file job id, used only if the item is new.
     pub job_id: String,
+    /// Why the item cannot run (its file is unknown): it is registered straight as `failed`
+    /// with this message, and no message is published for it.
+    pub refusal: Option<String>,
 }
 
 /// The fields of an outcome.
@@ -181,7 +184,8 @@ impl Scripts {
                 inv.arg(&it.item_id)
                     .arg(&it.name)
                     .arg(it.order)
-                    .arg(&it.job_id);
+                    .arg(&it.job_id)
+                    .arg(it.refusal.as_deref().unwrap_or(""));
             }
             let n: i64 = inv.invoke_async(con).await?;
             match u64::try_from(n) {

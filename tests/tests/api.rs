@@ -30,9 +30,14 @@ async fn bad_input_is_a_4xx_naming_the_field() {
             "item_ids",
         ),
         (
-            json!({ "job_config": parse, "item_ids": [file, "dfl-nope"] }),
+            json!({ "job_config": parse, "item_ids": [file, "dfl-a\ndfl-b"] }),
             422,
             "item_ids[1]",
+        ),
+        (
+            json!({ "job_config": parse, "item_ids": [file, file, ""] }),
+            422,
+            "item_ids[2]",
         ),
         (
             json!({ "job_config": parse, "item_ids": "dfl-x" }),
@@ -203,6 +208,46 @@ async fn bad_input_is_a_4xx_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_fail_as_items_and_the_rest_run() {
+    let f = Fleet::start(1).await;
+    let dir = f.create_dir(&f.api_key, "d").await;
+    let file = f
+        .upload(&f.api_key, &dir, "m.txt", sample("meeting-minutes.txt"))
+        .await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": [file, "dfl-nope", file] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // Duplicates count once.
+    assert_eq!(b["total_items"], 2, "{b}");
+    let batch = b["id"].as_str().unwrap().to_owned();
+    let done = f
+        .wait_terminal(&batch, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(done["job"]["status"], "completed", "{done}");
+    assert_eq!(done["job"]["processed_items"], 2, "{done}");
+    assert_eq!(done["job"]["failed_items"], 1, "{done}");
+    let (_, failed) = f.get(&format!("{BATCH}/{batch}/items?status=failed")).await;
+    assert_eq!(failed["total_size"], 1, "{failed}");
+    let item = &failed["items"][0];
+    assert_eq!(item["item_id"], "dfl-nope");
+    assert_eq!(item["item_name"], "dfl-nope");
+    assert_eq!(
+        item["error_message"],
+        "no file \"dfl-nope\" in this project"
+    );
+    let (_, ok) = f
+        .get(&format!("{BATCH}/{batch}/items?status=completed"))
+        .await;
+    assert_eq!(ok["items"][0]["item_id"], file.as_str(), "{ok}");
+    assert_eq!(ok["items"][0]["item_name"], "m.txt");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_see_only_their_own_project() {
     let f = Fleet::start(1).await;
     let other = f.new_key("proj-b").await;
@@ -241,7 +286,8 @@ async fn keys_see_only_their_own_project() {
         .post_as(&other, &format!("{BATCH}/{batch}/cancel"), &json!({}))
         .await;
     assert_eq!(s, 404);
-    // B cannot batch A's files or directory.
+    // B cannot batch A's files or directory. An id is checked as the batch expands, so B's
+    // batch of A's file is accepted and its item fails, telling B nothing of the file.
     let (s, b) = f
         .post_as(
             &other,
@@ -249,7 +295,29 @@ async fn keys_see_only_their_own_project() {
             &json!({ "job_config": { "parameters": {} }, "item_ids": [a_file] }),
         )
         .await;
-    assert_eq!(s, 422, "{b}");
+    assert_eq!(s, 200, "{b}");
+    let stolen = b["id"].as_str().unwrap().to_owned();
+    let mut items = Value::Null;
+    for _ in 0..300 {
+        let (_, st) = f.get_as(&other, &format!("{BATCH}/{stolen}")).await;
+        if st["job"]["status"] == "failed" {
+            (_, items) = f.get_as(&other, &format!("{BATCH}/{stolen}/items")).await;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let item = &items["items"][0];
+    assert_eq!(item["status"], "failed", "{items}");
+    assert_eq!(
+        item["item_name"],
+        a_file.as_str(),
+        "A's file name leaked: {item}"
+    );
+    assert_eq!(
+        item["error_message"],
+        format!("no file {a_file:?} in this project"),
+        "{item}"
+    );
     let (s, _) = f
         .post_as(
             &other,
@@ -260,7 +328,7 @@ async fn keys_see_only_their_own_project() {
     assert_eq!(s, 422);
     // Lists are per project.
     let (_, l) = f.get_as(&other, BATCH).await;
-    assert_eq!(l["total_size"], 0);
+    assert_eq!(l["total_size"], 1);
     let (_, l) = f.get_as(&other, "/api/v1/beta/directories").await;
     assert_eq!(l["items"].as_array().unwrap().len(), 0);
     let (_, l) = f.get(BATCH).await;

@@ -1,5 +1,6 @@
 -- Registers a page of items as pending, once each. KEYS: batch, events.
--- ARGV: base, now, batch_id, job_key_prefix, then (item_id, name, order, job_id) groups.
+-- ARGV: base, now, batch_id, job_key_prefix, then (item_id, name, order, job_id, refusal)
+-- groups. An item with a refusal (its file is unknown) is failed at once with it as the error.
 -- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
 local batch_key, events_key = KEYS[1], KEYS[2]
 local base, now, bid, job_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -8,8 +9,8 @@ if st == false then return -1 end
 if TERMINAL_BATCH[st] then return -2 end
 local jt = batch_fixed(batch_key).job_type
 local n = 0
-for i = 5, #ARGV, 4 do
-  local iid, name, order, jid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for i = 5, #ARGV, 5 do
+  local iid, name, order, jid, refusal = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ik = base .. ':item:' .. iid
   if redis.call('EXISTS', ik) == 0 then
     redis.call('HSET', ik, 'status', 'pending', 'name', name, 'order', order, 'job_id', jid,
@@ -18,6 +19,10 @@ for i = 5, #ARGV, 4 do
     redis.call('ZADD', base .. ':st:pending', order, iid)
     redis.call('SET', job_prefix .. jid, bid .. '\n' .. iid)
     emit(batch_key, events_key, jt .. '.pending', bid, iid, 'pending', now)
+    if refusal ~= '' then
+      settle(batch_key, events_key, base, bid, iid, 'pending', 'failed', order, now,
+        { error_message = refusal })
+    end
     n = n + 1
   end
 end

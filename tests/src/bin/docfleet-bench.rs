@@ -2,8 +2,8 @@
 //!
 //! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R]`
 //! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `python` (Celery, Dramatiq),
-//! `status`, `webhooks`, `parse`, `scale`, `million` (status and memory through one batch of
-//! `--million` files, 1,000,000 unless told);
+//! `status`, `webhooks`, `parse`, `scale`, `create` (create latency alone), `million` (status
+//! and memory through one batch of `--million` files, 1,000,000 unless told);
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes.
 
@@ -247,6 +247,31 @@ async fn fleet(rep: &mut Report, a: &Args) {
     for w in &mut workers {
         w.terminate().await;
     }
+    f.shutdown().await;
+}
+
+/// Create latency alone: `--runs` creates of one `--items`-id batch, each expanded before the
+/// next, with no workers (the `fleet` scenario measures the same call among its runs).
+async fn create(rep: &mut Report, a: &Args) {
+    eprintln!("create: {} item_ids, {} runs", a.items, a.runs);
+    let f = Fleet::start(0).await;
+    let (_, ids) = upload_many(&f, a.items).await;
+    let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
+    let mut servers = Vec::new();
+    for run in 0..a.runs {
+        let (id, server_ms) = create_timed(&f, &body).await;
+        eprintln!("  run {run}: create {server_ms:.1} ms in the dispatcher");
+        servers.push(server_ms);
+        while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    rep.add(
+        "create_alone_server_ms_item_ids",
+        median(servers.clone()),
+        "ms",
+        json!({ "runs": servers, "items": a.items, "from": "Server-Timing" }),
+    );
     f.shutdown().await;
 }
 
@@ -879,6 +904,7 @@ async fn main() {
             "webhooks" => webhooks(&mut rep, &a).await,
             "parse" => parse(&mut rep),
             "scale" => scale(&mut rep, &a).await,
+            "create" => create(&mut rep, &a).await,
             "million" => million(&mut rep, &a).await,
             "python" => python_queues(&mut rep, &a),
             other => eprintln!("unknown scenario {other}"),
