@@ -149,7 +149,7 @@ async fn pick(
     tasks: &mut JoinSet<()>,
     shutdown: &watch::Receiver<bool>,
 ) -> redis::RedisResult<()> {
-    let mut con = st.redis.clone();
+    let mut con = st.background.clone();
     let waiting: Vec<String> = con.zrange(st.keys.expansion(), 0, 63).await?;
     let lease_ms = st.settings.expansion_lease_secs * 1000;
     for batch_id in waiting {
@@ -178,7 +178,7 @@ async fn pick(
                 if let Err(error) = expand(&st, &batch_id, &shutdown).await {
                     tracing::warn!(%error, "Expansion interrupted; it will resume.");
                 }
-                let mut con = st.redis.clone();
+                let mut con = st.background.clone();
                 let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LEASE)
                     .key(st.keys.batch_lease(&batch_id))
                     .arg(&*st.replica_id)
@@ -198,7 +198,7 @@ async fn expand(
     batch_id: &str,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), ExpansionError> {
-    let mut con = st.redis.clone();
+    let mut con = st.background.clone();
     let lease = Lease {
         script: redis::Script::new(RENEW_LEASE),
         ms: st.settings.expansion_lease_secs * 1000,

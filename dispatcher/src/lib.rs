@@ -59,6 +59,7 @@ pub enum DispatcherError {
 /// Connects to Redis and RabbitMQ and builds the shared state.
 pub async fn connect(settings: DispatcherSettings) -> Result<AppState, DispatcherError> {
     let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    let background = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let topology = Topology::new(settings.broker.queue_prefix.clone());
     let publisher = publisher::Publisher::connect(&settings.broker.url, topology).await?;
@@ -67,6 +68,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         scripts: Scripts::new(keys.clone()),
         keys,
         redis,
+        background,
         publisher: Arc::new(publisher),
         expansion_wake: Arc::new(Notify::new()),
         webhook_wake: Arc::new(Notify::new()),

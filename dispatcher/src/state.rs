@@ -15,8 +15,11 @@ use crate::publisher::Publisher;
 pub struct AppState {
     /// The loaded configuration.
     pub settings: Arc<DispatcherSettings>,
-    /// Redis, reconnecting by itself.
+    /// Redis for request handlers, reconnecting by itself.
     pub redis: redis::aio::ConnectionManager,
+    /// Redis for the background loops (expansion, webhooks): a connection of their own, so a
+    /// status read is never queued behind a page of expansion's commands.
+    pub background: redis::aio::ConnectionManager,
     /// Key layout.
     pub keys: Keys,
     /// State-transition scripts.

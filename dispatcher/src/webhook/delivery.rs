@@ -120,7 +120,7 @@ impl Sender {
             let free = self.slots.available_permits();
             let mut taken: Vec<String> = Vec::new();
             if free > 0 {
-                let mut con = self.st.redis.clone();
+                let mut con = self.st.background.clone();
                 let now = docfleet_shared::now_millis();
                 match script
                     .key(self.st.keys.webhook_due())
@@ -172,7 +172,7 @@ impl Sender {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut con = self.st.redis.clone();
+        let mut con = self.st.background.clone();
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hget(self.st.keys.delivery(id), "url");
@@ -219,7 +219,7 @@ impl Sender {
     }
 
     async fn attempt(&self, id: &str) -> redis::RedisResult<()> {
-        let mut con = self.st.redis.clone();
+        let mut con = self.st.background.clone();
         let key = self.st.keys.delivery(id);
         let d: HashMap<String, String> = con.hgetall(&key).await?;
         let get = |k: &str| d.get(k).cloned().unwrap_or_default();
@@ -437,7 +437,7 @@ impl Sender {
                 }
             }
         }
-        let mut con = self.st.redis.clone();
+        let mut con = self.st.background.clone();
         pipe.query_async::<()>(&mut con).await
     }
 }

@@ -36,7 +36,7 @@ return 1";
 
 /// The endpoints a batch subscribed, from its record.
 pub async fn endpoints(st: &AppState, batch_id: &str) -> redis::RedisResult<Arc<Vec<Endpoint>>> {
-    let mut con = st.redis.clone();
+    let mut con = st.background.clone();
     let raw: Option<String> = con.hget(st.keys.batch(batch_id), "webhooks").await?;
     Ok(Arc::new(
         raw.and_then(|r| serde_json::from_str(&r).ok())
@@ -179,7 +179,7 @@ async fn handle(
     if events.is_empty() {
         return Ok(());
     }
-    let mut con = st.redis.clone();
+    let mut con = st.background.clone();
     let mut pipe = redis::pipe();
     for e in &events {
         if e.item_id.is_empty() {
