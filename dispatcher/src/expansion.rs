@@ -6,10 +6,11 @@
 //!
 //! Page by page: read ids from the cursor → register them as pending items (once each, by
 //! script) → publish their messages → await the previous page's confirms and advance the
-//! cursor past it. Two pages overlap, so the broker confirms one while Redis registers the
-//! next. A crash re-publishes at most the two pages past the cursor; workers recognise the
-//! duplicates, so no file is missed and none is counted twice. Memory is two pages, whatever
-//! the batch size.
+//! cursor past it. Pages overlap: while the broker takes one page, Redis registers the next,
+//! and the page before is confirmed meanwhile. A crash re-publishes at most the two pages past
+//! the cursor (a third may be registered, not yet published); workers recognise the
+//! duplicates, so no file is missed and none is counted twice. Memory is two pages of
+//! messages, whatever the batch size.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -205,8 +206,7 @@ async fn expand(
     };
     // The page published last, whose confirms are awaited after the next page is sent.
     let mut in_flight: Option<Page> = None;
-    // Where the next page starts; the stored cursor lags it by the page in flight.
-    let mut next_page: Option<i64> = None;
+    let mut step = prepare(st, &mut con, batch_id, None).await?;
     loop {
         if *shutdown.borrow() {
             if let Some(page) = in_flight.take() {
@@ -214,124 +214,165 @@ async fn expand(
             }
             return Ok(());
         }
-        let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
-        let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
-        let status = BatchStatus::parse(get("status"));
-        if h.is_empty() || status.is_none_or(BatchStatus::is_terminal) || get("expanded") == "1" {
-            let _: () = redis::pipe()
-                .zrem(st.keys.expansion(), batch_id)
-                .del(st.keys.batch_input(batch_id))
-                .query_async(&mut con)
-                .await?;
-            return Ok(());
-        }
-        let cursor: i64 = next_page.unwrap_or_else(|| get("cursor").parse().unwrap_or(0));
-        // Directory mode reads the directory `page_size` files at a time, as asked; an
-        // `item_ids` batch has its ids in Redis already, so it moves in larger pages.
-        let page_size: i64 = if get("source") == "directory" {
-            get("page_size").parse().unwrap_or(100)
-        } else {
-            ITEM_PAGE
-        };
-        let job_type = JobType::parse(get("job_type")).unwrap_or(JobType::Parse);
-        let priority: u8 = get("priority").parse().unwrap_or(2);
-        let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) =
-            if get("source") == "directory" {
-                let snapshot: i64 = get("snapshot").parse().unwrap_or(0);
-                let page: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
-                    .arg(st.keys.dir_files(get("directory_id")))
-                    .arg(format!("({cursor}"))
-                    .arg(snapshot)
-                    .arg("WITHSCORES")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(page_size)
-                    .query_async(&mut con)
-                    .await?;
-                let next = page.last().map(|(_, s)| *s).unwrap_or(cursor);
-                let (ids, orders) = page.into_iter().unzip();
-                (ids, orders, next)
-            } else {
-                let window: Vec<u8> = redis::cmd("GETRANGE")
-                    .arg(st.keys.batch_input(batch_id))
-                    .arg(cursor)
-                    .arg(cursor + INPUT_WINDOW - 1)
-                    .query_async(&mut con)
-                    .await?;
-                let (page, consumed) = input_page(&window, cursor, page_size as usize);
-                let (ids, orders) = page.into_iter().unzip();
-                (ids, orders, cursor + consumed as i64)
-            };
-        if ids.is_empty() {
-            if let Some(page) = in_flight.take() {
-                if !page.advance(st, &mut con, batch_id, &lease).await? {
-                    return Ok(());
+        let ready = match step {
+            Step::Stopped => return Ok(()),
+            Step::Ready(ready) => ready,
+            Step::Exhausted => {
+                if let Some(page) = in_flight.take() {
+                    if !page.advance(st, &mut con, batch_id, &lease).await? {
+                        return Ok(());
+                    }
                 }
+                let status = st.scripts.expanded(&mut con, batch_id).await?;
+                forget(st, &mut con, batch_id).await?;
+                tracing::info!(status = %status, "Batch expanded.");
+                return Ok(());
             }
-            let status = st.scripts.expanded(&mut con, batch_id).await?;
-            let _: () = redis::pipe()
-                .zrem(st.keys.expansion(), batch_id)
-                .del(st.keys.batch_input(batch_id))
-                .query_async(&mut con)
-                .await?;
-            tracing::info!(status = %status, "Batch expanded.");
-            return Ok(());
-        }
-        let records: Vec<Option<String>> = con
-            .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
-            .await?;
-        let project = get("project_id");
-        let mut items = Vec::with_capacity(ids.len());
-        for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
-            let file = match raw {
-                Some(r) => Some(serde_json::from_str::<DirectoryFile>(&r)?),
-                None => None,
-            };
-            // An id is checked here rather than at create, so that create answers at once
-            // however long the list: a file that is gone, or another project's, fails as an
-            // item, named by its id alone.
-            let (name, refusal) = match file {
-                Some(f) if f.project_id == project => (f.display_name, None),
-                _ => (id.clone(), Some(format!("no file {id:?} in this project"))),
-            };
-            items.push(NewItem {
-                item_id: id.clone(),
-                name,
-                order,
-                job_id: format!("{}-{}", job_type.job_id_prefix(), uuid::Uuid::new_v4()),
-                refusal,
-            });
-        }
-        if st
-            .scripts
-            .register(&mut con, batch_id, &items)
-            .await?
-            .is_none()
-        {
-            continue; // terminal now: the top of the loop cleans up
-        }
-        let bodies: Vec<Vec<u8>> = items
-            .iter()
-            .filter(|i| i.refusal.is_none())
-            .map(|i| ItemMessage::new(batch_id, &i.item_id).encode())
-            .collect();
-        let trace = docfleet_shared::wire::Trace {
-            correlation_id: h.get("correlation_id").cloned(),
-            session_id: h.get("session_id").cloned(),
         };
-        let confirms = st.publisher.send(&bodies, priority, &trace).await?;
-        next_page = Some(next_cursor);
+        // The broker takes this page while Redis registers the next: the two are the bulk
+        // of a page's time, and neither waits for the other.
+        let mut next_con = con.clone();
+        let (sent, next) = tokio::join!(
+            st.publisher
+                .send(&ready.bodies, ready.priority, &ready.trace),
+            prepare(st, &mut next_con, batch_id, Some(ready.cursor)),
+        );
         let sent = Page {
-            confirms,
-            messages: bodies.len(),
-            cursor: next_cursor,
+            confirms: sent?,
+            messages: ready.bodies.len(),
+            cursor: ready.cursor,
         };
         if let Some(page) = in_flight.replace(sent) {
             if !page.advance(st, &mut con, batch_id, &lease).await? {
                 return Ok(());
             }
         }
+        step = next?;
     }
+}
+
+/// What reading the next page found.
+enum Step {
+    /// A page registered, its messages ready to publish.
+    Ready(Ready),
+    /// No ids past the cursor: expansion is complete once the pages in flight are confirmed.
+    Exhausted,
+    /// The batch is gone, terminal or already expanded: nothing more to do (cleaned up).
+    Stopped,
+}
+
+struct Ready {
+    bodies: Vec<Vec<u8>>,
+    priority: u8,
+    trace: docfleet_shared::wire::Trace,
+    /// The cursor just past this page.
+    cursor: i64,
+}
+
+/// Drops a batch from the expansion set, with its input list.
+async fn forget(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    batch_id: &str,
+) -> redis::RedisResult<()> {
+    redis::pipe()
+        .zrem(st.keys.expansion(), batch_id)
+        .del(st.keys.batch_input(batch_id))
+        .query_async(con)
+        .await
+}
+
+/// Reads the page at `cursor` (the stored one if `None`) and registers its items.
+async fn prepare(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    batch_id: &str,
+    cursor: Option<i64>,
+) -> Result<Step, ExpansionError> {
+    let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
+    let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
+    let status = BatchStatus::parse(get("status"));
+    if h.is_empty() || status.is_none_or(BatchStatus::is_terminal) || get("expanded") == "1" {
+        forget(st, con, batch_id).await?;
+        return Ok(Step::Stopped);
+    }
+    let cursor: i64 = cursor.unwrap_or_else(|| get("cursor").parse().unwrap_or(0));
+    let job_type = JobType::parse(get("job_type")).unwrap_or(JobType::Parse);
+    let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) = if get("source") == "directory" {
+        // Directory mode reads the directory `page_size` files at a time, as asked.
+        let page_size: i64 = get("page_size").parse().unwrap_or(100);
+        let snapshot: i64 = get("snapshot").parse().unwrap_or(0);
+        let page: Vec<(String, i64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(st.keys.dir_files(get("directory_id")))
+            .arg(format!("({cursor}"))
+            .arg(snapshot)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(page_size)
+            .query_async(con)
+            .await?;
+        let next = page.last().map(|(_, s)| *s).unwrap_or(cursor);
+        let (ids, orders) = page.into_iter().unzip();
+        (ids, orders, next)
+    } else {
+        // An `item_ids` batch has its ids in Redis already, so it moves in larger pages.
+        let window: Vec<u8> = redis::cmd("GETRANGE")
+            .arg(st.keys.batch_input(batch_id))
+            .arg(cursor)
+            .arg(cursor + INPUT_WINDOW - 1)
+            .query_async(con)
+            .await?;
+        let (page, consumed) = input_page(&window, cursor, ITEM_PAGE as usize);
+        let (ids, orders) = page.into_iter().unzip();
+        (ids, orders, cursor + consumed as i64)
+    };
+    if ids.is_empty() {
+        return Ok(Step::Exhausted);
+    }
+    let records: Vec<Option<String>> = con
+        .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
+        .await?;
+    let project = get("project_id");
+    let mut items = Vec::with_capacity(ids.len());
+    for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
+        let file = match raw {
+            Some(r) => Some(serde_json::from_str::<DirectoryFile>(&r)?),
+            None => None,
+        };
+        // An id is checked here rather than at create, so that create answers at once
+        // however long the list: a file that is gone, or another project's, fails as an
+        // item, named by its id alone.
+        let (name, refusal) = match file {
+            Some(f) if f.project_id == project => (f.display_name, None),
+            _ => (id.clone(), Some(format!("no file {id:?} in this project"))),
+        };
+        items.push(NewItem {
+            item_id: id.clone(),
+            name,
+            order,
+            job_id: format!("{}-{}", job_type.job_id_prefix(), uuid::Uuid::new_v4()),
+            refusal,
+        });
+    }
+    if st.scripts.register(con, batch_id, &items).await?.is_none() {
+        // Terminal (cancelled) meanwhile.
+        forget(st, con, batch_id).await?;
+        return Ok(Step::Stopped);
+    }
+    Ok(Step::Ready(Ready {
+        bodies: items
+            .iter()
+            .filter(|i| i.refusal.is_none())
+            .map(|i| ItemMessage::new(batch_id, &i.item_id).encode())
+            .collect(),
+        priority: get("priority").parse().unwrap_or(2),
+        trace: docfleet_shared::wire::Trace {
+            correlation_id: h.get("correlation_id").cloned(),
+            session_id: h.get("session_id").cloned(),
+        },
+        cursor: next_cursor,
+    }))
 }
 
 /// The expansion lease and how long each renewal holds it.

@@ -81,13 +81,20 @@ impl Report {
         let mut split: Vec<(String, Vec<f64>)> = split.into_iter().collect();
         split.sort_by(|a, b| a.0.cmp(&b.0));
         for (who, runs) in split {
-            self.add(
+            self.add_median(
                 &format!("{prefix}_cpu_us_per_item_{who}"),
-                median(runs.clone()),
+                runs,
                 "µs CPU/item",
-                json!({ "runs": runs }),
+                json!({}),
             );
         }
+    }
+
+    /// A figure from several runs: their median, with every run in the detail.
+    fn add_median(&mut self, name: &str, runs: Vec<f64>, unit: &str, mut extra: Value) {
+        let value = median(runs.clone());
+        extra["runs"] = json!(runs);
+        self.add(name, value, unit, extra);
     }
 
     fn add(&mut self, name: &str, value: f64, unit: &str, extra: Value) {
@@ -219,29 +226,24 @@ async fn fleet(rep: &mut Report, a: &Args) {
         creates.push(create_ms);
         expansions.push(a.items as f64 / exp);
     }
-    rep.add(
-        "fleet_items_per_s",
-        median(rates.clone()),
-        "items/s",
-        json!({ "runs": rates }),
-    );
-    rep.add(
+    rep.add_median("fleet_items_per_s", rates, "items/s", json!({}));
+    rep.add_median(
         "create_call_ms_item_ids",
-        median(creates.clone()),
+        creates,
         "ms",
-        json!({ "runs": creates, "items": a.items }),
+        json!({ "items": a.items }),
     );
-    rep.add(
+    rep.add_median(
         "create_server_ms_item_ids",
-        median(servers.clone()),
+        servers,
         "ms",
-        json!({ "runs": servers, "items": a.items, "from": "Server-Timing" }),
+        json!({ "items": a.items, "from": "Server-Timing" }),
     );
-    rep.add(
+    rep.add_median(
         "expansion_msgs_per_s",
-        median(expansions.clone()),
+        expansions,
         "msgs/s",
-        json!({ "runs": expansions, "note": "while the workers consume" }),
+        json!({ "note": "while the workers consume" }),
     );
     rep.add_cpu_split("fleet", split);
     for w in &mut workers {
@@ -251,26 +253,38 @@ async fn fleet(rep: &mut Report, a: &Args) {
 }
 
 /// Create latency alone: `--runs` creates of one `--items`-id batch, each expanded before the
-/// next, with no workers (the `fleet` scenario measures the same call among its runs).
+/// next, with no workers, and the expansion rate of each (the `fleet` scenario measures both
+/// among its runs).
 async fn create(rep: &mut Report, a: &Args) {
     eprintln!("create: {} item_ids, {} runs", a.items, a.runs);
     let f = Fleet::start(0).await;
     let (_, ids) = upload_many(&f, a.items).await;
     let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
-    let mut servers = Vec::new();
+    let (mut servers, mut rates) = (Vec::new(), Vec::new());
     for run in 0..a.runs {
+        let t0 = Instant::now();
         let (id, server_ms) = create_timed(&f, &body).await;
-        eprintln!("  run {run}: create {server_ms:.1} ms in the dispatcher");
-        servers.push(server_ms);
         while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let rate = a.items as f64 / t0.elapsed().as_secs_f64();
+        eprintln!(
+            "  run {run}: create {server_ms:.1} ms in the dispatcher, expanded at {rate:.0} msgs/s"
+        );
+        servers.push(server_ms);
+        rates.push(rate);
     }
-    rep.add(
+    rep.add_median(
+        "create_alone_expansion_msgs_per_s",
+        rates,
+        "msgs/s",
+        json!({ "items": a.items }),
+    );
+    rep.add_median(
         "create_alone_server_ms_item_ids",
-        median(servers.clone()),
+        servers,
         "ms",
-        json!({ "runs": servers, "items": a.items, "from": "Server-Timing" }),
+        json!({ "items": a.items, "from": "Server-Timing" }),
     );
     f.shutdown().await;
 }
@@ -575,11 +589,11 @@ fn python_queues(rep: &mut Report, a: &Args) {
             }
         }
         if !runs.is_empty() {
-            rep.add(
+            rep.add_median(
                 &format!("{system}_items_per_s"),
-                median(runs.clone()),
+                runs,
                 "items/s",
-                json!({ "runs": runs, "items": n }),
+                json!({ "items": n }),
             );
         }
     }
@@ -689,23 +703,13 @@ async fn ceiling(rep: &mut Report, a: &Args) {
         .zip(&cons)
         .map(|(p, c)| 1.0 / (1.0 / p + 1.0 / c))
         .collect();
-    rep.add(
-        "ceiling_publish_per_s",
-        median(pubs.clone()),
-        "msgs/s",
-        json!({ "runs": pubs }),
-    );
-    rep.add(
-        "ceiling_consume_per_s",
-        median(cons.clone()),
-        "msgs/s",
-        json!({ "runs": cons }),
-    );
-    rep.add(
+    rep.add_median("ceiling_publish_per_s", pubs, "msgs/s", json!({}));
+    rep.add_median("ceiling_consume_per_s", cons, "msgs/s", json!({}));
+    rep.add_median(
         "ceiling_items_per_s",
-        median(e2e.clone()),
+        e2e,
         "items/s",
-        json!({ "runs": e2e, "note": "publish then consume, sequential" }),
+        json!({ "note": "publish then consume, sequential" }),
     );
     rep.add_cpu_split("ceiling", split);
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -886,17 +890,17 @@ fn parse(rep: &mut Report) {
         pages_theirs = p;
         theirs.push(p as f64 / t);
     }
-    rep.add(
+    rep.add_median(
         "parse_pages_per_s_docfleet",
-        median(ours.clone()),
+        ours,
         "pages/s",
-        json!({ "runs": ours, "pages": pages_ours }),
+        json!({ "pages": pages_ours }),
     );
-    rep.add(
+    rep.add_median(
         "parse_pages_per_s_pdftotext",
-        median(theirs.clone()),
+        theirs,
         "pages/s",
-        json!({ "runs": theirs, "pages": pages_theirs }),
+        json!({ "pages": pages_theirs }),
     );
 }
 
