@@ -170,12 +170,7 @@ async fn fleet(rep: &mut Report, a: &Args) {
     ] {
         let (mut rates, mut creates) = (Vec::new(), Vec::new());
         for _ in 0..a.runs {
-            let t0 = Instant::now();
-            let (id, server_ms) = create_timed(&f, &body).await;
-            while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let rate = a.items as f64 / t0.elapsed().as_secs_f64();
+            let (server_ms, rate) = expand_timed(&f, &body, a.items).await;
             eprintln!("  expansion alone, {source}: {rate:.0} msgs/s, create {server_ms:.1} ms in the dispatcher");
             rates.push(rate);
             creates.push(server_ms);
@@ -264,12 +259,7 @@ async fn create(rep: &mut Report, a: &Args) {
     let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
     let (mut servers, mut rates) = (Vec::new(), Vec::new());
     for run in 0..a.runs {
-        let t0 = Instant::now();
-        let (id, server_ms) = create_timed(&f, &body).await;
-        while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let rate = a.items as f64 / t0.elapsed().as_secs_f64();
+        let (server_ms, rate) = expand_timed(&f, &body, a.items).await;
         eprintln!(
             "  run {run}: create {server_ms:.1} ms in the dispatcher, expanded at {rate:.0} msgs/s"
         );
@@ -289,6 +279,17 @@ async fn create(rep: &mut Report, a: &Args) {
         json!({ "items": a.items, "from": "Server-Timing" }),
     );
     f.shutdown().await;
+}
+
+/// Creates a batch of `items` and waits until it is expanded: (the create's server time in
+/// ms, messages published per second from the create call on).
+async fn expand_timed(f: &Fleet, body: &Value, items: usize) -> (f64, f64) {
+    let t0 = Instant::now();
+    let (id, server_ms) = create_timed(f, body).await;
+    while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (server_ms, items as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Empties the fleet's work queue.
