@@ -272,7 +272,6 @@ pub async fn upload(
         .atomic()
         .set(st.keys.dfile(&file_id), serde_json::to_string(&rec)?)
         .zadd(st.keys.dir_files(&dir.id), &file_id, seq)
-        .sadd(st.keys.project_dfiles(&project), &file_id)
         .query_async(&mut con)
         .await?;
     Ok(Json(rec.to_api()))

@@ -12,10 +12,9 @@
 //! | `P:dfile:<file_id>` | string | directory-file record (JSON) |
 //! | `P:dfile:<file_id>:runs` | list | processing results of that file (JSON), across batches |
 //! | `P:proj:<project>:dirs` / `:batches` | zset | ids by creation time |
-//! | `P:proj:<project>:dfiles` | set | every directory-file id of the project (tenancy check) |
 //! | `P:batch:{<id>}` | hash | batch record and counters |
 //! | `P:batch:{<id>}:config` | string | the job config as sent (JSON) |
-//! | `P:batch:{<id>}:input` | list | item ids of an `item_ids` batch, in order |
+//! | `P:batch:{<id>}:input` | string | distinct ids of an `item_ids` batch, in order, each ended by `\n` |
 //! | `P:batch:{<id>}:items` | zset | every item id, scored by input order |
 //! | `P:batch:{<id>}:st:<status>` | zset | item ids in that status, same scores |
 //! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error, result |
@@ -86,11 +85,6 @@ impl Keys {
     /// Batches of a project.
     pub fn project_batches(&self, project: &str) -> String {
         format!("{}:proj:{project}:batches", self.prefix)
-    }
-
-    /// Directory-file ids of a project.
-    pub fn project_dfiles(&self, project: &str) -> String {
-        format!("{}:proj:{project}:dfiles", self.prefix)
     }
 
     /// The base every batch key hangs off; scripts derive item keys from it.
