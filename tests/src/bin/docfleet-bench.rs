@@ -249,8 +249,8 @@ async fn fleet(rep: &mut Report, a: &Args) {
     f.shutdown().await;
 }
 
-/// Create latency alone: `--runs` creates of one `--items`-id batch, each expanded before the
-/// next, with no workers, and the expansion rate of each (the `fleet` scenario measures both
+/// Create latency alone: `--runs` creates of one `--items`-id batch, each expanded into an
+/// empty queue before the next, with no workers, and the expansion rate of each (the `fleet` scenario measures both
 /// among its runs).
 async fn create(rep: &mut Report, a: &Args) {
     eprintln!("create: {} item_ids, {} runs", a.items, a.runs);
@@ -265,6 +265,7 @@ async fn create(rep: &mut Report, a: &Args) {
         );
         servers.push(server_ms);
         rates.push(rate);
+        purge_items(&f).await;
     }
     rep.add_median(
         "create_alone_expansion_msgs_per_s",
