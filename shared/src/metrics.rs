@@ -59,6 +59,8 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     /// Webhook request duration.
     pub webhook_seconds: Histogram,
+    /// Items per claim or finish script run of a worker (its ledger's groups).
+    pub ledger_group_items: Histogram,
 }
 
 impl Default for Metrics {
@@ -72,6 +74,7 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             webhooks: Family::default(),
             webhook_seconds: histogram(),
+            ledger_group_items: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
             registry: Registry::default(),
         };
         registry.register(
@@ -108,6 +111,11 @@ impl Default for Metrics {
             "webhook_duration_seconds",
             "Webhook request duration",
             m.webhook_seconds.clone(),
+        );
+        registry.register(
+            "ledger_group_items",
+            "Items per claim or finish script run (a worker's ledger groups)",
+            m.ledger_group_items.clone(),
         );
         Self { registry, ..m }
     }

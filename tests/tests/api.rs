@@ -232,6 +232,11 @@ async fn unknown_ids_fail_as_items_and_the_rest_run() {
     assert_eq!(done["job"]["failed_items"], 1, "{done}");
     let (_, failed) = f.get(&format!("{BATCH}/{batch}/items?status=failed")).await;
     assert_eq!(failed["total_size"], 1, "{failed}");
+    // Registered and failed in one script run, it is in the failed set only.
+    let (_, pending) = f
+        .get(&format!("{BATCH}/{batch}/items?status=pending"))
+        .await;
+    assert_eq!(pending["total_size"], 0, "{pending}");
     let item = &failed["items"][0];
     assert_eq!(item["item_id"], "dfl-nope");
     assert_eq!(item["item_name"], "dfl-nope");

@@ -287,6 +287,134 @@ async fn a_message_delivered_twice_counts_once() {
     f.shutdown().await;
 }
 
+/// The worker's ledger sends claims and outcomes of one batch as one script run. Within a
+/// group, a repeated item is claimed again (a second attempt) and recorded once; an unknown
+/// one is missing; the status sets, counters and events end as if each item ran alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_claims_and_outcomes_count_each_item_once() {
+    use docfleet_shared::model::ItemStatus;
+    use docfleet_shared::scripts::{Claim, Finished, Outcome, OutcomeFields, Recorded, Scripts};
+    use redis::AsyncCommands;
+
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "groups").await;
+    let ids = f.upload_texts(&dir, "g", 3).await;
+    let (a, b, c) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
+    let (s, body) = f
+        .post(
+            BATCH,
+            &f.watched(
+                json!({ "job_config": parse_config(), "item_ids": [a, "dfl-unknown", b, c] }),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    f.wait_status(&id, "dispatched").await;
+    let mut con = f.redis.clone();
+    let set_len = |status: ItemStatus| {
+        let key = f.keys.batch_status_set(&id, status);
+        let mut con = f.redis.clone();
+        async move { con.zcard::<_, u64>(key).await.unwrap() }
+    };
+    // The unknown id was registered and failed in one script run: it left the pending set.
+    assert_eq!(set_len(ItemStatus::Pending).await, 3);
+    assert_eq!(set_len(ItemStatus::Failed).await, 1);
+
+    let scripts = Scripts::new(f.keys.clone());
+    let claims = scripts
+        .claim(&mut con, &id, &[a, a, b, c, "dfl-never-registered"])
+        .await
+        .unwrap();
+    let attempts: Vec<Option<u32>> = claims
+        .iter()
+        .map(|c| match c {
+            Claim::Run(r) => Some(r.attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [Some(1), Some(2), Some(1), Some(1), None],
+        "{claims:?}"
+    );
+    assert_eq!(claims[4], Claim::Missing);
+    assert_eq!(set_len(ItemStatus::Pending).await, 0);
+    assert_eq!(set_len(ItemStatus::Processing).await, 3);
+
+    let done = |item_id, outcome, error_message| Finished {
+        item_id,
+        outcome,
+        fields: OutcomeFields {
+            error_message,
+            result: "{}",
+            ..OutcomeFields::default()
+        },
+    };
+    let recorded = scripts
+        .finish(
+            &mut con,
+            &id,
+            &[
+                done(a, Outcome::Completed, ""),
+                done(a, Outcome::Completed, ""),
+                done(b, Outcome::Failed, "broken"),
+                done(c, Outcome::Skipped, ""),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            Recorded::Recorded,
+            Recorded::Duplicate,
+            Recorded::Recorded,
+            Recorded::Recorded
+        ]
+    );
+    for (status, n) in [
+        (ItemStatus::Processing, 0),
+        (ItemStatus::Completed, 1),
+        (ItemStatus::Failed, 2),
+        (ItemStatus::Skipped, 1),
+    ] {
+        assert_eq!(set_len(status).await, n, "{status:?}");
+    }
+    // The last outcome of the group finished the batch, once.
+    let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
+    let job = &st["job"];
+    assert_eq!(job["status"], "completed", "{st}");
+    assert_eq!(
+        (
+            &job["total_items"],
+            &job["processed_items"],
+            &job["failed_items"]
+        ),
+        (&json!(4), &json!(4), &json!(2)),
+        "{st}"
+    );
+    // A later group of the same items changes nothing.
+    let again = scripts
+        .finish(&mut con, &id, &[done(b, Outcome::Completed, "")])
+        .await
+        .unwrap();
+    assert_eq!(again, [Recorded::Duplicate]);
+    let events = f.events(&id).await;
+    let count = |t: &str| events.iter().filter(|(e, _)| e == t).count();
+    assert_eq!(
+        (
+            count("parse.running"),
+            count("parse.success"),
+            count("parse.error")
+        ),
+        (3, 1, 3),
+        "{events:?}"
+    );
+    assert_eq!((count("batch.running"), count("batch.success")), (1, 1));
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_workers_finishing_together_make_one_terminal_transition() {
     let mut f = Fleet::start(0).await;

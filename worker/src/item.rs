@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use docfleet_shared::keys::Keys;
 use docfleet_shared::model::{parse_page_selection, JobSpec};
-use docfleet_shared::scripts::{Claim, Outcome, OutcomeFields, Run, Scripts};
+use docfleet_shared::scripts::{Claim, Outcome, Run, Scripts};
 use docfleet_shared::settings::WorkerSettings;
 use docfleet_shared::store::{FileStore, StoreError};
 use docfleet_shared::wire::ItemMessage;
@@ -29,6 +29,7 @@ use tracing::Instrument;
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
 use crate::isolation::Isolation;
+use crate::ledger::{Ledger, Outcomes};
 use crate::parse::{self, ParseRequest};
 use crate::vision::{VisionClient, VisionError};
 
@@ -107,7 +108,8 @@ pub struct Processor {
     settings: Arc<WorkerSettings>,
     redis: redis::aio::ConnectionManager,
     keys: Keys,
-    scripts: Scripts,
+    /// Claims and outcomes, sent to Redis in groups.
+    ledger: Ledger,
     store: FileStore,
     /// Per batch, set once by the first item that needs it: the items that arrive together at
     /// the start of a batch wait for one load (one classifier, one embedding of the rules).
@@ -126,7 +128,8 @@ pub struct Processor {
 const BATCH_CACHE: usize = 256;
 
 impl Processor {
-    /// A processor over these connections.
+    /// A processor over these connections; starts its ledger task, so it must be called
+    /// within a Tokio runtime.
     pub fn new(
         settings: Arc<WorkerSettings>,
         redis: redis::aio::ConnectionManager,
@@ -152,7 +155,7 @@ impl Processor {
         });
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
-            scripts: Scripts::new(keys.clone()),
+            ledger: Ledger::start(Scripts::new(keys.clone()), redis.clone(), metrics.clone()),
             keys,
             redis,
             settings,
@@ -229,11 +232,7 @@ impl Processor {
 
     async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
         let mut con = self.redis.clone();
-        let run = match self
-            .scripts
-            .claim(&mut con, &msg.batch_id, &msg.item_id)
-            .await
-        {
+        let run = match self.ledger.claim(&msg.batch_id, &msg.item_id).await {
             Ok(Claim::Run(run)) => run,
             Ok(Claim::Done) => {
                 self.metrics.item_settled("unknown", "duplicate", None);
@@ -292,37 +291,25 @@ impl Processor {
     /// Makes the outcome durable, then says how to settle the delivery.
     async fn record(&self, msg: &ItemMessage, result: Result<Done, Failure>) -> Verdict {
         let started = std::time::Instant::now();
-        let (outcome, verdict, fields) = match &result {
+        let seconds = result.as_ref().ok().map(|d| d.seconds);
+        let (outcome, verdict) = match result {
             Ok(done) => (
-                Outcome::Completed,
+                Outcomes::new(Outcome::Completed).with_result(done.result, done.run_record),
                 Verdict::Ack,
-                OutcomeFields {
-                    result: &done.result,
-                    run_record: &done.run_record,
-                    ..OutcomeFields::default()
-                },
             ),
             Err(Failure::Skip(reason)) => (
-                Outcome::Skipped,
+                Outcomes::new(Outcome::Skipped).with_skip_reason(reason),
                 Verdict::Ack,
-                OutcomeFields {
-                    skip_reason: reason,
-                    ..OutcomeFields::default()
-                },
             ),
             Err(Failure::Fail(error) | Failure::Retry(error)) => (
-                Outcome::Failed,
+                Outcomes::new(Outcome::Failed).with_error(error),
                 Verdict::DeadLetter,
-                OutcomeFields {
-                    error_message: error,
-                    ..OutcomeFields::default()
-                },
             ),
         };
-        let mut con = self.redis.clone();
+        let kind = outcome.outcome;
         match self
-            .scripts
-            .finish(&mut con, &msg.batch_id, &msg.item_id, outcome, &fields)
+            .ledger
+            .finish(&msg.batch_id, &msg.item_id, outcome)
             .await
         {
             Ok(recorded) => {
@@ -336,16 +323,13 @@ impl Processor {
                             .map(|b| b.spec.job_type().as_str())
                     })
                     .unwrap_or("unknown");
-                let label = match (&recorded, outcome) {
+                let label = match (&recorded, kind) {
                     (docfleet_shared::scripts::Recorded::Duplicate, _) => "duplicate",
                     (_, Outcome::Completed) => "completed",
                     (_, Outcome::Failed) => "failed",
                     (_, Outcome::Skipped) => "skipped",
                 };
-                let secs = result
-                    .as_ref()
-                    .ok()
-                    .map(|d| d.seconds + started.elapsed().as_secs_f64());
+                let secs = seconds.map(|s| s + started.elapsed().as_secs_f64());
                 self.metrics.item_settled(job_type, label, secs);
                 verdict
             }

@@ -5,7 +5,8 @@
 //! - [`consumer`]: the AMQP loop: prefetch, concurrency, reconnection, drain; [`acks`]: acks
 //!   coalesced into runs.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
-//! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types.
+//! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types;
+//!   [`ledger`]: claims and outcomes sent to Redis in groups.
 //! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`.
 //! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
 //! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
@@ -18,6 +19,7 @@ pub mod embedding;
 pub mod health;
 pub mod isolation;
 pub mod item;
+pub mod ledger;
 pub mod ocr;
 pub mod office;
 pub mod parse;

@@ -1,32 +1,46 @@
--- A worker asks to start an item. KEYS: batch, events, the item's directory-file record.
--- ARGV: base, now, batch_id, item_id.
--- Returns {'run', attempts, job_id, file record} | {'done', status} | {'cancelled'} | {'missing'};
--- 'run' carries what the worker reads next, saving it a round trip.
-local batch_key, events_key, dfile_key = KEYS[1], KEYS[2], KEYS[3]
-local base, now, bid, iid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ik = base .. ':item:' .. iid
+-- Workers ask to start items of one batch. KEYS: batch, events, then each item's
+-- directory-file record. ARGV: base, now, batch_id, then the item ids, in KEYS' order.
+-- Returns, per item, {'run', attempts, job_id, file record} | {'done', status} |
+-- {'cancelled'} | {'missing'}; 'run' carries what the worker reads next, saving it a round trip.
+local batch_key, events_key = KEYS[1], KEYS[2]
+local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
 local bst = redis.call('HGET', batch_key, 'status')
-if bst == false then return { 'missing' } end
-local it = redis.call('HMGET', ik, 'status', 'order', 'job_id')
-if it[1] == false then return { 'missing' } end
-if TERMINAL_ITEM[it[1]] then return { 'done', it[1] } end
-if bst == 'cancelled' then
-  settle(batch_key, events_key, base, bid, iid, it[1], 'cancelled', it[2], now, {})
-  return { 'cancelled' }
+if bst == false then
+  for i = 4, #ARGV do out[#out + 1] = { 'missing' } end
+  return out
 end
-if TERMINAL_BATCH[bst] then return { 'done', it[1] } end
-local attempts = redis.call('HINCRBY', ik, 'attempts', 1)
-if it[1] == 'pending' then
-  redis.call('HSET', ik, 'status', 'processing', 'started_at', now, 'updated_at', now)
-  redis.call('ZREM', base .. ':st:pending', iid)
-  redis.call('ZADD', base .. ':st:processing', it[2], iid)
-  emit(batch_key, events_key, batch_fixed(batch_key).job_type .. '.running', bid, iid,
-    'processing', now)
-else
-  redis.call('HSET', ik, 'updated_at', now)
+local jt = nil
+for i = 4, #ARGV do
+  local iid = ARGV[i]
+  local ik = base .. ':item:' .. iid
+  local it = redis.call('HMGET', ik, 'status', 'order', 'job_id')
+  if it[1] == false then
+    out[#out + 1] = { 'missing' }
+  elseif TERMINAL_ITEM[it[1]] then
+    out[#out + 1] = { 'done', it[1] }
+  elseif bst == 'cancelled' then
+    settle(batch_key, events_key, base, bid, iid, it[1], 'cancelled', it[2], now, {})
+    out[#out + 1] = { 'cancelled' }
+  elseif TERMINAL_BATCH[bst] then
+    out[#out + 1] = { 'done', it[1] }
+  else
+    local attempts = redis.call('HINCRBY', ik, 'attempts', 1)
+    if it[1] == 'pending' then
+      redis.call('HSET', ik, 'status', 'processing', 'started_at', now, 'updated_at', now)
+      move(iid, it[2], base .. ':st:pending', base .. ':st:processing')
+      jt = jt or batch_fixed(batch_key).job_type
+      emit(batch_key, events_key, jt .. '.running', bid, iid, 'processing', now)
+    else
+      redis.call('HSET', ik, 'updated_at', now)
+    end
+    if bst == 'pending' or bst == 'dispatched' then
+      redis.call('HSET', batch_key, 'status', 'running', 'started_at', now, 'updated_at', now)
+      emit(batch_key, events_key, 'batch.running', bid, '', 'running', now)
+      bst = 'running'
+    end
+    out[#out + 1] = { 'run', attempts, it[3] or '', redis.call('GET', KEYS[i - 1]) or '' }
+  end
 end
-if bst == 'pending' or bst == 'dispatched' then
-  redis.call('HSET', batch_key, 'status', 'running', 'started_at', now, 'updated_at', now)
-  emit(batch_key, events_key, 'batch.running', bid, '', 'running', now)
-end
-return { 'run', attempts, it[3] or '', redis.call('GET', dfile_key) or '' }
+flush(batch_key, now)
+return out

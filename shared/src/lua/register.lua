@@ -15,8 +15,8 @@ for i = 5, #ARGV, 5 do
   if redis.call('EXISTS', ik) == 0 then
     redis.call('HSET', ik, 'status', 'pending', 'name', name, 'order', order, 'job_id', jid,
       'attempts', 0, 'created_at', now, 'updated_at', now)
-    redis.call('ZADD', base .. ':items', order, iid)
-    redis.call('ZADD', base .. ':st:pending', order, iid)
+    move(iid, order, nil, base .. ':items')
+    move(iid, order, nil, base .. ':st:pending')
     redis.call('SET', job_prefix .. jid, bid .. '\n' .. iid)
     emit(batch_key, events_key, jt .. '.pending', bid, iid, 'pending', now)
     if refusal ~= '' then
@@ -26,5 +26,6 @@ for i = 5, #ARGV, 5 do
     n = n + 1
   end
 end
+flush(batch_key, now)
 if n > 0 then redis.call('HINCRBY', batch_key, 'registered', n) end
 return n

@@ -7,4 +7,5 @@ local ids = redis.call('ZRANGE', base .. ':st:pending', 0, limit - 1, 'WITHSCORE
 for i = 1, #ids, 2 do
   settle(batch_key, events_key, base, bid, ids[i], 'pending', 'cancelled', ids[i + 1], now, {})
 end
+flush(batch_key, now)
 return #ids / 2

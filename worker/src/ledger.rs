@@ -1,0 +1,273 @@
+//! Claims and outcomes go to Redis in groups.
+//!
+//! Every item costs two script runs (claim, finish). Run one at a time, Redis spent most of
+//! its time per item on running a script at all and on writing the same status sets and
+//! counters again for each item. The ledger is one task per worker process: it takes the
+//! first request waiting, everything else already waiting behind it (up to
+//! [`GROUP_MAX`] per batch and kind), and sends each batch's claims and each batch's outcomes
+//! as one script run, all on one round trip. Nothing waits for a group to fill: a request that
+//! finds the ledger idle goes out at once, alone, and the requests that arrive while a group
+//! is in flight form the next one, so groups grow with the load and latency does not.
+//!
+//! Exactly-once accounting is the scripts' and stays per item: a group is one script run,
+//! which Redis runs atomically, and each item in it is checked and counted as it was alone.
+//! A caller learns its own item's answer only after the whole script returned, so a delivery
+//! is still acked only after its outcome is recorded. If the call fails, every item of the
+//! group gets the error and is retried like any other transient failure.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use docfleet_shared::metrics::Metrics;
+use docfleet_shared::scripts::{
+    Claim, Finished, Outcome, OutcomeFields, Recorded, Scripts, GROUP_MAX,
+};
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why the ledger could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    /// The script call failed.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// The ledger task is gone (the worker is shutting down).
+    #[error("the ledger stopped")]
+    Stopped,
+}
+
+/// An item's outcome, owned: it waits in the queue for its group.
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    /// What happened.
+    pub outcome: Outcome,
+    /// Why it failed.
+    pub error_message: String,
+    /// Why it was skipped.
+    pub skip_reason: String,
+    /// The result stored on the item.
+    pub result: String,
+    /// The file's processing-results record.
+    pub run_record: String,
+}
+
+impl Outcomes {
+    /// This outcome with no details.
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            error_message: String::new(),
+            skip_reason: String::new(),
+            result: String::new(),
+            run_record: String::new(),
+        }
+    }
+
+    /// With the result and the file's run record.
+    pub fn with_result(mut self, result: String, run_record: String) -> Self {
+        self.result = result;
+        self.run_record = run_record;
+        self
+    }
+
+    /// With why it was skipped.
+    pub fn with_skip_reason(mut self, reason: String) -> Self {
+        self.skip_reason = reason;
+        self
+    }
+
+    /// With why it failed.
+    pub fn with_error(mut self, error: String) -> Self {
+        self.error_message = error;
+        self
+    }
+}
+
+enum Request {
+    Claim {
+        batch_id: String,
+        item_id: String,
+        reply: oneshot::Sender<Result<Claim, LedgerError>>,
+    },
+    Finish {
+        batch_id: String,
+        item_id: String,
+        outcome: Outcomes,
+        reply: oneshot::Sender<Result<Recorded, LedgerError>>,
+    },
+}
+
+/// The handle items use; cheap to share.
+#[derive(Debug)]
+pub struct Ledger {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Ledger {
+    /// Starts the ledger task on the current Tokio runtime; it ends when the last handle is
+    /// dropped.
+    pub fn start(
+        scripts: Scripts,
+        redis: redis::aio::ConnectionManager,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(rx, scripts, redis, metrics));
+        Self { tx }
+    }
+
+    /// Claims an item (see [`Scripts::claim`]).
+    pub async fn claim(&self, batch_id: &str, item_id: &str) -> Result<Claim, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Claim {
+                batch_id: batch_id.to_owned(),
+                item_id: item_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Records an item's outcome (see [`Scripts::finish`]).
+    pub async fn finish(
+        &self,
+        batch_id: &str,
+        item_id: &str,
+        outcome: Outcomes,
+    ) -> Result<Recorded, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Finish {
+                batch_id: batch_id.to_owned(),
+                item_id: item_id.to_owned(),
+                outcome,
+                reply,
+            })
+            .map_err(|_| LedgerError::Stopped)?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+}
+
+/// Requests taken per round: a few groups' worth, so one round stays one short round trip.
+const ROUND_MAX: usize = 4 * GROUP_MAX;
+
+type ClaimGroup = Vec<(String, oneshot::Sender<Result<Claim, LedgerError>>)>;
+type FinishGroup = Vec<(
+    String,
+    Outcomes,
+    oneshot::Sender<Result<Recorded, LedgerError>>,
+)>;
+
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    scripts: Scripts,
+    redis: redis::aio::ConnectionManager,
+    metrics: Arc<Metrics>,
+) {
+    let mut round = Vec::with_capacity(ROUND_MAX);
+    while rx.recv_many(&mut round, ROUND_MAX).await > 0 {
+        let mut claims: HashMap<String, Vec<ClaimGroup>> = HashMap::new();
+        let mut finishes: HashMap<String, Vec<FinishGroup>> = HashMap::new();
+        for request in round.drain(..) {
+            match request {
+                Request::Claim {
+                    batch_id,
+                    item_id,
+                    reply,
+                } => push_grouped(claims.entry(batch_id).or_default(), (item_id, reply)),
+                Request::Finish {
+                    batch_id,
+                    item_id,
+                    outcome,
+                    reply,
+                } => push_grouped(
+                    finishes.entry(batch_id).or_default(),
+                    (item_id, outcome, reply),
+                ),
+            }
+        }
+        let sizes = claims.values().flatten().map(Vec::len);
+        for n in sizes.chain(finishes.values().flatten().map(Vec::len)) {
+            metrics.ledger_group_items.observe(n as f64);
+        }
+        // The calls go out together on the multiplexed connection: one round trip.
+        let claim_calls = claims.into_iter().flat_map(|(batch_id, groups)| {
+            let scripts = &scripts;
+            let redis = &redis;
+            groups.into_iter().map(move |group| {
+                let batch_id = batch_id.clone();
+                let mut con = redis.clone();
+                async move {
+                    let ids: Vec<&str> = group.iter().map(|(id, _)| id.as_str()).collect();
+                    let answer = scripts.claim(&mut con, &batch_id, &ids).await;
+                    answer_each(group.into_iter().map(|(_, r)| r), answer);
+                }
+            })
+        });
+        let finish_calls = finishes.into_iter().flat_map(|(batch_id, groups)| {
+            let scripts = &scripts;
+            let redis = &redis;
+            groups.into_iter().map(move |group| {
+                let batch_id = batch_id.clone();
+                let mut con = redis.clone();
+                async move {
+                    let items: Vec<Finished> = group
+                        .iter()
+                        .map(|(id, o, _)| Finished {
+                            item_id: id,
+                            outcome: o.outcome,
+                            fields: OutcomeFields {
+                                error_message: &o.error_message,
+                                skip_reason: &o.skip_reason,
+                                result: &o.result,
+                                run_record: &o.run_record,
+                            },
+                        })
+                        .collect();
+                    let answer = scripts.finish(&mut con, &batch_id, &items).await;
+                    drop(items);
+                    answer_each(group.into_iter().map(|(_, _, r)| r), answer);
+                }
+            })
+        });
+        tokio::join!(join_all(claim_calls), join_all(finish_calls));
+    }
+}
+
+/// Appends to the last group, or starts a new one when it is full.
+fn push_grouped<T>(groups: &mut Vec<Vec<T>>, item: T) {
+    match groups.last_mut() {
+        Some(g) if g.len() < GROUP_MAX => g.push(item),
+        _ => groups.push(vec![item]),
+    }
+}
+
+/// Hands each caller its own answer, or the group's error.
+fn answer_each<T>(
+    replies: impl Iterator<Item = oneshot::Sender<Result<T, LedgerError>>>,
+    answer: redis::RedisResult<Vec<T>>,
+) {
+    match answer {
+        Ok(answers) => {
+            let mut answers = answers.into_iter();
+            for reply in replies {
+                // A reply shorter than the group would be a script bug; the caller then
+                // retries, which the scripts make harmless.
+                let a = answers.next().ok_or_else(|| {
+                    LedgerError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "script answered fewer items than it was given",
+                    )))
+                });
+                let _ = reply.send(a);
+            }
+        }
+        Err(e) => {
+            let e = LedgerError::Redis(e);
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
