@@ -311,6 +311,16 @@ async fn purge_items(f: &Fleet) {
     let _ = conn.close(200, "".into()).await;
 }
 
+/// The dispatcher's own time for a response, from its `Server-Timing` header, ms.
+fn server_timing(res: &reqwest::Response) -> f64 {
+    res.headers()
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("dur=").nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Creates a batch: (its id, the dispatcher's own time from `Server-Timing`, ms).
 async fn create_timed(f: &Fleet, body: &Value) -> (String, f64) {
     let res = f
@@ -319,13 +329,7 @@ async fn create_timed(f: &Fleet, body: &Value) -> (String, f64) {
         .send()
         .await
         .expect("create");
-    let server_ms = res
-        .headers()
-        .get("server-timing")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split("dur=").nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(f64::NAN);
+    let server_ms = server_timing(&res);
     let status = res.status();
     let b: Value = res.json().await.unwrap_or(Value::Null);
     assert_eq!(status, 200, "{b}");
@@ -777,17 +781,39 @@ async fn status(rep: &mut Report, a: &Args) {
         .await;
     let big = b["id"].as_str().unwrap_or_default().to_owned();
     let mut lat = Vec::new();
+    // The same samples split by phase: while the dispatcher expands the big batch (it
+    // publishes on the runtime that serves the reads), then while only the workers run.
+    let (mut expanding, mut running) = (Vec::new(), Vec::new());
+    // The dispatcher's own share of each read (`Server-Timing`): the rest is the client's
+    // and the network's, and waiting for a CPU on this busy machine.
+    let mut server = Vec::new();
+    let mut expanded = false;
     let t0 = Instant::now();
     // Only while the load runs (expansion included): samples taken after it ends would
     // flatter the p99.
     let mut checked = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
         let s = Instant::now();
-        let (code, _) = f.get(&format!("{BATCH}/{small}")).await;
-        assert_eq!(code, 200);
-        lat.push(s.elapsed().as_secs_f64() * 1000.0);
+        let res = f
+            .req(reqwest::Method::GET, &format!("{BATCH}/{small}"))
+            .send()
+            .await
+            .expect("get_status");
+        assert_eq!(res.status(), 200);
+        let server_ms = server_timing(&res);
+        let _ = res.bytes().await;
+        let ms = s.elapsed().as_secs_f64() * 1000.0;
+        lat.push(ms);
+        server.push(server_ms);
+        if expanded {
+            &mut running
+        } else {
+            &mut expanding
+        }
+        .push(ms);
         if checked.elapsed() > Duration::from_millis(200) {
             checked = Instant::now();
+            expanded = f.batch_field(&big, "expanded").await.as_deref() == Some("1");
             if f.batch_field(&big, "status").await.as_deref() == Some("completed") {
                 break;
             }
@@ -805,6 +831,14 @@ async fn status(rep: &mut Report, a: &Args) {
         "ms",
         json!({ "n": lat.len() }),
     );
+    for (name, mut phase) in [
+        ("status_p99_ms_while_expanding", expanding),
+        ("status_p99_ms_after_expansion", running),
+        ("status_p99_ms_server_side", server),
+    ] {
+        let n = phase.len();
+        rep.add(name, pct(&mut phase, 0.99), "ms", json!({ "n": n }));
+    }
     wait_done(&f, &big).await;
     for x in &mut w {
         x.terminate().await;
