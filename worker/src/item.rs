@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
 use crate::isolation::Isolation;
-use crate::ledger::{Ledger, Outcomes};
+use crate::ledger::{ItemOutcome, Ledger};
 use crate::parse::{self, ParseRequest};
 use crate::vision::{VisionClient, VisionError};
 
@@ -294,15 +294,15 @@ impl Processor {
         let seconds = result.as_ref().ok().map(|d| d.seconds);
         let (outcome, verdict) = match result {
             Ok(done) => (
-                Outcomes::new(Outcome::Completed).with_result(done.result, done.run_record),
+                ItemOutcome::new(Outcome::Completed).with_result(done.result, done.run_record),
                 Verdict::Ack,
             ),
             Err(Failure::Skip(reason)) => (
-                Outcomes::new(Outcome::Skipped).with_skip_reason(reason),
+                ItemOutcome::new(Outcome::Skipped).with_skip_reason(reason),
                 Verdict::Ack,
             ),
             Err(Failure::Fail(error) | Failure::Retry(error)) => (
-                Outcomes::new(Outcome::Failed).with_error(error),
+                ItemOutcome::new(Outcome::Failed).with_error(error),
                 Verdict::DeadLetter,
             ),
         };

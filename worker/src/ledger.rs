@@ -1,8 +1,8 @@
 //! Claims and outcomes go to Redis in groups.
 //!
-//! Every item costs two script runs (claim, finish). Run one at a time, Redis spent most of
-//! its time per item on running a script at all and on writing the same status sets and
-//! counters again for each item. The ledger is one task per worker process: it takes the
+//! Every item costs two script runs (claim, finish). Run one at a time, each paid for a script
+//! invocation and wrote the batch's status sets and counters again for its single item. The
+//! ledger is one task per worker process: it takes the
 //! first request waiting, everything else already waiting behind it (up to
 //! [`GROUP_MAX`] per batch and kind), and sends each batch's claims and each batch's outcomes
 //! as one script run, all on one round trip. Nothing waits for a group to fill: a request that
@@ -38,7 +38,7 @@ pub enum LedgerError {
 
 /// An item's outcome, owned: it waits in the queue for its group.
 #[derive(Debug, Clone)]
-pub struct Outcomes {
+pub struct ItemOutcome {
     /// What happened.
     pub outcome: Outcome,
     /// Why it failed.
@@ -51,7 +51,7 @@ pub struct Outcomes {
     pub run_record: String,
 }
 
-impl Outcomes {
+impl ItemOutcome {
     /// This outcome with no details.
     pub fn new(outcome: Outcome) -> Self {
         Self {
@@ -92,7 +92,7 @@ enum Request {
     Finish {
         batch_id: String,
         item_id: String,
-        outcome: Outcomes,
+        outcome: ItemOutcome,
         reply: oneshot::Sender<Result<Recorded, LedgerError>>,
     },
 }
@@ -134,7 +134,7 @@ impl Ledger {
         &self,
         batch_id: &str,
         item_id: &str,
-        outcome: Outcomes,
+        outcome: ItemOutcome,
     ) -> Result<Recorded, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -155,7 +155,7 @@ const ROUND_MAX: usize = 4 * GROUP_MAX;
 type ClaimGroup = Vec<(String, oneshot::Sender<Result<Claim, LedgerError>>)>;
 type FinishGroup = Vec<(
     String,
-    Outcomes,
+    ItemOutcome,
     oneshot::Sender<Result<Recorded, LedgerError>>,
 )>;
 
