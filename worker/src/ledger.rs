@@ -118,15 +118,12 @@ impl Ledger {
 
     /// Claims an item (see [`Scripts::claim`]).
     pub async fn claim(&self, batch_id: &str, item_id: &str) -> Result<Claim, LedgerError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Claim {
-                batch_id: batch_id.to_owned(),
-                item_id: item_id.to_owned(),
-                reply,
-            })
-            .map_err(|_| LedgerError::Stopped)?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        self.ask(|reply| Request::Claim {
+            batch_id: batch_id.to_owned(),
+            item_id: item_id.to_owned(),
+            reply,
+        })
+        .await
     }
 
     /// Records an item's outcome (see [`Scripts::finish`]).
@@ -136,14 +133,23 @@ impl Ledger {
         item_id: &str,
         outcome: ItemOutcome,
     ) -> Result<Recorded, LedgerError> {
+        self.ask(|reply| Request::Finish {
+            batch_id: batch_id.to_owned(),
+            item_id: item_id.to_owned(),
+            outcome,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues a request and waits for its own answer.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, LedgerError>>) -> Request,
+    ) -> Result<T, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Finish {
-                batch_id: batch_id.to_owned(),
-                item_id: item_id.to_owned(),
-                outcome,
-                reply,
-            })
+            .send(request(reply))
             .map_err(|_| LedgerError::Stopped)?;
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
@@ -192,47 +198,54 @@ async fn run(
             metrics.ledger_group_items.observe(n as f64);
         }
         // The calls go out together on the multiplexed connection: one round trip.
-        let claim_calls = claims.into_iter().flat_map(|(batch_id, groups)| {
-            let scripts = &scripts;
-            let redis = &redis;
-            groups.into_iter().map(move |group| {
-                let batch_id = batch_id.clone();
-                let mut con = redis.clone();
-                async move {
-                    let ids: Vec<&str> = group.iter().map(|(id, _)| id.as_str()).collect();
-                    let answer = scripts.claim(&mut con, &batch_id, &ids).await;
-                    answer_each(group.into_iter().map(|(_, r)| r), answer);
-                }
-            })
-        });
-        let finish_calls = finishes.into_iter().flat_map(|(batch_id, groups)| {
-            let scripts = &scripts;
-            let redis = &redis;
-            groups.into_iter().map(move |group| {
-                let batch_id = batch_id.clone();
-                let mut con = redis.clone();
-                async move {
-                    let items: Vec<Finished> = group
-                        .iter()
-                        .map(|(id, o, _)| Finished {
-                            item_id: id,
-                            outcome: o.outcome,
-                            fields: OutcomeFields {
-                                error_message: &o.error_message,
-                                skip_reason: &o.skip_reason,
-                                result: &o.result,
-                                run_record: &o.run_record,
-                            },
-                        })
-                        .collect();
-                    let answer = scripts.finish(&mut con, &batch_id, &items).await;
-                    drop(items);
-                    answer_each(group.into_iter().map(|(_, _, r)| r), answer);
-                }
-            })
-        });
+        let claim_calls =
+            each_group(claims).map(|(batch, group)| send_claims(&scripts, &redis, batch, group));
+        let finish_calls = each_group(finishes)
+            .map(|(batch, group)| send_finishes(&scripts, &redis, batch, group));
         tokio::join!(join_all(claim_calls), join_all(finish_calls));
     }
+}
+
+/// Every group, with its batch.
+fn each_group<G>(by_batch: HashMap<String, Vec<G>>) -> impl Iterator<Item = (String, G)> {
+    by_batch
+        .into_iter()
+        .flat_map(|(batch, groups)| groups.into_iter().map(move |g| (batch.clone(), g)))
+}
+
+async fn send_claims(
+    scripts: &Scripts,
+    redis: &redis::aio::ConnectionManager,
+    batch_id: String,
+    group: ClaimGroup,
+) {
+    let ids: Vec<&str> = group.iter().map(|(id, _)| id.as_str()).collect();
+    let answer = scripts.claim(&mut redis.clone(), &batch_id, &ids).await;
+    answer_each(group.into_iter().map(|(_, r)| r), answer);
+}
+
+async fn send_finishes(
+    scripts: &Scripts,
+    redis: &redis::aio::ConnectionManager,
+    batch_id: String,
+    group: FinishGroup,
+) {
+    let items: Vec<Finished> = group
+        .iter()
+        .map(|(id, o, _)| Finished {
+            item_id: id,
+            outcome: o.outcome,
+            fields: OutcomeFields {
+                error_message: &o.error_message,
+                skip_reason: &o.skip_reason,
+                result: &o.result,
+                run_record: &o.run_record,
+            },
+        })
+        .collect();
+    let answer = scripts.finish(&mut redis.clone(), &batch_id, &items).await;
+    drop(items);
+    answer_each(group.into_iter().map(|(_, _, r)| r), answer);
 }
 
 /// Appends to the last group, or starts a new one when it is full.
