@@ -152,15 +152,15 @@ async fn a_worker_drains_and_exits_zero_on_sigterm() {
     assert!(d.contains("docfleet_messages_published_total 1"), "{d}");
     let status = w.terminate().await.expect("worker exited");
     assert!(status.success(), "{status:?}");
-    // Invalid configuration: exit 64 before opening any socket.
-    let mut bad = f
-        .spawn_worker_process(&[("DOCFLEET__CONCURRENCY", "0")])
-        .await;
-    let code = tokio::time::timeout(Duration::from_secs(10), bad.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(code.code(), Some(64));
+    // Invalid configuration: exit 64 before opening any socket (or building the runtime).
+    for key in ["DOCFLEET__CONCURRENCY", "DOCFLEET__RUNTIME_THREADS"] {
+        let mut bad = f.spawn_worker_process(&[(key, "0")]).await;
+        let code = tokio::time::timeout(Duration::from_secs(10), bad.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(code.code(), Some(64), "{key}");
+    }
     f.shutdown().await;
 }
 
