@@ -342,12 +342,14 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
     assert_eq!(set_len(ItemStatus::Pending).await, 0);
     assert_eq!(set_len(ItemStatus::Processing).await, 3);
 
+    // Each outcome carries a run record naming its item, appended to that file's history.
     let done = |item_id, outcome, error_message| Finished {
         item_id,
         outcome,
         fields: OutcomeFields {
             error_message,
             result: "{}",
+            run_record: item_id,
             ..OutcomeFields::default()
         },
     };
@@ -380,6 +382,11 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         (ItemStatus::Skipped, 1),
     ] {
         assert_eq!(set_len(status).await, n, "{status:?}");
+    }
+    // Each recorded item's run record went to its own file, once.
+    for item in [a, b, c] {
+        let runs: Vec<String> = con.lrange(f.keys.dfile_runs(item), 0, -1).await.unwrap();
+        assert_eq!(runs, [item], "{item}");
     }
     // The last outcome of the group finished the batch, once.
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
