@@ -10,7 +10,6 @@ if bst == false then
   for i = 4, #ARGV do out[#out + 1] = { 'missing' } end
   return out
 end
-local jt = nil
 for i = 4, #ARGV do
   local iid = ARGV[i]
   local ik = base .. ':item:' .. iid
@@ -29,8 +28,8 @@ for i = 4, #ARGV do
     if it[1] == 'pending' then
       redis.call('HSET', ik, 'status', 'processing', 'started_at', now, 'updated_at', now)
       move(iid, it[2], base .. ':st:pending', base .. ':st:processing')
-      jt = jt or batch_fixed(batch_key).job_type
-      emit(batch_key, events_key, jt .. '.running', bid, iid, 'processing', now)
+      emit(batch_key, events_key, batch_fixed(batch_key).job_type .. '.running', bid, iid,
+        'processing', now)
     else
       redis.call('HSET', ik, 'updated_at', now)
     end

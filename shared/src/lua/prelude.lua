@@ -46,8 +46,8 @@ local function move(iid, order, from_key, to_key)
     r[#r + 1] = iid
   end
 end
-local function count(field, n)
-  counts[field] = (counts[field] or 0) + n
+local function count(field)
+  counts[field] = (counts[field] or 0) + 1
 end
 
 -- Writes what `move` and `count` gathered; every script that moves items calls it before it
@@ -82,8 +82,8 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
   end
   redis.call('HSET', ik, unpack(set))
   move(iid, order, base .. ':st:' .. from, base .. ':st:' .. to)
-  count('processed', 1)
-  count(to, 1)
+  count('processed')
+  count(to)
   local jt = batch_fixed(batch_key).job_type
   emit(batch_key, events_key, jt .. '.' .. ITEM_EVENT[to], bid, iid, to, now)
 end
