@@ -70,7 +70,18 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(serve(settings)),
+        // `serve` runs as a task, not in `block_on` on this thread: the consume loop spawns a
+        // task per delivery, and a spawn from outside the runtime is a hand-off between
+        // threads (a wake-up and a context switch) where a spawn from inside is a queue push.
+        Ok(runtime) => runtime.block_on(async {
+            match tokio::spawn(serve(settings)).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("docfleet-worker: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Err(e) => {
             eprintln!("docfleet-worker: could not start the runtime: {e}");
             ExitCode::FAILURE
