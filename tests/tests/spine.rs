@@ -321,7 +321,37 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
     assert_eq!(set_len(ItemStatus::Pending).await, 3);
     assert_eq!(set_len(ItemStatus::Failed).await, 1);
 
+    // A page registered again (an expansion resumed after a crash) starts at or below the
+    // highest order registered, so each item is looked up and none is counted twice.
     let scripts = Scripts::new(f.keys.clone());
+    let mut again = Vec::new();
+    for item in [a, b] {
+        let order: f64 = con.zscore(f.keys.batch_items(&id), item).await.unwrap();
+        again.push(docfleet_shared::scripts::NewItem {
+            item_id: item.to_owned(),
+            name: "renamed".into(),
+            order: order as i64,
+            job_id: "pjb-new".into(),
+            refusal: None,
+        });
+    }
+    let highest: f64 = con
+        .zrevrange_withscores::<_, Vec<(String, f64)>>(f.keys.batch_items(&id), 0, 0)
+        .await
+        .unwrap()[0]
+        .1;
+    let registered_to: i64 = con.hget(f.keys.batch(&id), "registered_to").await.unwrap();
+    assert_eq!(registered_to, highest as i64);
+    assert_eq!(
+        scripts.register(&mut con, &id, &again).await.unwrap(),
+        Some(0)
+    );
+    let name: String = con.hget(f.keys.item(&id, a), "name").await.unwrap();
+    assert_ne!(name, "renamed");
+    assert_eq!(set_len(ItemStatus::Pending).await, 3);
+    let registered: u64 = con.hget(f.keys.batch(&id), "registered").await.unwrap();
+    assert_eq!(registered, 4);
+
     let claims = scripts
         .claim(&mut con, &id, &[a, a, b, c, "dfl-never-registered"])
         .await

@@ -4,15 +4,26 @@
 -- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
 local batch_key, events_key = KEYS[1], KEYS[2]
 local base, now, bid, job_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local st = redis.call('HGET', batch_key, 'status')
+local b = redis.call('HMGET', batch_key, 'status', 'registered_to')
+local st = b[1]
 if st == false then return -1 end
 if TERMINAL_BATCH[st] then return -2 end
+-- `registered_to` is the highest order registered so far. Orders are unique within a batch,
+-- so a chunk that starts above it holds no registered item and needs no EXISTS per item; a
+-- page registered again after a crash starts below it and is checked item by item.
+local low, high = nil, nil
+for i = 7, #ARGV, 5 do
+  local o = tonumber(ARGV[i])
+  if low == nil or o < low then low = o end
+  if high == nil or o > high then high = o end
+end
+local fresh = b[2] == false or (low ~= nil and low > tonumber(b[2]))
 local jt = batch_fixed(batch_key).job_type
 local n = 0
 for i = 5, #ARGV, 5 do
   local iid, name, order, jid, refusal = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ik = base .. ':item:' .. iid
-  if redis.call('EXISTS', ik) == 0 then
+  if fresh or redis.call('EXISTS', ik) == 0 then
     redis.call('HSET', ik, 'status', 'pending', 'name', name, 'order', order, 'job_id', jid,
       'attempts', 0, 'created_at', now, 'updated_at', now)
     move(iid, order, nil, base .. ':items')
@@ -28,4 +39,7 @@ for i = 5, #ARGV, 5 do
 end
 flush(batch_key, now)
 if n > 0 then redis.call('HINCRBY', batch_key, 'registered', n) end
+if high ~= nil and (b[2] == false or high > tonumber(b[2])) then
+  redis.call('HSET', batch_key, 'registered_to', high)
+end
 return n
