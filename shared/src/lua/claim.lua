@@ -19,7 +19,7 @@ for i = 4, #ARGV do
   elseif TERMINAL_ITEM[it[1]] then
     out[#out + 1] = { 'done', it[1] }
   elseif bst == 'cancelled' then
-    settle(batch_key, events_key, base, bid, iid, it[1], 'cancelled', it[2], now, {})
+    settle(batch_key, events_key, base, bid, iid, it[1], 'cancelled', it[2], now)
     out[#out + 1] = { 'cancelled' }
   elseif TERMINAL_BATCH[bst] then
     out[#out + 1] = { 'done', it[1] }
@@ -30,9 +30,8 @@ for i = 4, #ARGV do
     if it[1] == 'pending' then
       redis.call('HSET', ik, 'status', 'processing', 'attempts', attempts, 'started_at', now,
         'updated_at', now)
-      move(iid, it[2], base .. ':st:pending', base .. ':st:processing')
-      emit(batch_key, events_key, batch_fixed(batch_key).job_type .. '.running', bid, iid,
-        'processing', now)
+      move(iid, it[2], status_key(base, 'pending'), status_key(base, 'processing'))
+      emit_item(batch_key, events_key, 'running', bid, iid, 'processing', now)
     else
       redis.call('HSET', ik, 'attempts', attempts, 'updated_at', now)
     end

@@ -16,7 +16,7 @@ for i = 4, #ARGV, 6 do
     out[#out + 1] = 'duplicate'
   else
     settle(batch_key, events_key, base, bid, iid, it[1], outcome, it[2], now,
-      { error_message = ARGV[i + 2], skip_reason = ARGV[i + 3], result = ARGV[i + 4] })
+      ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
     local run = ARGV[i + 5]
     if run ~= '' then redis.call('RPUSH', KEYS[3 + (i - 4) / 6], run) end
     out[#out + 1] = 'recorded'

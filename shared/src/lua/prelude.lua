@@ -26,8 +26,27 @@ local function emit(batch_key, events_key, etype, bid, iid, status, now)
     'type', etype, 'batch_id', bid, 'item_id', iid, 'status', status, 'seq', seq, 'at', now)
 end
 
+-- An item event, `<job_type>.<what>`: the type is built only if the batch has endpoints, since
+-- most batches have none and a string built per item is work for nothing.
+local function emit_item(batch_key, events_key, what, bid, iid, status, now)
+  local f = batch_fixed(batch_key)
+  if not f.hooks then return end
+  emit(batch_key, events_key, f.job_type .. '.' .. what, bid, iid, status, now)
+end
+
 local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'error',
   skipped = 'error', cancelled = 'cancelled' }
+
+-- A status set's key, built once per script run rather than once per item moved.
+local status_keys = {}
+local function status_key(base, status)
+  local k = status_keys[status]
+  if k == nil then
+    k = base .. ':st:' .. status
+    status_keys[status] = k
+  end
+  return k
+end
 
 -- Sorted-set moves and counter increments gathered during a script run and written by
 -- `flush`: one variadic ZADD/ZREM per set and one HINCRBY per counter, so a script that
@@ -70,22 +89,28 @@ local function flush(batch_key, now)
   additions, removals, counts = {}, {}, {}
 end
 
--- Moves a non-terminal item to a terminal status and counts it once (when flushed).
-local function settle(batch_key, events_key, base, bid, iid, from, to, order, now, fields)
+-- Moves a non-terminal item to a terminal status and counts it once (when flushed). The
+-- outcome's fields that are not '' (or nil) are written with the status.
+local function settle(batch_key, events_key, base, bid, iid, from, to, order, now,
+                      error_message, skip_reason, result)
   local ik = base .. ':item:' .. iid
   local set = { 'status', to, 'completed_at', now, 'updated_at', now }
-  for k, v in pairs(fields) do
-    if v ~= '' then
-      set[#set + 1] = k
-      set[#set + 1] = v
-    end
+  if error_message and error_message ~= '' then
+    set[7], set[8] = 'error_message', error_message
+  end
+  if skip_reason and skip_reason ~= '' then
+    set[#set + 1] = 'skip_reason'
+    set[#set + 1] = skip_reason
+  end
+  if result and result ~= '' then
+    set[#set + 1] = 'result'
+    set[#set + 1] = result
   end
   redis.call('HSET', ik, unpack(set))
-  move(iid, order, base .. ':st:' .. from, base .. ':st:' .. to)
+  move(iid, order, status_key(base, from), status_key(base, to))
   count('processed')
   count(to)
-  local jt = batch_fixed(batch_key).job_type
-  emit(batch_key, events_key, jt .. '.' .. ITEM_EVENT[to], bid, iid, to, now)
+  emit_item(batch_key, events_key, ITEM_EVENT[to], bid, iid, to, now)
 end
 
 -- Finishes the batch exactly once: expansion done and every item terminal.

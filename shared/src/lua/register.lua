@@ -18,7 +18,6 @@ for i = 7, #ARGV, 5 do
   if high == nil or o > high then high = o end
 end
 local fresh = b[2] == false or (low ~= nil and low > tonumber(b[2]))
-local jt = batch_fixed(batch_key).job_type
 local n = 0
 for i = 5, #ARGV, 5 do
   local iid, name, order, jid, refusal = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -27,12 +26,11 @@ for i = 5, #ARGV, 5 do
     redis.call('HSET', ik, 'status', 'pending', 'name', name, 'order', order, 'job_id', jid,
       'attempts', 0, 'created_at', now, 'updated_at', now)
     move(iid, order, nil, base .. ':items')
-    move(iid, order, nil, base .. ':st:pending')
+    move(iid, order, nil, status_key(base, 'pending'))
     redis.call('SET', job_prefix .. jid, bid .. '\n' .. iid)
-    emit(batch_key, events_key, jt .. '.pending', bid, iid, 'pending', now)
+    emit_item(batch_key, events_key, 'pending', bid, iid, 'pending', now)
     if refusal ~= '' then
-      settle(batch_key, events_key, base, bid, iid, 'pending', 'failed', order, now,
-        { error_message = refusal })
+      settle(batch_key, events_key, base, bid, iid, 'pending', 'failed', order, now, refusal)
     end
     n = n + 1
   end
