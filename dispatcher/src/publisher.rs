@@ -140,19 +140,23 @@ impl Publisher {
             .with_priority(priority)
             .with_content_type("application/json".into())
             .with_headers(headers);
+        // A publish resolves once lapin's I/O thread has written it, so awaiting them one by
+        // one costs two thread hand-offs per message (perf: half the dispatcher's CPU went to
+        // context switches). Polled together, the first poll queues every frame of the page in
+        // order and the I/O thread writes them in a few runs.
+        let sent = futures_util::future::join_all(bodies.iter().map(|body| {
+            link.channel.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props.clone(),
+            )
+        }))
+        .await;
         let mut confirms = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            let sent = link
-                .channel
-                .basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    props.clone(),
-                )
-                .await;
-            match sent {
+        for s in sent {
+            match s {
                 Ok(confirm) => confirms.push(confirm),
                 Err(e) => {
                     *guard = None;
