@@ -294,7 +294,7 @@ impl FileStore {
     /// [`FileStore::get`] on the calling thread, for code already on a blocking thread.
     pub fn get_blocking(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.path(key)?;
-        std::fs::read(&path).map_err(|source| map_io(key, source))
+        read_without_atime(&path).map_err(|source| map_io(key, source))
     }
 
     /// The size of an object, without reading it.
@@ -305,6 +305,32 @@ impl FileStore {
             .map(|m| m.len())
             .map_err(|source| map_io(key, source))
     }
+}
+
+/// Reads a whole file without updating its access time. Under `relatime` the first read of a
+/// freshly written file dirties its inode, a journal write per document: a fifth of the time a
+/// worker spent reading tiny files (perf). The kernel refuses `O_NOATIME` on a file the
+/// process does not own; such a file is read the ordinary way.
+#[cfg(target_os = "linux")]
+fn read_without_atime(path: &Path) -> std::io::Result<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOATIME;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::PERM) => return std::fs::read(path),
+        Err(e) => return Err(e.into()),
+    };
+    let mut file = std::fs::File::from(fd);
+    let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(size + 1);
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_without_atime(path: &Path) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
 }
 
 /// `dir/<xy>/name`: objects fan out over 256 sub-folders by the last two characters of their
