@@ -189,7 +189,10 @@ pub struct WorkerSettings {
     /// Logs.
     pub log: LogSettings,
     /// Items in flight at once in one worker process (claim, I/O, record). Most of an item's
-    /// life is waiting on Redis and the store, so this is several times the core count.
+    /// life is waiting on Redis and the store, so this is several times the core count; and
+    /// the more wait together, the larger the groups the ledger sends to Redis (32 instead of
+    /// 16, prefetch 128 instead of 64: 8,528 instead of 6,937 tiny files/s in the fleet
+    /// benchmark, medians of 4 interleaved runs).
     pub concurrency: usize,
     /// Items parsed or classified at once (CPU-bound); defaults to the core count.
     pub cpu_slots: usize,
@@ -282,12 +285,12 @@ impl Default for WorkerSettings {
             redis: RedisSettings::default(),
             store: StoreSettings::default(),
             log: LogSettings::default(),
-            concurrency: 16,
+            concurrency: 32,
             cpu_slots: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
             runtime_threads: 1,
-            prefetch: 64,
+            prefetch: 128,
             item_deadline_secs: 120,
             max_file_bytes: 256 * 1024 * 1024,
             max_attempts: 3,
