@@ -848,6 +848,11 @@ async fn status(rep: &mut Report, a: &Args) {
         ("status_p99_ms_server_side", server),
     ] {
         let n = phase.len();
+        // The load may finish expanding after sampling ends: no figure rather than a 0 ms one.
+        if n == 0 {
+            eprintln!("  {name}: no samples");
+            continue;
+        }
         rep.add(name, pct(&mut phase, 0.99), "ms", json!({ "n": n }));
     }
     wait_done(&f, &big).await;
