@@ -351,6 +351,16 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
     assert_eq!(set_len(ItemStatus::Pending).await, 3);
     let registered: u64 = con.hget(f.keys.batch(&id), "registered").await.unwrap();
     assert_eq!(registered, 4);
+    // A batch registered in part by a build without `registered_to` is checked item by item.
+    let _: () = con.hdel(f.keys.batch(&id), "registered_to").await.unwrap();
+    assert_eq!(
+        scripts.register(&mut con, &id, &again).await.unwrap(),
+        Some(0)
+    );
+    let name: String = con.hget(f.keys.item(&id, a), "name").await.unwrap();
+    assert_ne!(name, "renamed");
+    let registered_to: Option<i64> = con.hget(f.keys.batch(&id), "registered_to").await.unwrap();
+    assert_eq!(registered_to, None);
 
     let claims = scripts
         .claim(&mut con, &id, &[a, a, b, c, "dfl-never-registered"])

@@ -4,7 +4,7 @@
 -- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
 local batch_key, events_key = KEYS[1], KEYS[2]
 local base, now, bid, job_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local b = redis.call('HMGET', batch_key, 'status', 'registered_to')
+local b = redis.call('HMGET', batch_key, 'status', 'registered_to', 'registered')
 local st = b[1]
 if st == false then return -1 end
 if TERMINAL_BATCH[st] then return -2 end
@@ -17,7 +17,10 @@ for i = 7, #ARGV, 5 do
   if low == nil or o < low then low = o end
   if high == nil or o > high then high = o end
 end
-local fresh = b[2] == false or (low ~= nil and low > tonumber(b[2]))
+-- A batch registered in part before `registered_to` existed (an expansion that spans an
+-- upgrade) is checked item by item to its end.
+local legacy = b[2] == false and b[3] ~= false and b[3] ~= '0'
+local fresh = not legacy and low ~= nil and (b[2] == false or low > tonumber(b[2]))
 local n = 0
 for i = 5, #ARGV, 5 do
   local iid, name, order, jid, refusal = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -37,7 +40,7 @@ for i = 5, #ARGV, 5 do
 end
 flush(batch_key, now)
 if n > 0 then redis.call('HINCRBY', batch_key, 'registered', n) end
-if high ~= nil and (b[2] == false or high > tonumber(b[2])) then
+if not legacy and high ~= nil and (b[2] == false or high > tonumber(b[2])) then
   redis.call('HSET', batch_key, 'registered_to', high)
 end
 return n
