@@ -19,8 +19,9 @@ for i = 7, #ARGV, 5 do
 end
 -- A batch registered in part before `registered_to` existed (an expansion that spans an
 -- upgrade) is checked item by item to its end.
-local legacy = b[2] == false and b[3] ~= false and b[3] ~= '0'
-local fresh = not legacy and low ~= nil and (b[2] == false or low > tonumber(b[2]))
+local hw = tonumber(b[2])
+local legacy = hw == nil and b[3] ~= false and b[3] ~= '0'
+local fresh = not legacy and low ~= nil and (hw == nil or low > hw)
 local n = 0
 for i = 5, #ARGV, 5 do
   local iid, name, order, jid, refusal = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -40,7 +41,7 @@ for i = 5, #ARGV, 5 do
 end
 flush(batch_key, now)
 if n > 0 then redis.call('HINCRBY', batch_key, 'registered', n) end
-if not legacy and high ~= nil and (b[2] == false or high > tonumber(b[2])) then
+if not legacy and high ~= nil and (hw == nil or high > hw) then
   redis.call('HSET', batch_key, 'registered_to', high)
 end
 return n
