@@ -264,8 +264,8 @@ async fn nothing_is_lost_when_the_receiver_and_the_dispatcher_are_down() {
     let dport = Fleet::free_port().await;
     let mut second = f.spawn_dispatcher_process(dport).await;
     // A delivery the first dispatcher had taken when it died is due again only once its lease
-    // (request timeout + 30 s) runs out: wait past that, not a fixed 30 s.
-    let lease = Duration::from_millis(f.dispatcher_settings.webhook.request_timeout_ms + 30_000);
+    // runs out: wait past that, not a fixed 30 s.
+    let lease = docfleet_dispatcher::webhook::delivery::lease(&f.dispatcher_settings.webhook);
     let got = r
         .wait_for(lease + Duration::from_secs(20), |x| {
             x.iter()

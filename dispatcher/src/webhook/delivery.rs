@@ -113,7 +113,7 @@ impl Sender {
     /// Sends due deliveries until `stop`; in-flight requests finish before it returns.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let script = redis::Script::new(TAKE_DUE);
-        let lease_ms = self.st.settings.webhook.request_timeout_ms as i64 + 30_000;
+        let lease_ms = lease(&self.st.settings.webhook).as_millis() as i64;
         let mut tasks = tokio::task::JoinSet::new();
         while !*stop.borrow() {
             while tasks.try_join_next().is_some() {}
@@ -451,4 +451,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// How long a taken delivery stays leased: its request timeout and a margin. A dispatcher
+/// that dies mid-send leaves it due again only when this runs out.
+pub fn lease(w: &docfleet_shared::settings::WebhookSettings) -> Duration {
+    Duration::from_millis(w.request_timeout_ms) + Duration::from_secs(30)
 }
