@@ -518,15 +518,26 @@ async fn million(rep: &mut Report, a: &Args) {
     assert_eq!(s, 200, "{b}");
     let big = b["id"].as_str().unwrap_or_default().to_owned();
     let (mut lat_small, mut lat_big) = (Vec::new(), Vec::new());
+    // The dispatcher's own share of the 1k batch's reads (`Server-Timing`), as in `status`.
+    let mut server_small = Vec::new();
     // Dispatcher RSS at each tenth of the batch: flat means memory does not grow with it.
     let mut rss_by_tenth: Vec<f64> = Vec::new();
     let mut last_print = Instant::now();
     loop {
         for (id, lat) in [(&small, &mut lat_small), (&big, &mut lat_big)] {
             let t = Instant::now();
-            let (code, _) = f.get(&format!("{BATCH}/{id}")).await;
-            assert_eq!(code, 200);
+            let res = f
+                .req(reqwest::Method::GET, &format!("{BATCH}/{id}"))
+                .send()
+                .await
+                .expect("get_status");
+            assert_eq!(res.status(), 200);
+            let server_ms = server_timing(&res);
+            let _ = res.bytes().await;
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            if id == &small {
+                server_small.push(server_ms);
+            }
         }
         let (_, st) = f.get(&format!("{BATCH}/{big}")).await;
         let done = st["job"]["processed_items"].as_u64().unwrap_or(0) as usize;
@@ -572,6 +583,13 @@ async fn million(rep: &mut Report, a: &Args) {
             json!({ "n": samples }),
         );
     }
+    let samples = server_small.len();
+    rep.add(
+        "million_status_p99_ms_1k_server_side",
+        pct(&mut server_small, 0.99),
+        "ms",
+        json!({ "n": samples }),
+    );
     let (_, dispatcher_peak) = rss_mb(dpid);
     rep.add(
         "million_dispatcher_peak_rss_mb",
