@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use docfleet_shared::model::{
     parse_page_selection, BatchStatus, ClassifyJobConfig, ClassifyMode, ItemStatus, JobType,
-    ParseJobConfig,
+    ParseJobConfig, BATCH_ID_PREFIX,
 };
 use docfleet_shared::scripts::CancelOutcome;
 use docfleet_shared::settings::VisionSettings;
@@ -215,7 +215,7 @@ async fn create_batch(
         }
     };
     let mut con = st.redis.clone();
-    let batch_id = format!("bjb-{}", uuid::Uuid::new_v4());
+    let batch_id = format!("{BATCH_ID_PREFIX}{}", uuid::Uuid::new_v4());
     let now = now_rfc3339();
     let mut fields: Vec<(&str, String)> = vec![
         ("id", batch_id.clone()),

@@ -351,7 +351,7 @@ async fn prepare(
             item_id: id.clone(),
             name,
             order,
-            job_id: format!("{}-{}", job_type.job_id_prefix(), uuid::Uuid::new_v4()),
+            job_id: job_type.job_id(batch_id, order),
             refusal,
         });
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use docfleet_shared::model::{ClassifyJobConfig, JobType};
+use docfleet_shared::model::{parse_job_id, ClassifyJobConfig, JobType};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
@@ -30,6 +30,9 @@ impl Job {
     }
 }
 
+/// A job id names its batch and the item's order (`JobType::job_id`); the batch's item set,
+/// scored by order, names the item. An id drawn at random before ids were derived is looked
+/// up in its own key.
 async fn resolve(
     st: &AppState,
     project: &str,
@@ -37,25 +40,48 @@ async fn resolve(
     kind: JobType,
 ) -> Result<Job, ApiError> {
     let mut con = st.redis.clone();
-    let link: Option<String> = con.get(st.keys.job(job_id)).await?;
     let not_found = || ApiError::not_found("job", job_id);
-    let (batch_id, item_id) = link
-        .as_deref()
-        .and_then(|l| l.split_once('\n'))
-        .ok_or_else(not_found)?;
-    let batch = crate::batch::load(st, project, batch_id)
+    let (batch_id, item_id) = match parse_job_id(job_id) {
+        Some(derived) => {
+            if derived.job_type != kind {
+                return Err(not_found());
+            }
+            let at: Vec<String> = con
+                .zrangebyscore_limit(
+                    st.keys.batch_items(&derived.batch_id),
+                    derived.order,
+                    derived.order,
+                    0,
+                    1,
+                )
+                .await?;
+            let item_id = at.into_iter().next().ok_or_else(not_found)?;
+            (derived.batch_id, item_id)
+        }
+        None => {
+            let link: Option<String> = con.get(st.keys.job(job_id)).await?;
+            let (b, i) = link
+                .as_deref()
+                .and_then(|l| l.split_once('\n'))
+                .ok_or_else(not_found)?;
+            (b.to_owned(), i.to_owned())
+        }
+    };
+    let batch = crate::batch::load(st, project, &batch_id)
         .await
         .map_err(|_| not_found())?;
     if batch.get("job_type") != Some(kind.as_str()) {
         return Err(not_found());
     }
-    let item: HashMap<String, String> = con.hgetall(st.keys.item(batch_id, item_id)).await?;
-    if item.is_empty() {
+    let item: HashMap<String, String> = con.hgetall(st.keys.item(&batch_id, &item_id)).await?;
+    // The item must carry this very id: an order that names an item of another id (a batch
+    // registered with random ids) is not this job.
+    if item.get("job_id").map(String::as_str) != Some(job_id) {
         return Err(not_found());
     }
     Ok(Job {
         batch,
-        item_id: item_id.to_owned(),
+        item_id,
         item,
     })
 }

@@ -19,7 +19,7 @@
 //! | `P:batch:{<id>}:st:<status>` | zset | item ids in that status, same scores |
 //! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error, result |
 //! | `P:batch:{<id>}:lease` | string | which dispatcher expands the batch, with a TTL |
-//! | `P:job:<job_id>` | string | `<batch_id>\n<item_id>` of a per-file job |
+//! | `P:job:<job_id>` | string | `<batch_id>\n<item_id>` of a per-file job with a random id (written before ids were derived; read only) |
 //! | `P:expansion` | zset | batches whose expansion has not finished |
 //! | `P:events` | stream | outbox of status events, written by the same scripts as the transitions |
 //! | `P:whd:<delivery_id>` | hash | one webhook delivery: endpoint, body, attempts, status |
@@ -122,14 +122,10 @@ impl Keys {
         format!("{}:lease", self.batch(batch_id))
     }
 
-    /// Per-file job id → batch and item.
+    /// A per-file job id drawn at random (before ids were derived, `model::parse_job_id`) →
+    /// its batch and item. Read only; nothing writes these any more.
     pub fn job(&self, job_id: &str) -> String {
         format!("{}:job:{job_id}", self.prefix)
-    }
-
-    /// Prefix of [`Keys::job`], for scripts.
-    pub fn job_prefix(&self) -> String {
-        format!("{}:job:", self.prefix)
     }
 
     /// Batches awaiting expansion.

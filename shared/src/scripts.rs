@@ -202,7 +202,6 @@ impl Scripts {
         let mut registered = 0;
         for chunk in chunks {
             let mut inv = self.invocation(&self.register, batch_id);
-            inv.arg(self.keys.job_prefix());
             for it in chunk {
                 inv.arg(&it.item_id)
                     .arg(&it.name)

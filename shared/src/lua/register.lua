@@ -1,9 +1,10 @@
 -- Registers a page of items as pending, once each. KEYS: batch, events.
--- ARGV: base, now, batch_id, job_key_prefix, then (item_id, name, order, job_id, refusal)
--- groups. An item with a refusal (its file is unknown) is failed at once with it as the error.
+-- ARGV: base, now, batch_id, then (item_id, name, order, job_id, refusal) groups. A job id
+-- derives from the batch and the order (`JobType::job_id`), so no key maps it back. An item
+-- with a refusal (its file is unknown) is failed at once with it as the error.
 -- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
 local batch_key, events_key = KEYS[1], KEYS[2]
-local base, now, bid, job_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
 local b = redis.call('HMGET', batch_key, 'status', 'registered_to', 'registered')
 local st = b[1]
 if st == false then return -1 end
@@ -12,7 +13,7 @@ if TERMINAL_BATCH[st] then return -2 end
 -- so a chunk that starts above it holds no registered item and needs no EXISTS per item; a
 -- page registered again after a crash starts below it and is checked item by item.
 local low, high = nil, nil
-for i = 7, #ARGV, 5 do
+for i = 6, #ARGV, 5 do
   local o = tonumber(ARGV[i])
   if low == nil or o < low then low = o end
   if high == nil or o > high then high = o end
@@ -23,7 +24,7 @@ local hw = tonumber(b[2])
 local legacy = hw == nil and b[3] ~= false and b[3] ~= '0'
 local fresh = not legacy and low ~= nil and (hw == nil or low > hw)
 local n = 0
-for i = 5, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   local iid, name, order, jid, refusal = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ik = base .. ':item:' .. iid
   if fresh or redis.call('EXISTS', ik) == 0 then
@@ -31,7 +32,6 @@ for i = 5, #ARGV, 5 do
       'attempts', 0, 'created_at', now, 'updated_at', now)
     move(iid, order, nil, base .. ':items')
     move(iid, order, nil, status_key(base, 'pending'))
-    redis.call('SET', job_prefix .. jid, bid .. '\n' .. iid)
     emit_item(batch_key, events_key, 'pending', bid, iid, 'pending', now)
     if refusal ~= '' then
       settle(batch_key, events_key, base, bid, iid, 'pending', 'failed', order, now, refusal)
