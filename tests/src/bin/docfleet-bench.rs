@@ -321,6 +321,21 @@ fn server_timing(res: &reqwest::Response) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// One `get_status`: (its latency as the client sees it, the dispatcher's own time from
+/// `Server-Timing`), ms.
+async fn timed_status(f: &Fleet, batch_id: &str) -> (f64, f64) {
+    let t = Instant::now();
+    let res = f
+        .req(reqwest::Method::GET, &format!("{BATCH}/{batch_id}"))
+        .send()
+        .await
+        .expect("get_status");
+    assert_eq!(res.status(), 200);
+    let server_ms = server_timing(&res);
+    let _ = res.bytes().await;
+    (t.elapsed().as_secs_f64() * 1000.0, server_ms)
+}
+
 /// Creates a batch: (its id, the dispatcher's own time from `Server-Timing`, ms).
 async fn create_timed(f: &Fleet, body: &Value) -> (String, f64) {
     let res = f
@@ -525,16 +540,8 @@ async fn million(rep: &mut Report, a: &Args) {
     let mut last_print = Instant::now();
     loop {
         for (id, lat) in [(&small, &mut lat_small), (&big, &mut lat_big)] {
-            let t = Instant::now();
-            let res = f
-                .req(reqwest::Method::GET, &format!("{BATCH}/{id}"))
-                .send()
-                .await
-                .expect("get_status");
-            assert_eq!(res.status(), 200);
-            let server_ms = server_timing(&res);
-            let _ = res.bytes().await;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            let (ms, server_ms) = timed_status(&f, id).await;
+            lat.push(ms);
             if id == &small {
                 server_small.push(server_ms);
             }
@@ -822,16 +829,7 @@ async fn status(rep: &mut Report, a: &Args) {
     // flatter the p99.
     let mut checked = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
-        let s = Instant::now();
-        let res = f
-            .req(reqwest::Method::GET, &format!("{BATCH}/{small}"))
-            .send()
-            .await
-            .expect("get_status");
-        assert_eq!(res.status(), 200);
-        let server_ms = server_timing(&res);
-        let _ = res.bytes().await;
-        let ms = s.elapsed().as_secs_f64() * 1000.0;
+        let (ms, server_ms) = timed_status(&f, &small).await;
         lat.push(ms);
         server.push(server_ms);
         if expanded {
