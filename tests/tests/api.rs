@@ -392,7 +392,8 @@ async fn job_ids_resolve_without_a_key_per_item() {
         assert_eq!(s, 200, "{r}");
         assert_eq!(r["job"]["id"], job, "{r}");
         assert!(r["text"]["pages"][0]["text"].is_string(), "{r}");
-        // The same id asked of the other job type, and an order no item has: not found.
+        // The same id asked of the other job type, and the id with a digit added (an alias of
+        // order 0, `.00`, or an order no item has): not found.
         for path in [
             format!("/api/v2/classify/{job}"),
             format!("/api/v2/parse/{job}0"),
