@@ -377,8 +377,7 @@ async fn job_ids_resolve_without_a_key_per_item() {
         .wait_terminal(&batch, std::time::Duration::from_secs(30))
         .await;
     assert_eq!(done["job"]["status"], "completed", "{done}");
-    let (_, items) = f.get(&format!("{BATCH}/{batch}/items")).await;
-    let items = items["items"].as_array().unwrap().clone();
+    let items = f.items(&batch).await;
     assert_eq!(items.len(), 2);
 
     let mut con = f.redis.clone();
