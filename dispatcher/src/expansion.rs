@@ -31,6 +31,9 @@ use crate::state::AppState;
 /// Items registered and published per page of an `item_ids` batch.
 const ITEM_PAGE: i64 = 1000;
 
+/// File records read per MGET while preparing a page.
+const RECORD_CHUNK: usize = 100;
+
 /// Bytes of an `item_ids` batch's input read per page: a full page of ids of average length
 /// (dfl- UUIDs are 40 bytes); a page of longer ids is simply shorter.
 const INPUT_WINDOW: i64 = 64 * 1024;
@@ -330,9 +333,17 @@ async fn prepare(
     if ids.is_empty() {
         return Ok(Step::Exhausted);
     }
-    let records: Vec<Option<String>> = con
-        .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
-        .await?;
+    // Redis serves no one else while one command runs: an MGET of a whole page (1,000 records)
+    // took it about 2 ms (INFO commandstats), so the page's records are read a chunk per
+    // round trip, as register does.
+    let mut records: Vec<Option<String>> = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(RECORD_CHUNK) {
+        let part: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(chunk.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
+            .query_async(con)
+            .await?;
+        records.extend(part);
+    }
     let project = get("project_id");
     let mut items = Vec::with_capacity(ids.len());
     for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
