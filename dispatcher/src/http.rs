@@ -1,5 +1,8 @@
 //! Request extractors that answer bad input with a JSON `detail` naming the field.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -23,6 +26,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// without an allocation per id).
 pub struct RawBody(pub Bytes);
 
+/// When a request's body had been read in full, for `Server-Timing`: receiving a large body
+/// is the client's upload, paced by its network, and is reported apart from docfleet's own
+/// work on the request.
+#[derive(Clone, Default)]
+pub struct BodyReceived(pub Arc<OnceLock<Instant>>);
+
 impl RawBody {
     /// The JSON to parse: an empty body reads as `{}`, so the missing fields are named.
     pub fn json(bytes: &[u8]) -> &[u8] {
@@ -38,16 +47,18 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::TooLarge("body: request body too large".into())
-                } else {
-                    ApiError::BadRequest(format!("body: {e}"))
-                }
-            })
+        let received = req.extensions().get::<BodyReceived>().cloned();
+        let body = Bytes::from_request(req, state).await;
+        if let Some(BodyReceived(at)) = received {
+            let _ = at.set(Instant::now());
+        }
+        body.map(RawBody).map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge("body: request body too large".into())
+            } else {
+                ApiError::BadRequest(format!("body: {e}"))
+            }
+        })
     }
 }
 

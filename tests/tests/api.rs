@@ -423,3 +423,53 @@ async fn job_ids_resolve_without_a_key_per_item() {
     assert_eq!(s, 404);
     f.shutdown().await;
 }
+
+/// Every response says how long docfleet took (`app`); one whose JSON body was read whole
+/// first also says how long receiving it took (`body`), kept out of `app`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_timing_keeps_receiving_the_body_apart() {
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "d").await;
+    let file = f.upload(&f.api_key, &dir, "a.txt", b"hello".to_vec()).await;
+    let metrics = |res: &reqwest::Response| -> Vec<(String, f64)> {
+        let header = res
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        header
+            .split(',')
+            .map(|m| {
+                let (name, dur) = m.trim().split_once(";dur=").unwrap_or_default();
+                (name.to_owned(), dur.parse().unwrap_or(f64::NAN))
+            })
+            .collect()
+    };
+    let created = f
+        .req(reqwest::Method::POST, BATCH)
+        .json(&json!({ "job_config": { "parameters": {} }, "item_ids": [file] }))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 200);
+    let timing = metrics(&created);
+    let names: Vec<&str> = timing.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["body", "app"], "{timing:?}");
+    assert!(timing.iter().all(|(_, ms)| *ms >= 0.0), "{timing:?}");
+    let id = created.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let status = f
+        .req(reqwest::Method::GET, &format!("{BATCH}/{id}"))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(status.status(), 200);
+    let timing = metrics(&status);
+    assert_eq!(timing.len(), 1, "{timing:?}");
+    assert_eq!(timing[0].0, "app");
+    assert!(timing[0].1 >= 0.0, "{timing:?}");
+    f.shutdown().await;
+}

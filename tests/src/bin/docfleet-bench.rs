@@ -190,15 +190,16 @@ async fn fleet(rep: &mut Report, a: &Args) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut rates, mut creates, mut expansions) = (Vec::new(), Vec::new(), Vec::new());
     let mut split: HashMap<String, Vec<f64>> = HashMap::new();
-    let mut servers = Vec::new();
+    let (mut servers, mut bodies) = (Vec::new(), Vec::new());
     let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     for run in 0..a.runs {
         let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
         let cpu = CpuSplit::start("dispatcher", &worker_pids);
         let t0 = Instant::now();
-        let (id, server_ms) = create_timed(&f, &body).await;
+        let (id, server_ms, body_ms) = create_timed(&f, &body).await;
         let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
         servers.push(server_ms);
+        bodies.push(body_ms);
         let mut expanded_at = None;
         loop {
             if expanded_at.is_none() && f.batch_field(&id, "expanded").await.as_deref() == Some("1")
@@ -234,7 +235,7 @@ async fn fleet(rep: &mut Report, a: &Args) {
         "create_server_ms_item_ids",
         servers,
         "ms",
-        json!({ "items": a.items, "from": "Server-Timing" }),
+        json!({ "items": a.items, "from": "Server-Timing app", "body_received_ms": bodies }),
     );
     rep.add_median(
         "expansion_msgs_per_s",
@@ -286,7 +287,7 @@ async fn create(rep: &mut Report, a: &Args) {
 /// ms, messages published per second from the create call on).
 async fn expand_timed(f: &Fleet, body: &Value, items: usize) -> (f64, f64) {
     let t0 = Instant::now();
-    let (id, server_ms) = create_timed(f, body).await;
+    let (id, server_ms, _) = create_timed(f, body).await;
     while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -313,10 +314,18 @@ async fn purge_items(f: &Fleet) {
 
 /// The dispatcher's own time for a response, from its `Server-Timing` header, ms.
 fn server_timing(res: &reqwest::Response) -> f64 {
+    timing_metric(res, "app")
+}
+
+/// One metric of a `Server-Timing` header (`name;dur=<ms>, …`), ms; NaN if absent.
+fn timing_metric(res: &reqwest::Response, name: &str) -> f64 {
     res.headers()
         .get("server-timing")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split("dur=").nth(1))
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|m| m.trim().strip_prefix(name)?.strip_prefix(";dur="))
+        })
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(f64::NAN)
 }
@@ -336,19 +345,39 @@ async fn timed_status(f: &Fleet, batch_id: &str) -> (f64, f64) {
     (t.elapsed().as_secs_f64() * 1000.0, server_ms)
 }
 
-/// Creates a batch: (its id, the dispatcher's own time from `Server-Timing`, ms).
-async fn create_timed(f: &Fleet, body: &Value) -> (String, f64) {
+/// One bare `HGETALL` of a batch's record straight from Redis, ms: the floor under any status
+/// read, since the dispatcher answers from that record. Sampled beside each `get_status`, it
+/// tells a slow read that docfleet causes from one that the machine causes (a Redis or a
+/// client process waiting for a CPU).
+async fn timed_redis_read(f: &Fleet, batch_id: &str) -> f64 {
+    let mut con = f.redis.clone();
+    let t = Instant::now();
+    let record: HashMap<String, String> =
+        redis::AsyncCommands::hgetall(&mut con, f.keys.batch(batch_id))
+            .await
+            .expect("hgetall");
+    assert!(!record.is_empty(), "batch {batch_id} has no record");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Creates a batch: (its id, the dispatcher's own time and the time it took to receive the
+/// body, from `Server-Timing`, ms).
+async fn create_timed(f: &Fleet, body: &Value) -> (String, f64, f64) {
     let res = f
         .req(reqwest::Method::POST, BATCH)
         .json(body)
         .send()
         .await
         .expect("create");
-    let server_ms = server_timing(&res);
+    let (server_ms, body_ms) = (server_timing(&res), timing_metric(&res, "body"));
     let status = res.status();
     let b: Value = res.json().await.unwrap_or(Value::Null);
     assert_eq!(status, 200, "{b}");
-    (b["id"].as_str().unwrap_or_default().to_owned(), server_ms)
+    (
+        b["id"].as_str().unwrap_or_default().to_owned(),
+        server_ms,
+        body_ms,
+    )
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
@@ -516,7 +545,7 @@ async fn million(rep: &mut Report, a: &Args) {
     // Idle: started and consuming an empty queue.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_worker = wpids.iter().map(|p| rss_mb(*p).0).fold(0.0, f64::max);
-    let (small, _) = create_timed(
+    let (small, _, _) = create_timed(
         &f,
         &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
     )
@@ -535,6 +564,7 @@ async fn million(rep: &mut Report, a: &Args) {
     let (mut lat_small, mut lat_big) = (Vec::new(), Vec::new());
     // The dispatcher's own share of the 1k batch's reads (`Server-Timing`), as in `status`.
     let mut server_small = Vec::new();
+    let mut bare_small = Vec::new();
     // Dispatcher RSS at each tenth of the batch: flat means memory does not grow with it.
     let mut rss_by_tenth: Vec<f64> = Vec::new();
     let mut last_print = Instant::now();
@@ -546,6 +576,7 @@ async fn million(rep: &mut Report, a: &Args) {
                 server_small.push(server_ms);
             }
         }
+        bare_small.push(timed_redis_read(&f, &small).await);
         let (_, st) = f.get(&format!("{BATCH}/{big}")).await;
         let done = st["job"]["processed_items"].as_u64().unwrap_or(0) as usize;
         while rss_by_tenth.len() < 10 && done * 10 >= n * (rss_by_tenth.len() + 1) {
@@ -596,6 +627,13 @@ async fn million(rep: &mut Report, a: &Args) {
         pct(&mut server_small, 0.99),
         "ms",
         json!({ "n": samples }),
+    );
+    let samples = bare_small.len();
+    rep.add(
+        "million_redis_hgetall_p99_ms_1k",
+        pct(&mut bare_small, 0.99),
+        "ms",
+        json!({ "n": samples, "note": "the batch record read straight from Redis: the floor" }),
     );
     let (_, dispatcher_peak) = rss_mb(dpid);
     rep.add(
@@ -799,7 +837,7 @@ async fn status(rep: &mut Report, a: &Args) {
     );
     let f = Fleet::start(0).await;
     let (_, small_ids) = upload_many(&f, 1000).await;
-    let (small, _) = create_timed(
+    let (small, _, _) = create_timed(
         &f,
         &json!({ "job_config": { "parameters": {} }, "item_ids": small_ids }),
     )
@@ -823,6 +861,7 @@ async fn status(rep: &mut Report, a: &Args) {
     // The dispatcher's own share of each read (`Server-Timing`): the rest is the client's
     // and the network's, and waiting for a CPU on this busy machine.
     let mut server = Vec::new();
+    let mut bare = Vec::new();
     let mut expanded = false;
     let t0 = Instant::now();
     // Only while the load runs (expansion included): samples taken after it ends would
@@ -832,6 +871,7 @@ async fn status(rep: &mut Report, a: &Args) {
         let (ms, server_ms) = timed_status(&f, &small).await;
         lat.push(ms);
         server.push(server_ms);
+        bare.push(timed_redis_read(&f, &small).await);
         if expanded {
             &mut running
         } else {
@@ -862,6 +902,7 @@ async fn status(rep: &mut Report, a: &Args) {
         ("status_p99_ms_while_expanding", expanding),
         ("status_p99_ms_after_expansion", running),
         ("status_p99_ms_server_side", server),
+        ("status_redis_hgetall_p99_ms", bare),
     ] {
         let n = phase.len();
         // The load may finish expanding after sampling ends: no figure rather than a 0 ms one.
