@@ -987,6 +987,16 @@ fn parse(rep: &mut Report) {
         return;
     };
     let files: Vec<std::path::PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    // Without pdftotext every file would count as unreadable and its side would read 0 pages/s.
+    let have_pdftotext = std::process::Command::new("pdftotext")
+        .arg("-v")
+        .output()
+        .is_ok();
+    if !have_pdftotext {
+        eprintln!(
+            "parse: pdftotext not found (apt-get install poppler-utils); only docfleet measured"
+        );
+    }
     eprintln!(
         "parse: {} PDFs, docfleet's parser vs pdftotext, median of 3",
         files.len()
@@ -1017,6 +1027,9 @@ fn parse(rep: &mut Report) {
         pages_ours = p;
         ours.push(p as f64 / t);
         ours_cpu.push(p as f64 / (cpu_secs(std::process::id()) - cpu).max(0.01));
+        if !have_pdftotext {
+            continue;
+        }
         let (mut p, mut t) = (0usize, 0.0f64);
         let cpu = children_cpu_secs();
         for f in &files {
@@ -1044,16 +1057,19 @@ fn parse(rep: &mut Report) {
         json!({ "pages": pages_ours }),
     );
     rep.add_median(
-        "parse_pages_per_s_pdftotext",
-        theirs,
-        "pages/s",
-        json!({ "pages": pages_theirs }),
-    );
-    rep.add_median(
         "parse_pages_per_cpu_s_docfleet",
         ours_cpu,
         "pages/CPU s",
         json!({}),
+    );
+    if !have_pdftotext {
+        return;
+    }
+    rep.add_median(
+        "parse_pages_per_s_pdftotext",
+        theirs,
+        "pages/s",
+        json!({ "pages": pages_theirs }),
     );
     rep.add_median(
         "parse_pages_per_cpu_s_pdftotext",
@@ -1112,7 +1128,9 @@ async fn main() {
             "parse_over_pdftotext_per_cpu_s",
         ),
     ] {
-        if let (Some(o), Some(t)) = (figures.get(ours), figures.get(theirs)) {
+        // A side that measured nothing (pdftotext missing, a Python queue that never ran)
+        // gives no ratio rather than an infinite one.
+        if let (Some(o), Some(t)) = (figures.get(ours), figures.get(theirs).filter(|t| **t > 0.0)) {
             rep.add(name, o / t, "ratio", json!({}));
         }
     }
