@@ -232,6 +232,9 @@ async fn expand(
                 return Ok(());
             }
         };
+        if !hold_back(st, &mut con, batch_id, &lease, shutdown).await? {
+            return Ok(());
+        }
         // The broker takes this page while Redis registers the next: the two are the bulk
         // of a page's time, and neither waits for the other.
         let mut next_con = con.clone();
@@ -252,6 +255,43 @@ async fn expand(
         }
         step = next?;
     }
+}
+
+/// How often a held-back expansion looks at the queue again.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// Waits while workers are attached and `expansion_queue_limit` messages already wait for
+/// them. Publishing far ahead of the workers only deepens the queue, and a deep queue costs
+/// the broker more per message than one its consumers keep short: at 4,000, the benchmark's
+/// fleet ran 3-14% faster (5 of 5 interleaved pairs), with less broker CPU per item. The lease
+/// is renewed meanwhile; false if another replica took it.
+async fn hold_back(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    batch_id: &str,
+    lease: &Lease,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<bool, ExpansionError> {
+    let limit = st.settings.expansion_queue_limit;
+    if limit == 0 {
+        return Ok(true);
+    }
+    let renew_every = Duration::from_millis(lease.ms / 3);
+    let mut renewed = tokio::time::Instant::now();
+    // A broker that does not answer is left to the publish that follows, which reports it.
+    while let Some((ready, consumers)) = st.publisher.queue_load().await {
+        if consumers == 0 || ready < limit || *shutdown.borrow() {
+            break;
+        }
+        if renewed.elapsed() >= renew_every {
+            if !lease.renew(st, con, batch_id).await? {
+                return Ok(false);
+            }
+            renewed = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(HOLD_POLL).await;
+    }
+    Ok(true)
 }
 
 /// What reading the next page found.
@@ -415,11 +455,23 @@ impl Page {
         let _: () = con
             .hset(st.keys.batch(batch_id), "cursor", self.cursor)
             .await?;
-        let held: i64 = lease
+        Ok(lease.renew(st, con, batch_id).await?)
+    }
+}
+
+impl Lease {
+    /// Extends this replica's lease; false if another replica holds it now.
+    async fn renew(
+        &self,
+        st: &AppState,
+        con: &mut redis::aio::ConnectionManager,
+        batch_id: &str,
+    ) -> redis::RedisResult<bool> {
+        let held: i64 = self
             .script
             .key(st.keys.batch_lease(batch_id))
             .arg(&*st.replica_id)
-            .arg(lease.ms)
+            .arg(self.ms)
             .invoke_async(con)
             .await?;
         if held == 0 {

@@ -71,6 +71,11 @@ impl Publisher {
 
     /// Messages ready in the work queue, if the broker answers.
     pub async fn queue_depth(&self) -> Option<u32> {
+        self.queue_load().await.map(|(ready, _)| ready)
+    }
+
+    /// Messages ready in the work queue and consumers attached to it, if the broker answers.
+    pub async fn queue_load(&self) -> Option<(u32, u32)> {
         let guard = self.link.lock().await;
         let link = guard.as_ref()?;
         let passive = lapin::options::QueueDeclareOptions {
@@ -85,7 +90,7 @@ impl Publisher {
             )
             .await
             .ok()
-            .map(|q| q.message_count())
+            .map(|q| (q.message_count(), q.consumer_count()))
     }
 
     /// Publishes persistent messages to the work queue and waits until the broker confirms

@@ -153,6 +153,12 @@ pub struct DispatcherSettings {
     pub max_item_ids: usize,
     /// How long an expansion lease lasts without renewal; another replica takes over after it.
     pub expansion_lease_secs: u64,
+    /// While workers consume the work queue, expansion publishes no further page once this
+    /// many messages wait in it, and goes on as they drain; 0 never holds back. With no
+    /// consumer attached it publishes everything, so an autoscaler on queue depth sees the
+    /// whole backlog. Keep it above the autoscaler's target per replica times its maximum
+    /// replicas (KEDA in `deploy/k8s`: 50 × 20).
+    pub expansion_queue_limit: u32,
     /// Webhook delivery.
     pub webhook: WebhookSettings,
     /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
@@ -170,6 +176,7 @@ impl Default for DispatcherSettings {
             max_upload_bytes: 512 * 1024 * 1024,
             max_item_ids: 100_000,
             expansion_lease_secs: 15,
+            expansion_queue_limit: 4_000,
             webhook: WebhookSettings::default(),
             vision: VisionSettings::default(),
         }

@@ -585,6 +585,64 @@ async fn cancel_mid_batch_stops_new_work() {
     f.shutdown().await;
 }
 
+/// While a consumer is attached, expansion publishes no page past `expansion_queue_limit`
+/// waiting messages; it finishes once they drain, every item counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expansion_holds_back_while_consumers_have_enough_waiting() {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let mut f = Fleet::start(0).await;
+    f.stop_dispatcher().await;
+    f.dispatcher_settings.expansion_queue_limit = 6;
+    f.start_dispatcher().await;
+    let dir = f.create_dir(&f.api_key, "held").await;
+    f.upload_texts(&dir, "h", 40).await;
+    // A consumer that takes one message and never settles it: attached, but draining nothing.
+    let conn = lapin::Connection::connect(
+        &docfleet_tests::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let queue =
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
+            .items_queue();
+    let _stalled = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "stalled".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "directory_id": dir, "page_size": 4 }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ready, _) = f.queue_depths().await;
+    // Held at the limit; past it by at most the page let through and the one still being
+    // confirmed then. Without the limit all 39 would wait.
+    assert!((6..6 + 2 * 4).contains(&ready), "{ready} messages ready");
+    assert_eq!(f.batch_field(&id, "expanded").await.as_deref(), Some("0"));
+    // The stalled consumer goes (its message returns to the queue) and workers drain it all.
+    conn.close(200, "".into()).await.unwrap();
+    f.start_worker().await;
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    assert_eq!(status["job"]["total_items"], 40);
+    let items = f.items(&id).await;
+    assert_exact_accounting(&status, &items);
+    assert_eq!(f.queue_depths().await, (0, 0));
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     let mut f = Fleet::start(0).await;
