@@ -473,3 +473,32 @@ async fn server_timing_keeps_receiving_the_body_apart() {
     assert!(timing[0].1 >= 0.0, "{timing:?}");
     f.shutdown().await;
 }
+
+/// The create call answers with the record it stored, without reading it back: every field
+/// of the answer is what `get_status` shows for the batch, apart from what expansion moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_answers_with_the_batch_it_stored() {
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "d").await;
+    let files = f.upload_texts(&dir, "c", 3).await;
+    let config = json!({ "parameters": {}, "correlation_id": "corr-1", "session_id": "s-1" });
+    for body in [
+        json!({ "job_config": config, "item_ids": files }),
+        json!({ "job_config": config, "directory_id": dir }),
+    ] {
+        let (code, created) = f.post(BATCH, &body).await;
+        assert_eq!(code, 200, "{created}");
+        assert_eq!(created["status"], "pending", "{created}");
+        assert_eq!(created["total_items"], 3, "{created}");
+        let id = created["id"].as_str().expect("id");
+        let (code, status) = f.get(&format!("{BATCH}/{id}")).await;
+        assert_eq!(code, 200, "{status}");
+        let (mut created, mut stored) = (created.clone(), status["job"].clone());
+        for moving in ["status", "updated_at"] {
+            created[moving].take();
+            stored[moving].take();
+        }
+        assert_eq!(created, stored);
+    }
+    f.shutdown().await;
+}
