@@ -589,10 +589,23 @@ async fn cancel_mid_batch_stops_new_work() {
 /// waiting messages; it finishes once they drain, every item counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expansion_holds_back_while_consumers_have_enough_waiting() {
+    expansion_holds_back_at(6, 0).await;
+}
+
+/// The same, held by the per-consumer allowance (one consumer, 6 each) well below the
+/// overall limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expansion_keeps_a_short_queue_per_consumer() {
+    expansion_holds_back_at(1_000, 6).await;
+}
+
+/// Holds 6 messages waiting for one stalled consumer, by `limit` or by `per_consumer`.
+async fn expansion_holds_back_at(limit: u32, per_consumer: u32) {
     use lapin::options::{BasicConsumeOptions, BasicQosOptions};
     let mut f = Fleet::start(0).await;
     f.stop_dispatcher().await;
-    f.dispatcher_settings.expansion_queue_limit = 6;
+    f.dispatcher_settings.expansion_queue_limit = limit;
+    f.dispatcher_settings.expansion_queue_per_consumer = per_consumer;
     f.start_dispatcher().await;
     let dir = f.create_dir(&f.api_key, "held").await;
     f.upload_texts(&dir, "h", 40).await;

@@ -1,6 +1,6 @@
 //! docfleet's benchmark suite: prints a table and one JSON line per figure.
 //!
-//! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R]`
+//! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R] [--skip-alone]`
 //! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `python` (Celery, Dramatiq),
 //! `status`, `webhooks`, `parse`, `scale`, `create` (create latency alone), `million` (status
 //! and memory through one batch of `--million` files, 1,000,000 unless told);
@@ -28,6 +28,8 @@ struct Args {
     runs: usize,
     /// Files in the `million` scenario's batch.
     million: usize,
+    /// `fleet` without its expansion-alone runs, for quicker comparisons of the fleet itself.
+    skip_alone: bool,
 }
 
 fn args() -> Args {
@@ -36,6 +38,7 @@ fn args() -> Args {
         items: 100_000,
         runs: 3,
         million: 1_000_000,
+        skip_alone: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -43,6 +46,7 @@ fn args() -> Args {
             "--items" => a.items = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.items),
             "--runs" => a.runs = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.runs),
             "--million" => a.million = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.million),
+            "--skip-alone" => a.skip_alone = true,
             s => a.scenarios.push(s.to_owned()),
         }
     }
@@ -153,21 +157,40 @@ async fn fleet(rep: &mut Report, a: &Args) {
         "fleet: {} tiny text files, 2 worker processes, {} runs",
         a.items, a.runs
     );
-    let f = Fleet::start(0).await;
+    let mut f = Fleet::start(0).await;
+    // The dispatcher settings the fleet's rate depends on, read as the dispatcher binary reads
+    // them, for trying other values.
+    let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let (limit, per_consumer) = (
+        setting("DOCFLEET__EXPANSION_QUEUE_LIMIT"),
+        setting("DOCFLEET__EXPANSION_QUEUE_PER_CONSUMER"),
+    );
+    if limit.is_some() || per_consumer.is_some() {
+        let d = &mut f.dispatcher_settings;
+        d.expansion_queue_limit = limit.unwrap_or(d.expansion_queue_limit);
+        d.expansion_queue_per_consumer = per_consumer.unwrap_or(d.expansion_queue_per_consumer);
+        f.stop_dispatcher().await;
+        f.start_dispatcher().await;
+    }
     let (dir, ids) = upload_many(&f, a.items).await;
     // Expansion alone, as the ceiling's publish rate is measured: no consumer, and an empty
     // queue at each start (the messages are purged after each run, and those batches are
     // left unfinished).
-    for (source, body) in [
-        (
-            "item_ids",
-            json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
-        ),
-        (
-            "directory",
-            json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1000 }),
-        ),
-    ] {
+    let alone = if a.skip_alone {
+        vec![]
+    } else {
+        vec![
+            (
+                "item_ids",
+                json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
+            ),
+            (
+                "directory",
+                json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1000 }),
+            ),
+        ]
+    };
+    for (source, body) in alone {
         let (mut rates, mut creates) = (Vec::new(), Vec::new());
         for _ in 0..a.runs {
             let (server_ms, rate) = expand_timed(&f, &body, a.items).await;
@@ -190,11 +213,13 @@ async fn fleet(rep: &mut Report, a: &Args) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut rates, mut creates, mut expansions) = (Vec::new(), Vec::new(), Vec::new());
     let mut split: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut fleet_written = Vec::new();
     let (mut servers, mut bodies) = (Vec::new(), Vec::new());
     let worker_pids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     for run in 0..a.runs {
         let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
         let cpu = CpuSplit::start("dispatcher", &worker_pids);
+        let written = broker_written();
         let t0 = Instant::now();
         let (id, server_ms, body_ms) = create_timed(&f, &body).await;
         let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -215,6 +240,7 @@ async fn fleet(rep: &mut Report, a: &Args) {
         }
         let secs = t0.elapsed().as_secs_f64();
         cpu.add_to(a.items, &mut split);
+        fleet_written.push((broker_written() - written) / a.items as f64);
         let rate = a.items as f64 / secs;
         let exp = expanded_at.unwrap_or(secs);
         eprintln!(
@@ -244,6 +270,12 @@ async fn fleet(rep: &mut Report, a: &Args) {
         json!({ "note": "while the workers consume" }),
     );
     rep.add_cpu_split("fleet", split);
+    rep.add_median(
+        "fleet_broker_bytes_written_per_item",
+        fleet_written,
+        "bytes",
+        json!({}),
+    );
     for w in &mut workers {
         w.terminate().await;
     }
@@ -408,6 +440,19 @@ fn stat_secs(pid: u32, fields: &[usize]) -> f64 {
             .unwrap_or(0.0)
     };
     fields.iter().map(ticks).sum::<f64>() / 100.0
+}
+
+/// Bytes the broker process has written so far (`wchar` of `/proc/<pid>/io`): whether a
+/// message reached the broker's disk or was acknowledged before it had to.
+fn broker_written() -> f64 {
+    pid_of("beam.smp")
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/io")).ok())
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// The first process whose command name is `comm`, from /proc.
@@ -699,18 +744,106 @@ fn python_queues(rep: &mut Report, a: &Args) {
     }
 }
 
+/// The ceiling's message: the size of the fleet's `ItemMessage`.
+const CEILING_BODY: &[u8] = br#"{"v":1,"batch_id":"bjb-00000000-0000-0000-0000-000000000000","item_id":"dfl-00000000-0000-0000-0000-000000000000"}"#;
+
+/// Publishes `n` persistent messages to `q` and waits for every confirm.
+async fn ceiling_publish(ch: &lapin::Channel, q: &str, n: usize) {
+    use lapin::options::BasicPublishOptions;
+    // Windows of 1,000 confirms, each window's publishes queued together (awaiting each
+    // publish in turn waits for lapin's I/O thread once per message; the fleet does not).
+    let mut left = n;
+    while left > 0 {
+        let n = left.min(1000);
+        left -= n;
+        let sent = futures_util::future::join_all((0..n).map(|_| {
+            ch.basic_publish(
+                "".into(),
+                q.into(),
+                BasicPublishOptions::default(),
+                CEILING_BODY,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+        }))
+        .await;
+        for c in sent {
+            c.expect("publish").await.expect("confirm");
+        }
+    }
+}
+
+/// Consumes `n` messages from `q` on a channel of its own: one script run per message
+/// (pipelined: whatever has arrived, up to 250, on one round trip), then one `multiple` ack
+/// for the lot. The cheapest way to do the required work; the fleet groups its updates and
+/// acks too.
+async fn ceiling_consume(
+    conn: &lapin::Connection,
+    q: &str,
+    n: usize,
+    redis: &mut redis::aio::ConnectionManager,
+    key: &str,
+) {
+    use lapin::options::*;
+    let cch = conn.create_channel().await.expect("channel");
+    cch.basic_qos(500, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = cch
+        .basic_consume(
+            q.into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .expect("consume");
+    let script = redis::Script::new("return redis.call('HINCRBY', KEYS[1], 'n', 1)");
+    let invocation = script.key(key);
+    // A pipelined EVALSHA does not load its script; load it once up front.
+    script.load_async(redis).await.expect("script load");
+    let mut done = 0;
+    while done < n {
+        let first = consumer.next().await.expect("stream").expect("delivery");
+        let mut group = vec![first];
+        while group.len() < 250 {
+            match futures_util::FutureExt::now_or_never(consumer.next()) {
+                Some(Some(d)) => group.push(d.expect("delivery")),
+                _ => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for _ in &group {
+            pipe.invoke_script(&invocation);
+        }
+        let _: Vec<i64> = pipe.query_async(redis).await.expect("evalsha");
+        if let Some(last) = group.last() {
+            last.ack(BasicAckOptions { multiple: true })
+                .await
+                .expect("ack");
+        }
+        done += group.len();
+    }
+    cch.close(200, "".into()).await.ok();
+}
+
+/// The raw broker + Redis ceiling, two ways: publish everything, then consume it (each
+/// side's rate alone), and both at once on separate connections, as the fleet runs. The
+/// higher end-to-end rate is the ceiling the fleet is held to.
 async fn ceiling(rep: &mut Report, a: &Args) {
     use lapin::options::*;
     eprintln!(
-        "ceiling: raw lapin publish with confirms, then consume with grouped manual acks + one EVALSHA per message"
+        "ceiling: raw lapin publish with confirms, consume with grouped manual acks + one EVALSHA per message; sequential, then concurrent"
     );
     let prefix = format!("ceil-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let conn = lapin::Connection::connect(
-        &docfleet_tests::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("amqp");
+    let connect = || async {
+        lapin::Connection::connect(
+            &docfleet_tests::amqp_url(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .expect("amqp")
+    };
+    let (conn, consumer_conn) = (connect().await, connect().await);
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -729,105 +862,74 @@ async fn ceiling(rep: &mut Report, a: &Args) {
     let mut redis = docfleet_shared::services::connect_redis(&docfleet_tests::redis_url())
         .await
         .expect("redis");
-    let script = redis::Script::new("return redis.call('HINCRBY', KEYS[1], 'n', 1)");
     let key = format!("{prefix}:counter");
-    let (mut pubs, mut cons) = (Vec::new(), Vec::new());
-    let mut split: HashMap<String, Vec<f64>> = HashMap::new();
+    let (mut pubs, mut cons, mut seq, mut both) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut both_written = Vec::new();
+    let (mut split, mut split_both): (HashMap<String, Vec<f64>>, HashMap<String, Vec<f64>>) =
+        Default::default();
     for _ in 0..a.runs {
         let cpu = CpuSplit::start("client", &[]);
-        let body = br#"{"v":1,"batch_id":"bjb-00000000-0000-0000-0000-000000000000","item_id":"dfl-00000000-0000-0000-0000-000000000000"}"#;
         let t0 = Instant::now();
-        // Windows of 1,000 confirms, each window's publishes queued together (awaiting each
-        // publish in turn waits for lapin's I/O thread once per message; the fleet does not).
-        let mut left = a.items;
-        while left > 0 {
-            let n = left.min(1000);
-            left -= n;
-            let sent = futures_util::future::join_all((0..n).map(|_| {
-                ch.basic_publish(
-                    "".into(),
-                    q.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    lapin::BasicProperties::default().with_delivery_mode(2),
-                )
-            }))
-            .await;
-            for c in sent {
-                c.expect("publish").await.expect("confirm");
-            }
-        }
-        pubs.push(a.items as f64 / t0.elapsed().as_secs_f64());
-        let cch = conn.create_channel().await.expect("channel");
-        cch.basic_qos(500, BasicQosOptions::default())
-            .await
-            .expect("qos");
-        let mut consumer = cch
-            .basic_consume(
-                q.as_str().into(),
-                "bench".into(),
-                BasicConsumeOptions::default(),
-                Default::default(),
-            )
-            .await
-            .expect("consume");
+        ceiling_publish(&ch, &q, a.items).await;
+        let p = a.items as f64 / t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        // Whatever has arrived, up to 250 deliveries: one script run per message, pipelined on
-        // one round trip, then one `multiple` ack for the lot (the cheapest way to do the
-        // required work; the fleet groups its updates and acks too).
-        let invocation = script.key(&key);
-        // A pipelined EVALSHA does not load its script; load it once up front.
-        script.load_async(&mut redis).await.expect("script load");
-        let mut done = 0;
-        while done < a.items {
-            let first = consumer.next().await.expect("stream").expect("delivery");
-            let mut group = vec![first];
-            while group.len() < 250 {
-                match futures_util::FutureExt::now_or_never(consumer.next()) {
-                    Some(Some(d)) => group.push(d.expect("delivery")),
-                    _ => break,
-                }
-            }
-            let mut pipe = redis::pipe();
-            for _ in &group {
-                pipe.invoke_script(&invocation);
-            }
-            let _: Vec<i64> = pipe.query_async(&mut redis).await.expect("evalsha");
-            if let Some(last) = group.last() {
-                last.ack(BasicAckOptions { multiple: true })
-                    .await
-                    .expect("ack");
-            }
-            done += group.len();
-        }
-        cons.push(a.items as f64 / t0.elapsed().as_secs_f64());
+        ceiling_consume(&consumer_conn, &q, a.items, &mut redis, &key).await;
+        let c = a.items as f64 / t0.elapsed().as_secs_f64();
         cpu.add_to(a.items, &mut split);
-        cch.close(200, "".into()).await.ok();
-        eprintln!(
-            "  publish {:.0}/s, consume {:.0}/s",
-            pubs.last().unwrap_or(&0.0),
-            cons.last().unwrap_or(&0.0)
+        let s = 1.0 / (1.0 / p + 1.0 / c);
+        pubs.push(p);
+        cons.push(c);
+        seq.push(s);
+
+        let cpu = CpuSplit::start("client", &[]);
+        let written = broker_written();
+        let t0 = Instant::now();
+        let mut redis2 = redis.clone();
+        tokio::join!(
+            ceiling_publish(&ch, &q, a.items),
+            ceiling_consume(&consumer_conn, &q, a.items, &mut redis2, &key),
         );
+        let b = a.items as f64 / t0.elapsed().as_secs_f64();
+        cpu.add_to(a.items, &mut split_both);
+        both.push(b);
+        both_written.push((broker_written() - written) / a.items as f64);
+        eprintln!("  publish {p:.0}/s, consume {c:.0}/s, in turn {s:.0}/s; at once {b:.0}/s");
     }
-    let e2e: Vec<f64> = pubs
-        .iter()
-        .zip(&cons)
-        .map(|(p, c)| 1.0 / (1.0 / p + 1.0 / c))
-        .collect();
     rep.add_median("ceiling_publish_per_s", pubs, "msgs/s", json!({}));
     rep.add_median("ceiling_consume_per_s", cons, "msgs/s", json!({}));
+    let (seq_median, both_median) = (median(seq.clone()), median(both.clone()));
     rep.add_median(
-        "ceiling_items_per_s",
-        e2e,
+        "ceiling_sequential_items_per_s",
+        seq,
         "items/s",
-        json!({ "note": "publish then consume, sequential" }),
+        json!({ "note": "publish, then consume" }),
+    );
+    rep.add_median(
+        "ceiling_concurrent_items_per_s",
+        both,
+        "items/s",
+        json!({ "note": "publish and consume at once, separate connections" }),
+    );
+    rep.add(
+        "ceiling_items_per_s",
+        seq_median.max(both_median),
+        "items/s",
+        json!({ "note": "the higher of sequential and concurrent" }),
     );
     rep.add_cpu_split("ceiling", split);
+    rep.add_cpu_split("ceiling_concurrent", split_both);
+    rep.add_median(
+        "ceiling_concurrent_broker_bytes_written_per_item",
+        both_written,
+        "bytes",
+        json!({}),
+    );
     ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
         .await
         .ok();
     let _: Result<(), _> = redis::AsyncCommands::del(&mut redis, &key).await;
     conn.close(200, "".into()).await.ok();
+    consumer_conn.close(200, "".into()).await.ok();
 }
 
 async fn status(rep: &mut Report, a: &Args) {
