@@ -934,8 +934,9 @@ async fn ceiling(rep: &mut Report, a: &Args) {
 
 async fn status(rep: &mut Report, a: &Args) {
     eprintln!(
-        "status: get_status latency for a 1,000-item batch while {} items run",
-        a.items.min(20_000)
+        "status: get_status latency for a 1,000-item batch while {} items run, {} runs",
+        a.items.min(20_000),
+        a.runs
     );
     let f = Fleet::start(0).await;
     let (_, small_ids) = upload_many(&f, 1000).await;
@@ -949,72 +950,84 @@ async fn status(rep: &mut Report, a: &Args) {
         f.spawn_worker_process(&[]).await,
         f.spawn_worker_process(&[]).await,
     ];
-    let (_, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": { "parameters": {} }, "item_ids": load }),
-        )
-        .await;
-    let big = b["id"].as_str().unwrap_or_default().to_owned();
-    let mut lat = Vec::new();
-    // The same samples split by phase: while the dispatcher expands the big batch (it
-    // publishes on the runtime that serves the reads), then while only the workers run.
-    let (mut expanding, mut running) = (Vec::new(), Vec::new());
-    // The dispatcher's own share of each read (`Server-Timing`): the rest is the client's
-    // and the network's, and waiting for a CPU on this busy machine.
-    let mut server = Vec::new();
-    let mut bare = Vec::new();
-    let mut expanded = false;
-    let t0 = Instant::now();
-    // Only while the load runs (expansion included): samples taken after it ends would
-    // flatter the p99.
-    let mut checked = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60) {
-        let (ms, server_ms) = timed_status(&f, &small).await;
-        lat.push(ms);
-        server.push(server_ms);
-        bare.push(timed_redis_read(&f, &small).await);
-        if expanded {
-            &mut running
-        } else {
-            &mut expanding
-        }
-        .push(ms);
-        if checked.elapsed() > Duration::from_millis(200) {
-            checked = Instant::now();
-            expanded = f.batch_field(&big, "expanded").await.as_deref() == Some("1");
-            if f.batch_field(&big, "status").await.as_deref() == Some("completed") {
-                break;
+    // Per figure, one value per run (its p50 or p99 over that run's samples), and the samples
+    // each run took.
+    let mut figures: Vec<(&str, f64, Vec<f64>)> = [
+        ("status_p50_ms", 0.5),
+        ("status_p99_ms", 0.99),
+        ("status_p99_ms_while_expanding", 0.99),
+        ("status_p99_ms_after_expansion", 0.99),
+        ("status_p99_ms_server_side", 0.99),
+        ("status_redis_hgetall_p99_ms", 0.99),
+    ]
+    .into_iter()
+    .map(|(name, p)| (name, p, Vec::new()))
+    .collect();
+    let mut samples = Vec::new();
+    for run in 0..a.runs {
+        // A new batch over the same files each run: the load is the same work every time.
+        let (_, b) = f
+            .post(
+                BATCH,
+                &json!({ "job_config": { "parameters": {} }, "item_ids": load }),
+            )
+            .await;
+        let big = b["id"].as_str().unwrap_or_default().to_owned();
+        let mut lat = Vec::new();
+        // The same samples split by phase: while the dispatcher expands the big batch (it
+        // publishes on the runtime that serves the reads), then while only the workers run.
+        let (mut expanding, mut running) = (Vec::new(), Vec::new());
+        // The dispatcher's own share of each read (`Server-Timing`): the rest is the client's
+        // and the network's, and waiting for a CPU on this busy machine.
+        let mut server = Vec::new();
+        let mut bare = Vec::new();
+        let mut expanded = false;
+        let t0 = Instant::now();
+        // Only while the load runs (expansion included): samples taken after it ends would
+        // flatter the p99.
+        let mut checked = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            let (ms, server_ms) = timed_status(&f, &small).await;
+            lat.push(ms);
+            server.push(server_ms);
+            bare.push(timed_redis_read(&f, &small).await);
+            if expanded {
+                &mut running
+            } else {
+                &mut expanding
+            }
+            .push(ms);
+            if checked.elapsed() > Duration::from_millis(200) {
+                checked = Instant::now();
+                expanded = f.batch_field(&big, "expanded").await.as_deref() == Some("1");
+                if f.batch_field(&big, "status").await.as_deref() == Some("completed") {
+                    break;
+                }
             }
         }
-    }
-    rep.add(
-        "status_p50_ms",
-        pct(&mut lat, 0.5),
-        "ms",
-        json!({ "n": lat.len(), "batch_items": 1000 }),
-    );
-    rep.add(
-        "status_p99_ms",
-        pct(&mut lat, 0.99),
-        "ms",
-        json!({ "n": lat.len() }),
-    );
-    for (name, mut phase) in [
-        ("status_p99_ms_while_expanding", expanding),
-        ("status_p99_ms_after_expansion", running),
-        ("status_p99_ms_server_side", server),
-        ("status_redis_hgetall_p99_ms", bare),
-    ] {
-        let n = phase.len();
-        // The load may finish expanding after sampling ends: no figure rather than a 0 ms one.
-        if n == 0 {
-            eprintln!("  {name}: no samples");
-            continue;
+        wait_done(&f, &big).await;
+        samples.push(lat.len());
+        let phases = [lat.clone(), lat, expanding, running, server, bare];
+        for ((name, p, values), mut phase) in figures.iter_mut().zip(phases) {
+            // The load may finish expanding after sampling ends: no value rather than 0 ms.
+            if phase.is_empty() {
+                eprintln!("  run {run}: {name}: no samples");
+                continue;
+            }
+            values.push(pct(&mut phase, *p));
         }
-        rep.add(name, pct(&mut phase, 0.99), "ms", json!({ "n": n }));
+        eprintln!(
+            "  run {run}: p50 {:.2} ms, p99 {:.2} ms over {} reads",
+            figures[0].2.last().unwrap_or(&f64::NAN),
+            figures[1].2.last().unwrap_or(&f64::NAN),
+            samples.last().unwrap_or(&0)
+        );
     }
-    wait_done(&f, &big).await;
+    for (name, _, values) in figures {
+        if !values.is_empty() {
+            rep.add_median(name, values, "ms", json!({ "reads_per_run": samples }));
+        }
+    }
     for x in &mut w {
         x.terminate().await;
     }
