@@ -805,7 +805,7 @@ async fn ceiling_consume(
     while done < n {
         let first = consumer.next().await.expect("stream").expect("delivery");
         let mut group = vec![first];
-        while group.len() < 250 {
+        while group.len() < 250.min(n - done) {
             match futures_util::FutureExt::now_or_never(consumer.next()) {
                 Some(Some(d)) => group.push(d.expect("delivery")),
                 _ => break,
