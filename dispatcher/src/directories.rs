@@ -173,8 +173,7 @@ pub async fn upload(
     let mut multipart = multipart
         .map_err(|e| ApiError::BadRequest(format!("body: expected multipart/form-data: {e}")))?;
     let file_id = format!("dfl-{}", uuid::Uuid::new_v4());
-    let storage_key =
-        docfleet_shared::store::sharded_key(&format!("projects/{project}/files"), &file_id, "");
+    let storage_key = docfleet_shared::store::file_key(&project, &file_id);
     let mut staged = None;
     let mut original_name = None;
     let mut text: std::collections::HashMap<String, String> = Default::default();

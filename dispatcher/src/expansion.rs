@@ -20,7 +20,7 @@ use std::time::Duration;
 use docfleet_shared::model::{BatchStatus, JobType};
 use docfleet_shared::scripts::NewItem;
 use docfleet_shared::settings::DispatcherSettings;
-use docfleet_shared::wire::ItemMessage;
+use docfleet_shared::wire::{ItemHint, ItemMessage};
 use redis::AsyncCommands;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
@@ -429,6 +429,7 @@ async fn prepare(
     }
     let project = get("project_id");
     let mut items = Vec::with_capacity(ids.len());
+    let mut sizes = Vec::with_capacity(ids.len());
     for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
         let file = match raw {
             Some(r) => Some(serde_json::from_str::<DirectoryFile>(&r)?),
@@ -438,8 +439,14 @@ async fn prepare(
         // however long the list: a file that is gone, or another project's, fails as an
         // item, named by its id alone.
         let (name, refusal) = match file {
-            Some(f) if f.project_id == project => (f.display_name, None),
-            _ => (id.clone(), Some(format!("no file {id:?} in this project"))),
+            Some(f) if f.project_id == project => {
+                sizes.push(f.size_bytes);
+                (f.display_name, None)
+            }
+            _ => {
+                sizes.push(0);
+                (id.clone(), Some(format!("no file {id:?} in this project")))
+            }
         };
         items.push(NewItem {
             item_id: id.clone(),
@@ -457,8 +464,17 @@ async fn prepare(
     Ok(Step::Ready(Ready {
         bodies: items
             .iter()
-            .filter(|i| i.refusal.is_none())
-            .map(|i| ItemMessage::new(batch_id, &i.item_id).encode())
+            .zip(sizes)
+            .filter(|(i, _)| i.refusal.is_none())
+            .map(|(i, size)| {
+                ItemMessage::new(batch_id, &i.item_id)
+                    .with_hint(ItemHint {
+                        order: i.order,
+                        name: i.name.clone(),
+                        size,
+                    })
+                    .encode()
+            })
             .collect(),
         priority: get("priority").parse().unwrap_or(2),
         trace: docfleet_shared::wire::Trace {

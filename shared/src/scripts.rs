@@ -48,6 +48,10 @@ pub enum Recorded {
     Duplicate,
     /// No such item.
     Missing,
+    /// A direct outcome of an item of a cancelled batch: the item is now cancelled.
+    Cancelled,
+    /// A direct outcome not recorded: the item is not pending or has another job id. Claim it.
+    Claim,
 }
 
 /// What [`Scripts::cancel`] decided.
@@ -120,6 +124,9 @@ pub struct Finished<'a> {
     pub outcome: Outcome,
     /// Its details.
     pub fields: OutcomeFields<'a>,
+    /// Set when no claim started the item: its job id, which the item must have, and the item
+    /// must be pending. Its start is recorded with its outcome.
+    pub direct: Option<&'a str>,
 }
 
 /// Items registered by one script call.
@@ -236,7 +243,8 @@ impl Scripts {
     }
 
     /// Records the outcomes of items of one batch, each counted only if it was not terminal
-    /// yet; says what happened per item, in the order given.
+    /// yet (and, for a [`Finished::direct`] one, only if it is pending); says what happened per
+    /// item, in the order given.
     pub async fn finish<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
@@ -251,7 +259,8 @@ impl Scripts {
                 .arg(it.fields.error_message)
                 .arg(it.fields.skip_reason)
                 .arg(it.fields.result)
-                .arg(it.fields.run_record);
+                .arg(it.fields.run_record)
+                .arg(it.direct.unwrap_or(""));
         }
         let tags: Vec<String> = inv.invoke_async(con).await?;
         Ok(tags
@@ -259,6 +268,8 @@ impl Scripts {
             .map(|t| match t.as_str() {
                 "recorded" => Recorded::Recorded,
                 "duplicate" => Recorded::Duplicate,
+                "cancelled" => Recorded::Cancelled,
+                "claim" => Recorded::Claim,
                 _ => Recorded::Missing,
             })
             .collect())

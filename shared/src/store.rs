@@ -333,6 +333,14 @@ fn read_without_atime(path: &Path) -> std::io::Result<Vec<u8>> {
     std::fs::read(path)
 }
 
+/// Where an uploaded directory file of `project` is kept. The dispatcher stores uploads there
+/// and a worker may read a file there straight from an item message (see
+/// [`crate::wire::ItemHint`]): the key follows from the batch's project and the item id, so a
+/// message cannot point a worker at another project's bytes.
+pub fn file_key(project: &str, file_id: &str) -> String {
+    sharded_key(&format!("projects/{project}/files"), file_id, "")
+}
+
 /// `dir/<xy>/name`: objects fan out over 256 sub-folders by the last two characters of their
 /// (random) id, so no folder grows huge and concurrent writers rarely share a folder lock.
 pub fn sharded_key(dir: &str, id: &str, suffix: &str) -> String {

@@ -140,6 +140,8 @@ async fn a_worker_drains_and_exits_zero_on_sigterm() {
         "{m}"
     );
     assert!(m.contains("docfleet_item_duration_seconds_bucket"), "{m}");
+    // A tiny text file is recorded straight from its message, without a claim.
+    assert!(m.contains("docfleet_items_unclaimed_total 1"), "{m}");
     let d = f
         .http
         .get(format!("{}/metrics", f.base_url))

@@ -392,6 +392,7 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
             run_record: item_id,
             ..OutcomeFields::default()
         },
+        direct: None,
     };
     let recorded = scripts
         .finish(
@@ -459,6 +460,138 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         "{events:?}"
     );
     assert_eq!((count("batch.running"), count("batch.success")), (1, 1));
+    f.shutdown().await;
+}
+
+/// A worker records a tiny file's outcome straight from its message (`Finished::direct`):
+/// recorded only while the item is pending under the job id given, with its start (attempt,
+/// `started_at`, the running events) in the same run; anything else is left to a claim. In a
+/// cancelled batch the item is cancelled instead, while a claimed item's outcome still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
+    use docfleet_shared::model::{ItemStatus, JobType};
+    use docfleet_shared::scripts::{Finished, Outcome, OutcomeFields, Recorded, Scripts};
+    use redis::AsyncCommands;
+
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "direct").await;
+    let ids = f.upload_texts(&dir, "d", 4).await;
+    let (a, b, c, d) = (
+        ids[0].as_str(),
+        ids[1].as_str(),
+        ids[2].as_str(),
+        ids[3].as_str(),
+    );
+    let (_, body) = f
+        .post(
+            BATCH,
+            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
+        )
+        .await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    f.wait_status(&id, "dispatched").await;
+    let mut con = f.redis.clone();
+    let scripts = Scripts::new(f.keys.clone());
+    let mut job_ids = std::collections::HashMap::new();
+    for item in [a, b, c, d] {
+        let order: f64 = con.zscore(f.keys.batch_items(&id), item).await.unwrap();
+        job_ids.insert(item, JobType::Parse.job_id(&id, order as i64));
+    }
+    fn finished<'a>(item_id: &'a str, direct: Option<&'a str>) -> Finished<'a> {
+        Finished {
+            item_id,
+            outcome: Outcome::Completed,
+            fields: OutcomeFields {
+                result: "{}",
+                run_record: item_id,
+                ..OutcomeFields::default()
+            },
+            direct,
+        }
+    }
+    let job = |item: &str| job_ids[item].as_str();
+    // c is claimed the usual way first: it is processing, so a direct outcome is not taken.
+    scripts.claim(&mut con, &id, &[c]).await.unwrap();
+    let recorded = scripts
+        .finish(
+            &mut con,
+            &id,
+            &[
+                finished(a, Some(job(a))),
+                finished(b, Some("pjb-another-job")),
+                finished(a, Some(job(a))),
+                finished(c, Some(job(c))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            Recorded::Recorded,
+            Recorded::Claim,
+            Recorded::Duplicate,
+            Recorded::Claim
+        ]
+    );
+    let item: std::collections::HashMap<String, String> =
+        con.hgetall(f.keys.item(&id, a)).await.unwrap();
+    assert_eq!(item["status"], "completed");
+    assert_eq!(item["attempts"], "1");
+    assert!(item.contains_key("started_at"), "{item:?}");
+    let b_status: String = con.hget(f.keys.item(&id, b), "status").await.unwrap();
+    assert_eq!(b_status, "pending");
+    let runs: Vec<String> = con.lrange(f.keys.dfile_runs(a), 0, -1).await.unwrap();
+    assert_eq!(runs, [a]);
+    let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
+    assert_eq!(st["job"]["status"], "running", "{st}");
+    assert_eq!(st["job"]["processed_items"], 1, "{st}");
+
+    // Cancelled: the claimed item still counts, a direct one is cancelled, once.
+    scripts.cancel(&mut con, &id, "test").await.unwrap();
+    let recorded = scripts
+        .finish(
+            &mut con,
+            &id,
+            &[
+                finished(c, None),
+                finished(d, Some(job(d))),
+                finished(d, Some(job(d))),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        [Recorded::Recorded, Recorded::Cancelled, Recorded::Duplicate]
+    );
+    for (status, n) in [
+        (ItemStatus::Pending, 1),
+        (ItemStatus::Processing, 0),
+        (ItemStatus::Completed, 2),
+        (ItemStatus::Cancelled, 1),
+    ] {
+        let len: u64 = con
+            .zcard(f.keys.batch_status_set(&id, status))
+            .await
+            .unwrap();
+        assert_eq!(len, n, "{status:?}");
+    }
+    let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
+    assert_eq!(st["job"]["processed_items"], 3, "{st}");
+    let events = f.events(&id).await;
+    let count = |t: &str| events.iter().filter(|(e, _)| e == t).count();
+    // Running: a (direct) and c (claimed); b was left to a claim and d was cancelled.
+    assert_eq!(
+        (
+            count("batch.running"),
+            count("parse.running"),
+            count("parse.success"),
+            count("parse.cancelled")
+        ),
+        (1, 2, 2, 1),
+        "{events:?}"
+    );
     f.shutdown().await;
 }
 

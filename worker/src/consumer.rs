@@ -108,7 +108,7 @@ async fn consume(
         let (processor, acker) = (processor.clone(), acker.clone());
         tasks.spawn(async move {
             let verdict = processor
-                .handle_traced(&delivery.data, &trace_of(&delivery))
+                .handle_traced(&delivery.data, &trace_of(&delivery), delivery.redelivered)
                 .await;
             acker.settle(delivery.delivery_tag, verdict);
             drop(permit);

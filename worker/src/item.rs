@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use docfleet_shared::keys::Keys;
 use docfleet_shared::model::{parse_page_selection, JobSpec};
-use docfleet_shared::scripts::{Claim, Outcome, Run, Scripts};
+use docfleet_shared::scripts::{Claim, Outcome, Recorded, Run, Scripts};
 use docfleet_shared::settings::WorkerSettings;
 use docfleet_shared::store::{FileStore, StoreError};
 use docfleet_shared::wire::ItemMessage;
@@ -201,17 +201,20 @@ impl Processor {
             .is_ok()
     }
 
-    /// Handles one delivery body and says what to do with the delivery.
+    /// Handles one delivery body (delivered for the first time) and says what to do with the
+    /// delivery.
     pub async fn handle(&self, body: &[u8]) -> Verdict {
-        self.handle_traced(body, &docfleet_shared::wire::Trace::default())
+        self.handle_traced(body, &docfleet_shared::wire::Trace::default(), false)
             .await
     }
 
-    /// [`Processor::handle`], with the request identifiers the message carried.
+    /// [`Processor::handle`], with the request identifiers the message carried and whether the
+    /// broker delivered it before.
     pub async fn handle_traced(
         &self,
         body: &[u8],
         trace: &docfleet_shared::wire::Trace,
+        redelivered: bool,
     ) -> Verdict {
         let msg = match ItemMessage::decode(body) {
             Ok(m) => m,
@@ -227,10 +230,17 @@ impl Processor {
             correlation_id = trace.correlation_id.as_deref(),
             session_id = trace.session_id.as_deref(),
         );
-        self.handle_item(&msg).instrument(span).await
+        self.handle_item(&msg, redelivered).instrument(span).await
     }
 
-    async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
+    async fn handle_item(&self, msg: &ItemMessage, redelivered: bool) -> Verdict {
+        // A redelivery may follow a worker that died on the item: it is claimed, so the
+        // attempt is counted before the work starts again.
+        if !redelivered {
+            if let Some(verdict) = self.direct(msg).await {
+                return verdict;
+            }
+        }
         let mut con = self.redis.clone();
         let run = match self.ledger.claim(&msg.batch_id, &msg.item_id).await {
             Ok(Claim::Run(run)) => run,
@@ -324,7 +334,8 @@ impl Processor {
                     })
                     .unwrap_or("unknown");
                 let label = match (&recorded, kind) {
-                    (docfleet_shared::scripts::Recorded::Duplicate, _) => "duplicate",
+                    (Recorded::Duplicate, _) => "duplicate",
+                    (Recorded::Cancelled, _) => "cancelled",
                     (_, Outcome::Completed) => "completed",
                     (_, Outcome::Failed) => "failed",
                     (_, Outcome::Skipped) => "skipped",
@@ -449,26 +460,39 @@ impl Processor {
                     .await?
             }
         };
+        Ok(self.done(&ctx, msg, &job_id, placed, &output_key, began))
+    }
+
+    /// The item's result and its file's run record, from where its output went.
+    fn done(
+        &self,
+        ctx: &BatchContext,
+        msg: &ItemMessage,
+        job_id: &str,
+        placed: Placed,
+        output_key: &str,
+        began: std::time::Instant,
+    ) -> Done {
         let job_type = ctx.spec.job_type().as_str();
         let (result, pages, output_path) = match placed {
             // Classify keeps its answer on the item whichever way the output went.
             Placed::File {
                 summary: Some(s),
                 pages,
-            } => (s.to_string(), pages, self.store.uri(&output_key)),
+            } => (s.to_string(), pages, self.store.uri(output_key)),
             Placed::File {
                 summary: None,
                 pages,
             } => (
                 json!({ "output_key": output_key, "pages": pages }).to_string(),
                 pages,
-                self.store.uri(&output_key),
+                self.store.uri(output_key),
             ),
             Placed::Inline {
                 body,
                 summary: true,
                 pages,
-            } => (body, pages, inline_uri(job_type, &job_id)),
+            } => (body, pages, inline_uri(job_type, job_id)),
             // The body is already JSON: splice it in rather than parse and encode it again.
             Placed::Inline {
                 body,
@@ -477,7 +501,7 @@ impl Processor {
             } => (
                 format!("{{\"pages\":{pages},\"output\":{body}}}"),
                 pages,
-                inline_uri(job_type, &job_id),
+                inline_uri(job_type, job_id),
             ),
         };
         let run_record = json!({
@@ -490,11 +514,73 @@ impl Processor {
             "result_id": job_id,
             "output_metadata": { "pages": pages },
         });
-        Ok(Done {
+        Done {
             result,
             run_record: run_record.to_string(),
             seconds: began.elapsed().as_secs_f64(),
-        })
+        }
+    }
+
+    /// Settles a tiny text file straight from its message, without a claim: when the message
+    /// carries the dispatcher's [`docfleet_shared::wire::ItemHint`] and the file parses on this thread into an output
+    /// that fits the item record, the output is recorded by one `finish` run that also records
+    /// the start (see `finish.lua`). A claim and its round trip cost more than such a file's
+    /// parse. `None`: take the claim path (not such a file, a hint that does not hold, or an
+    /// engine error, which the claim path records with its attempt counted).
+    async fn direct(&self, msg: &ItemMessage) -> Option<Verdict> {
+        let hint = msg.hint.as_ref()?;
+        if hint.size > QUICK_BYTES || hint.size > self.settings.max_file_bytes {
+            return None;
+        }
+        let began = std::time::Instant::now();
+        let ctx = self.context(&msg.batch_id).await.ok()?;
+        if !matches!(ctx.spec, JobSpec::Parse(_)) {
+            return None;
+        }
+        let key = docfleet_shared::store::file_key(&ctx.project_id, &msg.item_id);
+        let bytes = self.store.get_blocking(&key).ok()?;
+        if bytes.len() as u64 > QUICK_BYTES.min(self.settings.max_file_bytes)
+            || !quick_format(&bytes, &hint.name)
+        {
+            return None;
+        }
+        let output = guarded(|| run_engine(&ctx, &bytes, &hint.name)).ok()?;
+        let placed = place_inline(output, self.settings.store.inline_max_bytes)
+            .ok()?
+            .ok()?;
+        let job_type = ctx.spec.job_type();
+        let job_id = job_type.job_id(&msg.batch_id, hint.order);
+        // An inline output has no file: the key is never written.
+        let done = self.done(&ctx, msg, &job_id, placed, "", began);
+        let outcome = ItemOutcome::new(Outcome::Completed)
+            .with_result(done.result, done.run_record)
+            .direct(job_id);
+        let label = match self
+            .ledger
+            .finish(&msg.batch_id, &msg.item_id, outcome)
+            .await
+        {
+            Ok(Recorded::Recorded) => {
+                self.metrics.items_unclaimed.inc();
+                "completed"
+            }
+            Ok(Recorded::Duplicate) => "duplicate",
+            Ok(Recorded::Cancelled) => "cancelled",
+            Ok(Recorded::Claim) => return None,
+            Ok(Recorded::Missing) => {
+                tracing::warn!("No such batch or item; dead-lettering the message.");
+                self.metrics.item_settled("unknown", "dead_letter", None);
+                return Some(Verdict::DeadLetter);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not record the outcome; requeueing.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Some(Verdict::Requeue);
+            }
+        };
+        let secs = (label == "completed").then(|| began.elapsed().as_secs_f64());
+        self.metrics.item_settled(job_type.as_str(), label, secs);
+        Some(Verdict::Ack)
     }
 
     /// Reads (unless given the bytes), runs the engine (unless given its output) and places

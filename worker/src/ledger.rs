@@ -49,6 +49,8 @@ pub struct ItemOutcome {
     pub result: String,
     /// The file's processing-results record.
     pub run_record: String,
+    /// The item's job id, when no claim started it (see [`Finished::direct`]).
+    pub direct: Option<String>,
 }
 
 impl ItemOutcome {
@@ -60,7 +62,14 @@ impl ItemOutcome {
             skip_reason: String::new(),
             result: String::new(),
             run_record: String::new(),
+            direct: None,
         }
+    }
+
+    /// Of an item no claim started, whose job id is `job_id`.
+    pub fn direct(mut self, job_id: String) -> Self {
+        self.direct = Some(job_id);
+        self
     }
 
     /// With the result and the file's run record.
@@ -241,6 +250,7 @@ async fn send_finishes(
                 result: &o.result,
                 run_record: &o.run_record,
             },
+            direct: o.direct.as_deref(),
         })
         .collect();
     let answer = scripts.finish(&mut redis.clone(), &batch_id, &items).await;

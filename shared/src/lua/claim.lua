@@ -35,11 +35,7 @@ for i = 4, #ARGV do
     else
       redis.call('HSET', ik, 'attempts', attempts, 'updated_at', now)
     end
-    if bst == 'pending' or bst == 'dispatched' then
-      redis.call('HSET', batch_key, 'status', 'running', 'started_at', now, 'updated_at', now)
-      emit(batch_key, events_key, 'batch.running', bid, '', 'running', now)
-      bst = 'running'
-    end
+    bst = start_batch(batch_key, events_key, bid, bst, now)
     out[#out + 1] = { 'run', attempts, it[3] or '', redis.call('GET', KEYS[i - 1]) or '' }
   end
 end

@@ -90,13 +90,21 @@ local function flush(batch_key, now)
 end
 
 -- Moves a non-terminal item to a terminal status and counts it once (when flushed). The
--- outcome's fields that are not '' (or nil) are written with the status.
+-- outcome's fields that are not '' (or nil) are written with the status, and so is `attempts`
+-- when given (an item settled straight from pending, which no claim counted).
 local function settle(batch_key, events_key, base, bid, iid, from, to, order, now,
-                      error_message, skip_reason, result)
+                      error_message, skip_reason, result, attempts)
   local ik = base .. ':item:' .. iid
   local set = { 'status', to, 'completed_at', now, 'updated_at', now }
+  if attempts then
+    set[#set + 1] = 'attempts'
+    set[#set + 1] = attempts
+    set[#set + 1] = 'started_at'
+    set[#set + 1] = now
+  end
   if error_message and error_message ~= '' then
-    set[7], set[8] = 'error_message', error_message
+    set[#set + 1] = 'error_message'
+    set[#set + 1] = error_message
   end
   if skip_reason and skip_reason ~= '' then
     set[#set + 1] = 'skip_reason'
@@ -111,6 +119,16 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
   count('processed')
   count(to)
   emit_item(batch_key, events_key, ITEM_EVENT[to], bid, iid, to, now)
+end
+
+-- The batch's first started item makes it running, once.
+local function start_batch(batch_key, events_key, bid, bst, now)
+  if bst == 'pending' or bst == 'dispatched' then
+    redis.call('HSET', batch_key, 'status', 'running', 'started_at', now, 'updated_at', now)
+    emit(batch_key, events_key, 'batch.running', bid, '', 'running', now)
+    return 'running'
+  end
+  return bst
 end
 
 -- Finishes the batch exactly once: expansion done and every item terminal.
