@@ -27,7 +27,6 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::records::DirectoryFile;
 use crate::state::AppState;
 
 /// Items registered and published per page of an `item_ids` batch.
@@ -432,7 +431,7 @@ async fn prepare(
     let mut sizes = Vec::with_capacity(ids.len());
     for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
         let file = match raw {
-            Some(r) => Some(serde_json::from_str::<DirectoryFile>(&r)?),
+            Some(r) => Some(serde_json::from_str::<FileFacts>(&r)?),
             None => None,
         };
         // An id is checked here rather than at create, so that create answers at once
@@ -483,6 +482,15 @@ async fn prepare(
         },
         cursor: next_cursor,
     }))
+}
+
+/// What expansion reads of a directory-file record (`records::DirectoryFile`): decoding the
+/// whole record allocated a dozen strings and a metadata tree per item, for three fields.
+#[derive(serde::Deserialize)]
+struct FileFacts {
+    project_id: String,
+    display_name: String,
+    size_bytes: u64,
 }
 
 /// The expansion lease and how long each renewal holds it.

@@ -78,9 +78,10 @@ pub enum Verdict {
 /// What a worker knows about one batch; loaded once per batch, not per file.
 struct BatchContext {
     project_id: String,
-    raw_config: Value,
     spec: JobSpec,
-    parameters_hash: String,
+    /// `"job_config":…,"job_type":…,"parameters_hash":…`, the fields every run record of the
+    /// batch shares, encoded once.
+    run_record_batch: String,
     classifier: Option<Classifier>,
     /// The vision endpoint, for MULTIMODAL classify batches.
     vision: Option<VisionClient>,
@@ -398,8 +399,11 @@ impl Processor {
         };
         let ctx = Arc::new(BatchContext {
             project_id,
-            parameters_hash: hex::encode(Sha256::digest(raw.as_bytes())),
-            raw_config,
+            run_record_batch: run_record_batch(
+                &raw_config,
+                spec.job_type().as_str(),
+                &hex::encode(Sha256::digest(raw.as_bytes())),
+            ),
             spec,
             classifier,
             vision: self.vision.clone(),
@@ -504,19 +508,20 @@ impl Processor {
                 inline_uri(job_type, job_id),
             ),
         };
-        let run_record = json!({
-            "item_id": msg.item_id,
-            "job_config": ctx.raw_config,
-            "job_type": job_type,
-            "output_s3_path": output_path,
-            "parameters_hash": ctx.parameters_hash,
-            "processed_at": docfleet_shared::now_rfc3339(),
-            "result_id": job_id,
-            "output_metadata": { "pages": pages },
-        });
+        // The batch's part of the record is encoded once per batch (`run_record_batch`); a
+        // `json!` tree per item copied the job config and sorted its keys each time.
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+        let run_record = format!(
+            "{{\"item_id\":{},{},\"output_s3_path\":{},\"processed_at\":{},\"result_id\":{},\"output_metadata\":{{\"pages\":{pages}}}}}",
+            text(&msg.item_id),
+            ctx.run_record_batch,
+            text(&output_path),
+            text(&docfleet_shared::now_rfc3339()),
+            text(job_id),
+        );
         Done {
             result,
-            run_record: run_record.to_string(),
+            run_record,
             seconds: began.elapsed().as_secs_f64(),
         }
     }
@@ -706,6 +711,18 @@ fn classify_with_vision(
             VisionError::Transient(_) => Failure::Retry(e.to_string()),
             VisionError::Permanent(_) => Failure::Fail(e.to_string()),
         })
+}
+
+/// The fields every run record of a batch shares, as a JSON fragment without braces.
+fn run_record_batch(job_config: &Value, job_type: &str, parameters_hash: &str) -> String {
+    let whole = json!({
+        "job_config": job_config,
+        "job_type": job_type,
+        "parameters_hash": parameters_hash,
+    })
+    .to_string();
+    // `{…}` of an object always has its braces at both ends.
+    whole[1..whole.len() - 1].to_owned()
 }
 
 /// Input files up to this size may be parsed on the async thread itself (see `quick_format`).
@@ -1125,6 +1142,22 @@ mod tests {
             title: None,
             ocr_pages: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_run_record_holds_the_batch_fields_once() {
+        let head = run_record_batch(&json!({ "parameters": { "x": "a\"b" } }), "parse", "ab12");
+        let record: Value =
+            serde_json::from_str(&format!("{{\"item_id\":\"dfl-1\",{head}}}")).unwrap();
+        assert_eq!(
+            record,
+            json!({
+                "item_id": "dfl-1",
+                "job_config": { "parameters": { "x": "a\"b" } },
+                "job_type": "parse",
+                "parameters_hash": "ab12",
+            })
+        );
     }
 
     #[test]
