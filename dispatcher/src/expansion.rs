@@ -437,16 +437,15 @@ async fn prepare(
         // An id is checked here rather than at create, so that create answers at once
         // however long the list: a file that is gone, or another project's, fails as an
         // item, named by its id alone.
-        let (name, refusal) = match file {
-            Some(f) if f.project_id == project => {
-                sizes.push(f.size_bytes);
-                (f.display_name, None)
-            }
-            _ => {
-                sizes.push(0);
-                (id.clone(), Some(format!("no file {id:?} in this project")))
-            }
+        let (name, refusal, size) = match file {
+            Some(f) if f.project_id == project => (f.display_name, None, f.size_bytes),
+            _ => (
+                id.clone(),
+                Some(format!("no file {id:?} in this project")),
+                0,
+            ),
         };
+        sizes.push(size);
         items.push(NewItem {
             item_id: id.clone(),
             name,

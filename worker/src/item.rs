@@ -527,9 +527,9 @@ impl Processor {
     }
 
     /// Settles a tiny text file straight from its message, without a claim: when the message
-    /// carries the dispatcher's [`docfleet_shared::wire::ItemHint`] and the file parses on this thread into an output
-    /// that fits the item record, the output is recorded by one `finish` run that also records
-    /// the start (see `finish.lua`). A claim and its round trip cost more than such a file's
+    /// carries the dispatcher's [`docfleet_shared::wire::ItemHint`] and the file parses on
+    /// this thread into an output that fits the item record, the output is recorded by one
+    /// `finish` run that also records the start (see `finish.lua`). A claim and its round trip cost more than such a file's
     /// parse. `None`: take the claim path (not such a file, a hint that does not hold, or an
     /// engine error, which the claim path records with its attempt counted).
     async fn direct(&self, msg: &ItemMessage) -> Option<Verdict> {
