@@ -17,7 +17,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use docfleet_shared::model::{BatchStatus, JobType};
+use docfleet_shared::model::{BatchStatus, JobType, Priority};
 use docfleet_shared::scripts::NewItem;
 use docfleet_shared::settings::DispatcherSettings;
 use docfleet_shared::wire::{ItemHint, ItemMessage};
@@ -251,7 +251,7 @@ async fn expand(
             }
         };
         if headroom <= 0 {
-            match hold_back(st, &mut con, batch_id, &lease, shutdown).await? {
+            match hold_back(st, &mut con, batch_id, ready.priority, &lease, shutdown).await? {
                 Some(room) => headroom = room,
                 None => return Ok(()),
             }
@@ -304,16 +304,19 @@ async fn hold_back(
     st: &AppState,
     con: &mut redis::aio::ConnectionManager,
     batch_id: &str,
+    priority: Priority,
     lease: &Lease,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<i64>, ExpansionError> {
     if st.settings.expansion_queue_limit == 0 {
         return Ok(Some(i64::MAX));
     }
+    // The batch's own queue: a critical batch is not held back by a low one's backlog.
+    let queue = st.publisher.queue_for(priority);
     let renew_every = Duration::from_millis(lease.ms / 3);
     let mut renewed = tokio::time::Instant::now();
     // A broker that does not answer is left to the publish that follows, which reports it.
-    while let Some((ready, consumers)) = st.publisher.queue_load().await {
+    while let Some((ready, consumers)) = st.publisher.queue_load(&queue).await {
         if consumers == 0 {
             // Workers may attach meanwhile: look again after a limit's worth.
             return Ok(Some(i64::from(st.settings.expansion_queue_limit)));
@@ -348,7 +351,7 @@ enum Step {
 
 struct Ready {
     bodies: Vec<Vec<u8>>,
-    priority: u8,
+    priority: Priority,
     trace: docfleet_shared::wire::Trace,
     /// The cursor just past this page.
     cursor: i64,
@@ -474,7 +477,10 @@ async fn prepare(
                     .encode()
             })
             .collect(),
-        priority: get("priority").parse().unwrap_or(2),
+        priority: get("priority")
+            .parse()
+            .map(Priority::from_amqp)
+            .unwrap_or_default(),
         trace: docfleet_shared::wire::Trace {
             correlation_id: h.get("correlation_id").cloned(),
             session_id: h.get("session_id").cloned(),

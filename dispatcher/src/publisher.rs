@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use docfleet_shared::model::Priority;
 use docfleet_shared::topology::Topology;
 use docfleet_shared::wire::Trace;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -69,13 +70,17 @@ impl Publisher {
             .unwrap_or(false)
     }
 
-    /// Messages ready in the work queue, if the broker answers.
+    /// Messages ready in all work queues together, if the broker answers.
     pub async fn queue_depth(&self) -> Option<u32> {
-        self.queue_load().await.map(|(ready, _)| ready)
+        let mut ready = 0u32;
+        for queue in self.topology.work_queues() {
+            ready = ready.saturating_add(self.queue_load(&queue).await?.0);
+        }
+        Some(ready)
     }
 
-    /// Messages ready in the work queue and consumers attached to it, if the broker answers.
-    pub async fn queue_load(&self) -> Option<(u32, u32)> {
+    /// Messages ready in `queue` and consumers attached to it, if the broker answers.
+    pub async fn queue_load(&self, queue: &str) -> Option<(u32, u32)> {
         let guard = self.link.lock().await;
         let link = guard.as_ref()?;
         let passive = lapin::options::QueueDeclareOptions {
@@ -83,35 +88,40 @@ impl Publisher {
             ..Default::default()
         };
         link.channel
-            .queue_declare(
-                self.topology.items_queue().as_str().into(),
-                passive,
-                lapin::types::FieldTable::default(),
-            )
+            .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
             .await
             .ok()
             .map(|q| (q.message_count(), q.consumer_count()))
     }
 
-    /// Publishes persistent messages to the work queue and waits until the broker confirms
-    /// every one.
-    pub async fn publish_all(&self, bodies: &[Vec<u8>], priority: u8) -> Result<(), PublishError> {
+    /// The queue a batch of `priority` is published into.
+    pub fn queue_for(&self, priority: Priority) -> String {
+        self.topology.priority_queue(priority)
+    }
+
+    /// Publishes persistent messages to the work queue of `priority` and waits until the
+    /// broker confirms every one.
+    pub async fn publish_all(
+        &self,
+        bodies: &[Vec<u8>],
+        priority: Priority,
+    ) -> Result<(), PublishError> {
         self.send(bodies, priority, &Trace::default())
             .await?
             .wait()
             .await
     }
 
-    /// Publishes persistent messages to the work queue, with the batch's request identifiers
-    /// as message headers, and returns once they are sent; [`Confirms::wait`] then waits until
-    /// the broker confirms every one. The channel is free for other pages in between, so a
+    /// Publishes persistent messages to the work queue of `priority`, with the batch's
+    /// request identifiers as message headers, and returns once they are sent;
+    /// [`Confirms::wait`] then waits until the broker confirms every one. The channel is free for other pages in between, so a
     /// caller can prepare its next page while the broker works. On failure some may have been
     /// delivered: callers re-publish the whole page, which is safe because workers ignore
     /// items that are already settled.
     pub async fn send(
         &self,
         bodies: &[Vec<u8>],
-        priority: u8,
+        priority: Priority,
         trace: &Trace,
     ) -> Result<Confirms, PublishError> {
         let mut guard = self.link.lock().await;
@@ -127,7 +137,7 @@ impl Publisher {
         let Some(link) = guard.as_ref() else {
             return Err(PublishError::Nacked(bodies.len()));
         };
-        let queue = self.topology.items_queue();
+        let queue = self.topology.priority_queue(priority);
         let mut headers = lapin::types::FieldTable::default();
         for (name, value) in [
             (Trace::CORRELATION_HEADER, &trace.correlation_id),
@@ -140,11 +150,13 @@ impl Publisher {
                 );
             }
         }
-        let props = BasicProperties::default()
+        // The queue is the priority; a header table is sent only when it holds something.
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_priority(priority)
-            .with_content_type("application/json".into())
-            .with_headers(headers);
+            .with_content_type("application/json".into());
+        if !headers.inner().is_empty() {
+            props = props.with_headers(headers);
+        }
         // A publish resolves once lapin's I/O thread has written it, so awaiting them one by
         // one costs two thread hand-offs per message (perf: half the dispatcher's CPU went to
         // context switches). Polled together, the first poll queues every frame of the page in

@@ -199,13 +199,24 @@ pub enum Priority {
 }
 
 impl Priority {
-    /// The AMQP message priority; the queue is declared with `x-max-priority` = 4.
+    /// The AMQP message priority (the shared queue is declared with `x-max-priority` = 4);
+    /// also how a batch record stores it.
     pub fn amqp(self) -> u8 {
         match self {
             Self::Low => 1,
             Self::Medium => 2,
             Self::High => 3,
             Self::Critical => 4,
+        }
+    }
+
+    /// The priority of an AMQP priority: 0 and 1 are low, 4 and above critical.
+    pub fn from_amqp(p: u8) -> Self {
+        match p {
+            0 | 1 => Self::Low,
+            2 => Self::Medium,
+            3 => Self::High,
+            _ => Self::Critical,
         }
     }
 
@@ -501,6 +512,20 @@ pub fn parse_page_selection(spec: &str) -> Result<Vec<u32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_priority_reads_back_as_itself() {
+        for p in [
+            Priority::Low,
+            Priority::Medium,
+            Priority::High,
+            Priority::Critical,
+        ] {
+            assert_eq!(Priority::from_amqp(p.amqp()), p);
+        }
+        assert_eq!(Priority::from_amqp(0), Priority::Low);
+        assert_eq!(Priority::from_amqp(9), Priority::Critical);
+    }
 
     #[test]
     fn job_ids_name_their_batch_and_order() {

@@ -216,7 +216,8 @@ pub struct WorkerSettings {
     /// mostly hand work between each other (one instead of two: 16% less worker CPU per item
     /// in the fleet benchmark).
     pub runtime_threads: usize,
-    /// Unacknowledged deliveries the broker may hand this worker.
+    /// Unacknowledged deliveries the broker may hand this worker from each work queue (RabbitMQ
+    /// counts a `basic.qos` per consumer); only queues with messages use theirs.
     pub prefetch: u16,
     /// Deadline for one item; past it the item fails (or retries).
     pub item_deadline_secs: u64,

@@ -461,7 +461,7 @@ impl Fleet {
             .collect()
     }
 
-    /// Messages ready in the work queue and the dead-letter queue.
+    /// Messages ready in the work queues together and in the dead-letter queue.
     pub async fn queue_depths(&self) -> (u32, u32) {
         let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
             .await
@@ -472,16 +472,20 @@ impl Fleet {
             passive: true,
             ..Default::default()
         };
-        let a = ch
-            .queue_declare(t.items_queue().as_str().into(), passive, Default::default())
-            .await
-            .expect("items queue");
+        let mut ready = 0;
+        for q in t.work_queues() {
+            ready += ch
+                .queue_declare(q.as_str().into(), passive, Default::default())
+                .await
+                .expect("work queue")
+                .message_count();
+        }
         let b = ch
             .queue_declare(t.dead_queue().as_str().into(), passive, Default::default())
             .await
             .expect("dead queue");
         let _ = conn.close(200, "".into()).await;
-        (a.message_count(), b.message_count())
+        (ready, b.message_count())
     }
 
     /// Stops everything and removes this fleet's queues, keys and files.

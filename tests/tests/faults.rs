@@ -421,7 +421,9 @@ async fn republish(f: &Fleet, batch: &str, items: &[String]) {
         .iter()
         .map(|i| docfleet_shared::wire::ItemMessage::new(batch, i).encode())
         .collect();
-    p.publish_all(&bodies, 2).await.unwrap();
+    p.publish_all(&bodies, docfleet_shared::model::Priority::Medium)
+        .await
+        .unwrap();
 }
 
 async fn duplicates(f: &Fleet, ids: &[String]) -> Row {
@@ -463,7 +465,9 @@ async fn poison(f: &Fleet, ids: &[String]) -> Row {
         )
         .encode(),
     ];
-    p.publish_all(&bodies, 2).await.unwrap();
+    p.publish_all(&bodies, docfleet_shared::model::Priority::Medium)
+        .await
+        .unwrap();
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 3).await;
     row(
         "6 poison messages",

@@ -246,19 +246,34 @@ async fn a_message_delivered_twice_counts_once() {
         )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
-    // Wait until every message is published, then publish each one again.
+    // Wait until every message is published, then publish each one again, by hand onto the
+    // shared priority queue as a platform team would: workers consume it beside the
+    // dispatcher's own queues.
     f.wait_status(&id, "dispatched").await;
-    let publisher = docfleet_dispatcher::publisher::Publisher::connect(
-        &docfleet_tests::amqp_url(),
-        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
-    )
-    .await
-    .unwrap();
-    let bodies: Vec<Vec<u8>> = ids
-        .iter()
-        .map(|i| docfleet_shared::wire::ItemMessage::new(&id, i).encode())
-        .collect();
-    publisher.publish_all(&bodies, 2).await.unwrap();
+    let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let shared =
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
+            .items_queue();
+    for i in &ids {
+        ch.basic_publish(
+            "".into(),
+            shared.as_str().into(),
+            Default::default(),
+            &docfleet_shared::wire::ItemMessage::new(&id, i).encode(),
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_priority(3),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    conn.close(200, "".into()).await.unwrap();
     assert_eq!(f.queue_depths().await.0, 10);
     f.start_worker().await;
     f.start_worker().await;
@@ -753,7 +768,7 @@ async fn expansion_holds_back_at(limit: u32, per_consumer: u32) {
     ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
     let queue =
         docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-            .items_queue();
+            .priority_queue(docfleet_shared::model::Priority::Medium);
     let _stalled = ch
         .basic_consume(
             queue.as_str().into(),
@@ -805,10 +820,14 @@ async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     let (_, crit) = f.post(BATCH, &create("critical", &ids[50..])).await;
     let crit = crit["id"].as_str().unwrap().to_owned();
     f.wait_status(&crit, "dispatched").await;
-    // One worker taking one message at a time: it must pick the critical ones first.
+    // One worker working on one item at a time: it must pick the critical ones first. Its
+    // prefetch exceeds its concurrency, as by default (128 and 32): each queue's consumer
+    // holds deliveries while one is worked on, so the critical queue refills before its
+    // buffer runs dry. With equal values the buffer empties at every item and a held low
+    // delivery is taken while the next critical one is on its way.
     let mut ws = f.worker_settings.clone();
     ws.concurrency = 1;
-    ws.prefetch = 1;
+    ws.prefetch = 8;
     f.start_worker_with(ws).await;
     f.wait_terminal(&crit, Duration::from_secs(60)).await;
     f.wait_terminal(&low, Duration::from_secs(60)).await;
@@ -926,7 +945,7 @@ async fn correlation_and_session_ids_travel_in_message_headers() {
     let ch = conn.create_channel().await.unwrap();
     let queue =
         docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-            .items_queue();
+            .priority_queue(docfleet_shared::model::Priority::Medium);
     let mut msg = None;
     for _ in 0..100 {
         msg = ch

@@ -74,17 +74,28 @@ async fn consume(
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;
-    let tag = format!("docfleet-worker-{}", uuid::Uuid::new_v4().simple());
-    let mut consumer = channel
-        .basic_consume(
-            topology.items_queue().as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // One consumer per work queue, highest priority first (`Topology::work_queues`). The
+    // prefetch bounds each: a worker holds at most `prefetch` deliveries of any one queue,
+    // and only queues with messages fill theirs.
+    let worker = uuid::Uuid::new_v4().simple();
+    let mut consumers = Vec::new();
+    let mut tags = Vec::new();
+    for queue in topology.work_queues() {
+        let tag = format!("docfleet-worker-{worker}-{queue}");
+        consumers.push(
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?,
+        );
+        tags.push(tag);
+    }
     connected.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(queue = %topology.items_queue(), "Consuming.");
+    tracing::info!(queues = ?topology.work_queues(), "Consuming.");
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let (acker, acks_sent) = Acker::start(channel.clone());
     let mut tasks = JoinSet::new();
@@ -98,7 +109,7 @@ async fn consume(
         };
         let next = tokio::select! {
             _ = stopped(&mut stop) => break Ok(()),
-            d = consumer.next() => d,
+            d = next_by_priority(&mut consumers) => d,
         };
         let delivery = match next {
             None => break Err(ConsumeError::Ended),
@@ -116,9 +127,11 @@ async fn consume(
         while tasks.try_join_next().is_some() {}
     };
     // Stop the flow first, then let in-flight items finish within the drain deadline.
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    for tag in &tags {
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
     let drain = Duration::from_secs(settings.drain_secs);
     if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
         .await
@@ -135,6 +148,20 @@ async fn consume(
     let _ = channel.close(200, "worker draining".into()).await;
     let _ = conn.close(200, "worker draining".into()).await;
     outcome
+}
+
+/// The next delivery of the first consumer that has one, so a delivery of a higher priority
+/// queue is always taken before a lower one's; `None` once any consumer's stream has ended.
+async fn next_by_priority(consumers: &mut [lapin::Consumer]) -> Option<lapin::Result<Delivery>> {
+    std::future::poll_fn(|cx| {
+        for consumer in consumers.iter_mut() {
+            if let std::task::Poll::Ready(next) = consumer.poll_next_unpin(cx) {
+                return std::task::Poll::Ready(next);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The request identifiers a message carries in its headers.

@@ -326,7 +326,7 @@ async fn expand_timed(f: &Fleet, body: &Value, items: usize) -> (f64, f64) {
     (server_ms, items as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Empties the fleet's work queue.
+/// Empties the fleet's work queues.
 async fn purge_items(f: &Fleet) {
     let conn = lapin::Connection::connect(
         &docfleet_tests::amqp_url(),
@@ -335,12 +335,13 @@ async fn purge_items(f: &Fleet) {
     .await
     .expect("amqp");
     let ch = conn.create_channel().await.expect("channel");
-    let queue =
-        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-            .items_queue();
-    ch.queue_purge(queue.as_str().into(), Default::default())
-        .await
-        .expect("purge");
+    let topology =
+        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone());
+    for queue in topology.work_queues() {
+        ch.queue_purge(queue.as_str().into(), Default::default())
+            .await
+            .expect("purge");
+    }
     let _ = conn.close(200, "".into()).await;
 }
 
