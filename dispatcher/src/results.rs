@@ -73,7 +73,16 @@ async fn resolve(
     if batch.get("job_type") != Some(kind.as_str()) {
         return Err(not_found());
     }
-    let item: HashMap<String, String> = con.hgetall(st.keys.item(&batch_id, &item_id)).await?;
+    // An inline result sits in the batch's results hash (older releases kept it on the
+    // item record, where it is still read): one round trip for both.
+    let (mut item, result): (HashMap<String, String>, Option<String>) = redis::pipe()
+        .hgetall(st.keys.item(&batch_id, &item_id))
+        .hget(st.keys.batch_results(&batch_id), &item_id)
+        .query_async(&mut con)
+        .await?;
+    if let Some(result) = result {
+        item.entry("result".into()).or_insert(result);
+    }
     // The item must carry this very id: an order that names an item of another id (a batch
     // registered with random ids) is not this job.
     if item.get("job_id").map(String::as_str) != Some(job_id) {

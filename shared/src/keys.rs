@@ -17,7 +17,8 @@
 //! | `P:batch:{<id>}:input` | string | distinct ids of an `item_ids` batch, in order, each ended by `\n` |
 //! | `P:batch:{<id>}:items` | zset | every item id, scored by input order |
 //! | `P:batch:{<id>}:st:<status>` | zset | item ids in that status, same scores |
-//! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error, result |
+//! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error (and `result`, written by releases before the results hash) |
+//! | `P:batch:{<id>}:results` | hash | item id → its result (JSON): inline output or where the output is stored |
 //! | `P:batch:{<id>}:lease` | string | which dispatcher expands the batch, with a TTL |
 //! | `P:job:<job_id>` | string | `<batch_id>\n<item_id>` of a per-file job with a random id (written before ids were derived; read only) |
 //! | `P:expansion` | zset | batches whose expansion has not finished |
@@ -110,6 +111,13 @@ impl Keys {
     /// Items of a batch in one status.
     pub fn batch_status_set(&self, batch_id: &str, status: ItemStatus) -> String {
         format!("{}:st:{}", self.batch(batch_id), status.as_str())
+    }
+
+    /// Item id → result of a batch's settled items. Kept apart from the item records so
+    /// those stay small listpacks: a value over `hash-max-listpack-value` (64 bytes) turns
+    /// the whole record into a hash table.
+    pub fn batch_results(&self, batch_id: &str) -> String {
+        format!("{}:results", self.batch(batch_id))
     }
 
     /// One item of a batch.

@@ -1105,10 +1105,11 @@ async fn every_response_says_how_long_the_dispatcher_took() {
     f.shutdown().await;
 }
 
-/// A small output rides on the item record; a large one goes to a file. The API serves both
+/// A small output rides in the batch's results hash; a large one goes to a file. The API serves both
 /// the same way, and only the file leaves anything in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_outputs_live_on_the_item_and_large_ones_in_files() {
+async fn small_outputs_live_in_redis_and_large_ones_in_files() {
+    use redis::AsyncCommands;
     let mut f = Fleet::start(0).await;
     let id = upload_invoice(&f, "placement").await;
     let mut outputs = Vec::new();
@@ -1138,6 +1139,26 @@ async fn small_outputs_live_on_the_item_and_large_ones_in_files() {
             ))
             .await;
         assert_eq!(s, 200, "{r}");
+        // The result lives in the batch's results hash, so the item record stays a listpack
+        // although the result is longer than a listpack value may be.
+        let mut con = f.redis.clone();
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(f.keys.item(&batch, &item))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(encoding, "listpack");
+        let result: String = con.hget(f.keys.batch_results(&batch), &item).await.unwrap();
+        assert!(result.len() > 64, "{result}");
+        // Where releases before the results hash kept it, on the item record: served alike.
+        let _: () = con
+            .hset(f.keys.item(&batch, &item), "result", &result)
+            .await
+            .unwrap();
+        let _: () = con.hdel(f.keys.batch_results(&batch), &item).await.unwrap();
+        let url = format!("/api/v2/parse/{job}?expand=text&expand=markdown_full&expand=metadata");
+        assert_eq!(f.get(&url).await.1, r);
         let (_, pr) = f
             .get(&format!("{BATCH}/items/{item}/processing-results"))
             .await;

@@ -26,7 +26,7 @@ for i = 4, #ARGV do
   else
     -- Counted with the HSET rather than by an HINCRBY of its own: a redis.call costs more
     -- than the field it writes, and the script runs alone, so the read stays current.
-    local attempts = (tonumber(it[4]) or 0) + 1
+    local attempts = next_attempt(it[4])
     if it[1] == 'pending' then
       redis.call('HSET', ik, 'status', 'processing', 'attempts', attempts, 'started_at', now,
         'updated_at', now)

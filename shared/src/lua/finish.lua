@@ -27,7 +27,7 @@ for i = 4, #ARGV, 7 do
   local attempts, batch_state = nil, nil
   if it[1] ~= false and direct ~= '' then
     if bst == nil then bst = redis.call('HGET', batch_key, 'status') end
-    attempts, batch_state = (tonumber(it[4]) or 0) + 1, bst
+    attempts, batch_state = next_attempt(it[4]), bst
   end
   if it[1] == false or batch_state == false then
     out[#out + 1] = 'missing'

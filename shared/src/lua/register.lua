@@ -29,7 +29,7 @@ for i = 4, #ARGV, 5 do
   local ik = base .. ':item:' .. iid
   if fresh or redis.call('EXISTS', ik) == 0 then
     redis.call('HSET', ik, 'status', 'pending', 'name', name, 'order', order, 'job_id', jid,
-      'attempts', 0, 'created_at', now, 'updated_at', now)
+      'attempts', '0', 'created_at', now, 'updated_at', now)
     move(iid, order, nil, base .. ':items')
     move(iid, order, nil, status_key(base, 'pending'))
     emit_item(batch_key, events_key, 'pending', bid, iid, 'pending', now)
