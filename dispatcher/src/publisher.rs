@@ -114,10 +114,10 @@ impl Publisher {
 
     /// Publishes persistent messages to the work queue of `priority`, with the batch's
     /// request identifiers as message headers, and returns once they are sent;
-    /// [`Confirms::wait`] then waits until the broker confirms every one. The channel is free for other pages in between, so a
-    /// caller can prepare its next page while the broker works. On failure some may have been
-    /// delivered: callers re-publish the whole page, which is safe because workers ignore
-    /// items that are already settled.
+    /// [`Confirms::wait`] then waits until the broker confirms every one. The channel is free
+    /// for other pages in between, so a caller can prepare its next page while the broker
+    /// works. On failure some may have been delivered: callers re-publish the whole page,
+    /// which is safe because workers ignore items that are already settled.
     pub async fn send(
         &self,
         bodies: &[Vec<u8>],

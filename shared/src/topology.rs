@@ -180,8 +180,7 @@ mod tests {
         );
         // The dead-letter queue is not a work queue, and no two priorities share one.
         assert!(!t.work_queues().contains(&t.dead_queue()));
-        let mut distinct = t.work_queues();
-        distinct.dedup();
+        let distinct: std::collections::HashSet<String> = t.work_queues().into_iter().collect();
         assert_eq!(distinct.len(), 5);
     }
 }

@@ -61,9 +61,9 @@ end
 -- results, so a script that settles 25 items writes each once instead of 25 times. Results
 -- go to the batch's results hash, not the item hashes: a result is longer than
 -- `hash-max-listpack-value` (64 bytes), and one such field converts an item's whole hash
--- from a listpack to a hash table (6% of the scripts' instructions, callgrind). Item hashes are written at once,
--- so a later step of the same run (a duplicate delivery in the same group) already sees the
--- new status.
+-- from a listpack to a hash table (6% of the scripts' instructions, callgrind). Item hashes
+-- are written at once, so a later step of the same run (a duplicate delivery in the same
+-- group) already sees the new status.
 local additions, removals, counts, results = {}, {}, {}, {}
 local function move(iid, order, from_key, to_key)
   local a = additions[to_key]
