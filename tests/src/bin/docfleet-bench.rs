@@ -983,6 +983,8 @@ async fn status(rep: &mut Report, a: &Args) {
         let mut server = Vec::new();
         let mut bare = Vec::new();
         let mut expanded = false;
+        // When each read was taken, to tell where in the run the slowest ones fall.
+        let mut at = Vec::new();
         let t0 = Instant::now();
         // Only while the load runs (expansion included): samples taken after it ends would
         // flatter the p99.
@@ -990,6 +992,7 @@ async fn status(rep: &mut Report, a: &Args) {
         while t0.elapsed() < Duration::from_secs(60) {
             let (ms, server_ms) = timed_status(&f, &small).await;
             lat.push(ms);
+            at.push(t0.elapsed().as_secs_f64());
             server.push(server_ms);
             bare.push(timed_redis_read(&f, &small).await);
             if expanded {
@@ -1007,6 +1010,22 @@ async fn status(rep: &mut Report, a: &Args) {
             }
         }
         wait_done(&f, &big).await;
+        let mut slowest: Vec<(f64, f64, f64)> = lat
+            .iter()
+            .zip(&at)
+            .zip(&bare)
+            .map(|((ms, t), b)| (*ms, *t, *b))
+            .collect();
+        slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+        eprintln!(
+            "  run {run}: slowest reads (ms at s, bare HGETALL ms): {}",
+            slowest
+                .iter()
+                .take(12)
+                .map(|(ms, t, b)| format!("{ms:.1}@{t:.2}/{b:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         samples.push(lat.len());
         let phases = [lat.clone(), lat, expanding, running, server, bare];
         for ((name, p, values), mut phase) in figures.iter_mut().zip(phases) {
