@@ -443,6 +443,29 @@ fn stat_secs(pid: u32, fields: &[usize]) -> f64 {
     fields.iter().map(ticks).sum::<f64>() / 100.0
 }
 
+/// How the kernel schedules a process (policy and nice, from `/proc/<pid>/stat`): a loaded
+/// Redis that waits for a CPU answers late whatever its clients do, so the status figures
+/// name the policy they were taken under.
+fn scheduling(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let all: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // Fields 19 (nice) and 41 (policy), counted after the command name as in `stat_secs`.
+    let policy = match all.get(38).copied() {
+        Some("0") => "SCHED_OTHER",
+        Some("1") => "SCHED_FIFO",
+        Some("2") => "SCHED_RR",
+        Some("3") => "SCHED_BATCH",
+        Some("5") => "SCHED_IDLE",
+        _ => "unknown",
+    };
+    format!("{policy}, nice {}", all.get(16).copied().unwrap_or("?"))
+}
+
 /// Bytes the broker process has written so far (`wchar` of `/proc/<pid>/io`): whether a
 /// message reached the broker's disk or was acknowledged before it had to.
 fn broker_written() -> f64 {
@@ -664,7 +687,7 @@ async fn million(rep: &mut Report, a: &Args) {
             &format!("million_status_p99_ms_{name}"),
             pct(lat, 0.99),
             "ms",
-            json!({ "n": samples }),
+            json!({ "n": samples, "redis_scheduling": pid_of("redis-server").map(scheduling) }),
         );
     }
     let samples = server_small.len();
@@ -1043,9 +1066,15 @@ async fn status(rep: &mut Report, a: &Args) {
             samples.last().unwrap_or(&0)
         );
     }
+    let redis_scheduling = pid_of("redis-server").map(scheduling);
     for (name, _, values) in figures {
         if !values.is_empty() {
-            rep.add_median(name, values, "ms", json!({ "reads_per_run": samples }));
+            rep.add_median(
+                name,
+                values,
+                "ms",
+                json!({ "reads_per_run": samples, "redis_scheduling": redis_scheduling }),
+            );
         }
     }
     for x in &mut w {
