@@ -50,11 +50,11 @@ impl Publisher {
     async fn open(&self) -> Result<Link, PublishError> {
         let connection =
             docfleet_shared::services::connect_amqp(&self.url, Duration::from_secs(10)).await?;
+        self.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        self.topology.declare(&channel).await?;
         Ok(Link {
             _connection: connection,
             channel,

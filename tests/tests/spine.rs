@@ -1201,3 +1201,63 @@ fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// The per-priority queues docfleet creates use classic-queue storage version 2, and one that
+/// an older docfleet created without it is kept as it is rather than refused.
+#[tokio::test]
+async fn priority_queues_are_version_2_and_an_older_queue_is_kept() {
+    use docfleet_shared::model::Priority;
+    use docfleet_shared::topology::Topology;
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let t = Topology::new(format!("dft-cqv-{}", uuid::Uuid::new_v4().simple()));
+    let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    // An older docfleet's arguments: the dead-letter exchange, no storage version.
+    let mut older = FieldTable::default();
+    older.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(t.dead_letter_exchange().into()),
+    );
+    let high = t.priority_queue(Priority::High);
+    let medium = t.priority_queue(Priority::Medium);
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(high.as_str().into(), durable, older.clone())
+        .await
+        .unwrap();
+    // Every outcome first, then the clean-up, then the checks: a failed check leaves nothing.
+    let first = t.declare(&conn).await;
+    let again = t.declare(&conn).await;
+    let ch = conn.create_channel().await.unwrap();
+    let same = ch
+        .queue_declare(
+            medium.as_str().into(),
+            durable,
+            t.priority_queue_arguments(),
+        )
+        .await;
+    let unversioned = ch
+        .queue_declare(medium.as_str().into(), durable, older.clone())
+        .await;
+    let ch = conn.create_channel().await.unwrap();
+    let kept = ch.queue_declare(high.as_str().into(), durable, older).await;
+    let cleaned = t.delete(&ch).await;
+    let _ = conn.close(200, "".into()).await;
+
+    first.expect("declare beside an older queue");
+    again.expect("declare again");
+    same.expect("a new queue has the version 2 arguments");
+    let refused = unversioned.expect_err("a new queue without the version is refused");
+    assert!(
+        format!("{refused:?}").contains("x-queue-version"),
+        "{refused:?}"
+    );
+    kept.expect("the older queue keeps its arguments");
+    cleaned.expect("clean-up");
+}

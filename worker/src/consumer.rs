@@ -69,8 +69,8 @@ async fn consume(
     let conn =
         docfleet_shared::services::connect_amqp(&settings.broker.url, Duration::from_secs(5))
             .await?;
+    topology.declare(&conn).await?;
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;

@@ -873,13 +873,19 @@ async fn ceiling(rep: &mut Report, a: &Args) {
         .await
         .expect("confirms");
     let q = format!("{prefix}.q");
+    // The storage version the fleet's queues have, so both sides pay the broker alike.
+    let mut version = lapin::types::FieldTable::default();
+    version.insert(
+        "x-queue-version".into(),
+        lapin::types::AMQPValue::LongInt(docfleet_shared::topology::QUEUE_VERSION),
+    );
     ch.queue_declare(
         q.as_str().into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        Default::default(),
+        version,
     )
     .await
     .expect("declare");
