@@ -425,16 +425,22 @@ fn children_cpu_secs() -> f64 {
     stat_secs(std::process::id(), &[13, 14])
 }
 
-/// The sum of these clock-tick fields of `/proc/<pid>/stat` (counted after the command name),
-/// in seconds.
-fn stat_secs(pid: u32, fields: &[usize]) -> f64 {
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces): index 0
+/// is field 3, `state`.
+fn stat_fields(pid: u32) -> Vec<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let all: Vec<&str> = stat
-        .rsplit(')')
+    stat.rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
-        .collect();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The sum of these clock-tick fields of `/proc/<pid>/stat` (counted after the command name),
+/// in seconds.
+fn stat_secs(pid: u32, fields: &[usize]) -> f64 {
+    let all = stat_fields(pid);
     let ticks = |i: &usize| {
         all.get(*i)
             .and_then(|v| v.parse::<f64>().ok())
@@ -447,15 +453,9 @@ fn stat_secs(pid: u32, fields: &[usize]) -> f64 {
 /// Redis that waits for a CPU answers late whatever its clients do, so the status figures
 /// name the policy they were taken under.
 fn scheduling(pid: u32) -> String {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let all: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // Fields 19 (nice) and 41 (policy), counted after the command name as in `stat_secs`.
-    let policy = match all.get(38).copied() {
+    let all = stat_fields(pid);
+    // Fields 19 (nice) and 41 (policy).
+    let policy = match all.get(38).map(String::as_str) {
         Some("0") => "SCHED_OTHER",
         Some("1") => "SCHED_FIFO",
         Some("2") => "SCHED_RR",
@@ -463,7 +463,7 @@ fn scheduling(pid: u32) -> String {
         Some("5") => "SCHED_IDLE",
         _ => "unknown",
     };
-    format!("{policy}, nice {}", all.get(16).copied().unwrap_or("?"))
+    format!("{policy}, nice {}", all.get(16).map_or("?", String::as_str))
 }
 
 /// Bytes the broker process has written so far (`wchar` of `/proc/<pid>/io`): whether a
