@@ -1,4 +1,4 @@
-//! Batches: create, list, status, cancel, items, per-item processing results.
+//! Batches: create, list, status, cancel, items.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -20,7 +20,7 @@ use crate::auth::Project;
 use crate::error::ApiError;
 use crate::expansion;
 use crate::http::{parse_json, JsonBody, QueryParams, RawBody};
-use crate::records::{job_item, BatchRecord, DirectoryFile};
+use crate::records::{job_item, BatchRecord};
 use crate::state::AppState;
 
 /// Most rules one classify job may carry.
@@ -506,46 +506,6 @@ pub async fn items(
         .map(|(id, h)| job_item(id, h))
         .collect();
     Ok(Json(json!({ "items": items, "total_size": total })))
-}
-
-/// Every processing run of one item (directory file), across batches.
-pub async fn processing_results(
-    State(st): State<AppState>,
-    Project(project): Project,
-    Path(item_id): Path<String>,
-    q: QueryParams,
-) -> Result<Json<Value>, ApiError> {
-    let job_type = q.get("job_type");
-    if let Some(t) = job_type {
-        if !matches!(t, "parse" | "extract" | "classify") {
-            return Err(ApiError::field(
-                "job_type",
-                format!("must be parse, extract or classify; got {t:?}"),
-            ));
-        }
-    }
-    let mut con = st.redis.clone();
-    let raw: Option<String> = con.get(st.keys.dfile(&item_id)).await?;
-    let file: DirectoryFile = match raw {
-        Some(r) => serde_json::from_str(&r)?,
-        None => return Err(ApiError::not_found("item", &item_id)),
-    };
-    if file.project_id != project {
-        return Err(ApiError::not_found("item", &item_id));
-    }
-    let runs: Vec<String> = con.lrange(st.keys.dfile_runs(&item_id), 0, -1).await?;
-    let mut results = Vec::new();
-    for r in runs {
-        let v: Value = serde_json::from_str(&r)?;
-        if job_type.is_none_or(|t| v.get("job_type").and_then(Value::as_str) == Some(t)) {
-            results.push(v);
-        }
-    }
-    Ok(Json(json!({
-        "item_id": item_id,
-        "item_name": file.display_name,
-        "processing_results": results,
-    })))
 }
 
 /// Rebuilds a batch's counters from its items' own states (our extension, for operators after

@@ -432,6 +432,7 @@ async fn prepare(
     let project = get("project_id");
     let mut items = Vec::with_capacity(ids.len());
     let mut sizes = Vec::with_capacity(ids.len());
+    let mut directories: Vec<String> = Vec::new();
     for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
         let file = match raw {
             Some(r) => Some(serde_json::from_str::<FileFacts>(&r)?),
@@ -441,7 +442,12 @@ async fn prepare(
         // however long the list: a file that is gone, or another project's, fails as an
         // item, named by its id alone.
         let (name, refusal, size) = match file {
-            Some(f) if f.project_id == project => (f.display_name, None, f.size_bytes),
+            Some(f) if f.project_id == project => {
+                if !directories.contains(&f.directory_id) {
+                    directories.push(f.directory_id);
+                }
+                (f.display_name, None, f.size_bytes)
+            }
             _ => (
                 id.clone(),
                 Some(format!("no file {id:?} in this project")),
@@ -456,6 +462,23 @@ async fn prepare(
             job_id: job_type.job_id(batch_id, order),
             refusal,
         });
+    }
+    // A file's processing results are its items in the batches its directory lists, so the
+    // batch is listed before any of its items can finish (a page registered again lists it
+    // again, harmlessly). This replaces a run record appended per item to a list per file: a
+    // key and a few hundred bytes per item in Redis, and a command in every item's script.
+    if !directories.is_empty() {
+        let mut pipe = redis::pipe();
+        let ms = docfleet_shared::now_millis();
+        for d in &directories {
+            pipe.cmd("ZADD")
+                .arg(st.keys.dir_batches(d))
+                .arg("NX")
+                .arg(ms)
+                .arg(batch_id)
+                .ignore();
+        }
+        pipe.query_async::<()>(con).await?;
     }
     if st.scripts.register(con, batch_id, &items).await?.is_none() {
         // Terminal (cancelled) meanwhile.
@@ -494,6 +517,7 @@ async fn prepare(
 #[derive(serde::Deserialize)]
 struct FileFacts {
     project_id: String,
+    directory_id: String,
     display_name: String,
     size_bytes: u64,
 }

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`http`], [`error`], [`auth`]: request plumbing: JSON `detail` errors, bearer keys.
 //! - [`directories`]: directories and uploads into the file store.
-//! - [`batch`]: create, list, status, cancel, items, processing results.
+//! - [`batch`]: create, list, status, cancel, items; [`runs`]: a file's processing results.
 //! - [`results`]: per-file parse and classify results.
 //! - [`expansion`]: the background loop that publishes one message per file.
 //! - [`publisher`]: confirmed publishing with reconnection.
@@ -17,6 +17,7 @@ pub mod http;
 pub mod publisher;
 pub mod records;
 pub mod results;
+pub mod runs;
 pub mod state;
 pub mod webhook;
 
@@ -128,7 +129,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
-            get(batch::processing_results),
+            get(runs::processing_results),
         )
         .route(
             &format!("{v1}/batch-processing/{{job_id}}/webhook-deliveries"),

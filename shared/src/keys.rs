@@ -10,7 +10,8 @@
 //! | `P:dir:<dir_id>:files` | zset | directory-file ids, scored by insertion sequence |
 //! | `P:dir:<dir_id>:seq` | string | last insertion sequence |
 //! | `P:dfile:<file_id>` | string | directory-file record (JSON) |
-//! | `P:dfile:<file_id>:runs` | list | processing results of that file (JSON), across batches |
+//! | `P:dir:<dir_id>:batches` | zset | batches that registered files of the directory, by first registration (ms): where a file's processing results are found |
+//! | `P:dfile:<file_id>:runs` | list | processing results of that file (JSON), written by releases before `:batches`; read only |
 //! | `P:proj:<project>:dirs` / `:batches` | zset | ids by creation time |
 //! | `P:batch:{<id>}` | hash | batch record and counters |
 //! | `P:batch:{<id>}:config` | string | the job config as sent (JSON) |
@@ -73,7 +74,13 @@ impl Keys {
         format!("{}:dfile:{file_id}", self.prefix)
     }
 
-    /// Processing results of a directory file.
+    /// Batches that registered files of a directory: a file's runs are its items in them.
+    pub fn dir_batches(&self, dir_id: &str) -> String {
+        format!("{}:dir:{dir_id}:batches", self.prefix)
+    }
+
+    /// Processing results of a directory file, as releases before [`Keys::dir_batches`]
+    /// appended them (read only).
     pub fn dfile_runs(&self, file_id: &str) -> String {
         format!("{}:dfile:{file_id}:runs", self.prefix)
     }

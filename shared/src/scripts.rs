@@ -111,8 +111,8 @@ pub struct OutcomeFields<'a> {
     pub skip_reason: &'a str,
     /// The result summary stored on the item (JSON).
     pub result: &'a str,
-    /// The processing-results record appended to the file's history (JSON).
-    pub run_record: &'a str,
+    /// How many pages the output has ('' if none): the file's processing results report it.
+    pub pages: &'a str,
 }
 
 /// One item's outcome, for [`Scripts::finish`].
@@ -253,13 +253,12 @@ impl Scripts {
     ) -> redis::RedisResult<Vec<Recorded>> {
         let mut inv = self.invocation(&self.finish, batch_id);
         for it in items {
-            inv.key(self.keys.dfile_runs(it.item_id))
-                .arg(it.item_id)
+            inv.arg(it.item_id)
                 .arg(it.outcome.as_str())
                 .arg(it.fields.error_message)
                 .arg(it.fields.skip_reason)
                 .arg(it.fields.result)
-                .arg(it.fields.run_record)
+                .arg(it.fields.pages)
                 .arg(it.direct.unwrap_or(""));
         }
         let tags: Vec<String> = inv.invoke_async(con).await?;

@@ -397,14 +397,13 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
     assert_eq!(set_len(ItemStatus::Pending).await, 0);
     assert_eq!(set_len(ItemStatus::Processing).await, 3);
 
-    // Each outcome carries a run record naming its item, appended to that file's history.
     let done = |item_id, outcome, error_message| Finished {
         item_id,
         outcome,
         fields: OutcomeFields {
             error_message,
             result: "{}",
-            run_record: item_id,
+            pages: "3",
             ..OutcomeFields::default()
         },
         direct: None,
@@ -439,11 +438,40 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
     ] {
         assert_eq!(set_len(status).await, n, "{status:?}");
     }
-    // Each recorded item's run record went to its own file, once.
-    for item in [a, b, c] {
-        let runs: Vec<String> = con.lrange(f.keys.dfile_runs(item), 0, -1).await.unwrap();
-        assert_eq!(runs, [item], "{item}");
+    // A file's processing results are its completed items: a's run, once; none of b or c.
+    for (item, n) in [(a, 1), (b, 0), (c, 0)] {
+        let (s, pr) = f
+            .get(&format!("{BATCH}/items/{item}/processing-results"))
+            .await;
+        assert_eq!(s, 200, "{pr}");
+        let runs = pr["processing_results"].as_array().unwrap();
+        assert_eq!(runs.len(), n, "{item}: {pr}");
+        if n == 1 {
+            assert_eq!(runs[0]["item_id"], item);
+            assert_eq!(runs[0]["output_metadata"]["pages"], 3, "{pr}");
+            assert_eq!(runs[0]["job_type"], "parse");
+            assert!(runs[0]["processed_at"].is_string(), "{pr}");
+        }
     }
+    // Runs that releases before the directory's batch index appended to the file's own list
+    // come first, and a run found both ways is shown once.
+    let (_, pr) = f
+        .get(&format!("{BATCH}/items/{a}/processing-results"))
+        .await;
+    let current = pr["processing_results"][0].clone();
+    let older = json!({ "item_id": a, "job_type": "parse", "result_id": "pjb-older" });
+    let _: () = con
+        .rpush(
+            f.keys.dfile_runs(a),
+            &[older.to_string(), current.to_string()],
+        )
+        .await
+        .unwrap();
+    let (_, pr) = f
+        .get(&format!("{BATCH}/items/{a}/processing-results"))
+        .await;
+    assert_eq!(pr["processing_results"], json!([older, current]), "{pr}");
+    let _: () = con.del(f.keys.dfile_runs(a)).await.unwrap();
     // The last outcome of the group finished the batch, once.
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
     let job = &st["job"];
@@ -518,7 +546,7 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
             outcome: Outcome::Completed,
             fields: OutcomeFields {
                 result: "{}",
-                run_record: item_id,
+                pages: "1",
                 ..OutcomeFields::default()
             },
             direct,
@@ -556,8 +584,7 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
     assert!(item.contains_key("started_at"), "{item:?}");
     let b_status: String = con.hget(f.keys.item(&id, b), "status").await.unwrap();
     assert_eq!(b_status, "pending");
-    let runs: Vec<String> = con.lrange(f.keys.dfile_runs(a), 0, -1).await.unwrap();
-    assert_eq!(runs, [a]);
+    assert_eq!(item["pages"], "1", "{item:?}");
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
     assert_eq!(st["job"]["status"], "running", "{st}");
     assert_eq!(st["job"]["processed_items"], 1, "{st}");

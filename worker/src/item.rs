@@ -23,7 +23,6 @@ use docfleet_shared::store::{FileStore, StoreError};
 use docfleet_shared::wire::ItemMessage;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::classify::{Classifier, Document};
@@ -79,9 +78,6 @@ pub enum Verdict {
 struct BatchContext {
     project_id: String,
     spec: JobSpec,
-    /// `"job_config":…,"job_type":…,"parameters_hash":…`, the fields every run record of the
-    /// batch shares, encoded once.
-    run_record_batch: String,
     classifier: Option<Classifier>,
     /// The vision endpoint, for MULTIMODAL classify batches.
     vision: Option<VisionClient>,
@@ -305,7 +301,7 @@ impl Processor {
         let seconds = result.as_ref().ok().map(|d| d.seconds);
         let (outcome, verdict) = match result {
             Ok(done) => (
-                ItemOutcome::new(Outcome::Completed).with_result(done.result, done.run_record),
+                ItemOutcome::new(Outcome::Completed).with_result(done.result, done.pages),
                 Verdict::Ack,
             ),
             Err(Failure::Skip(reason)) => (
@@ -399,11 +395,6 @@ impl Processor {
         };
         let ctx = Arc::new(BatchContext {
             project_id,
-            run_record_batch: run_record_batch(
-                &raw_config,
-                spec.job_type().as_str(),
-                &hex::encode(Sha256::digest(raw.as_bytes())),
-            ),
             spec,
             classifier,
             vision: self.vision.clone(),
@@ -464,64 +455,40 @@ impl Processor {
                     .await?
             }
         };
-        Ok(self.done(&ctx, msg, &job_id, placed, &output_key, began))
+        Ok(Self::done(placed, &output_key, began))
     }
 
-    /// The item's result and its file's run record, from where its output went.
-    fn done(
-        &self,
-        ctx: &BatchContext,
-        msg: &ItemMessage,
-        job_id: &str,
-        placed: Placed,
-        output_key: &str,
-        began: std::time::Instant,
-    ) -> Done {
-        let job_type = ctx.spec.job_type().as_str();
-        let (result, pages, output_path) = match placed {
+    /// The item's result, from where its output went. A file's processing results are
+    /// read from its items by the dispatcher, so nothing more is written per file.
+    fn done(placed: Placed, output_key: &str, began: std::time::Instant) -> Done {
+        let (result, pages) = match placed {
             // Classify keeps its answer on the item whichever way the output went.
             Placed::File {
                 summary: Some(s),
                 pages,
-            } => (s.to_string(), pages, self.store.uri(output_key)),
+            } => (s.to_string(), pages),
             Placed::File {
                 summary: None,
                 pages,
             } => (
                 json!({ "output_key": output_key, "pages": pages }).to_string(),
                 pages,
-                self.store.uri(output_key),
             ),
             Placed::Inline {
                 body,
                 summary: true,
                 pages,
-            } => (body, pages, inline_uri(job_type, job_id)),
+            } => (body, pages),
             // The body is already JSON: splice it in rather than parse and encode it again.
             Placed::Inline {
                 body,
                 summary: false,
                 pages,
-            } => (
-                format!("{{\"pages\":{pages},\"output\":{body}}}"),
-                pages,
-                inline_uri(job_type, job_id),
-            ),
+            } => (format!("{{\"pages\":{pages},\"output\":{body}}}"), pages),
         };
-        // The batch's part of the record is encoded once per batch (`run_record_batch`); a
-        // `json!` tree per item copied the job config and sorted its keys each time.
-        let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-        let run_record = format!(
-            "{{\"item_id\":{},{},\"output_s3_path\":{},\"processed_at\":{},\"result_id\":{},\"output_metadata\":{{\"pages\":{pages}}}}}",
-            text(&msg.item_id),
-            ctx.run_record_batch,
-            text(&output_path),
-            text(&docfleet_shared::now_rfc3339()),
-            text(job_id),
-        );
         Done {
             result,
-            run_record,
+            pages,
             seconds: began.elapsed().as_secs_f64(),
         }
     }
@@ -556,9 +523,9 @@ impl Processor {
         let job_type = ctx.spec.job_type();
         let job_id = job_type.job_id(&msg.batch_id, hint.order);
         // An inline output has no file: the key is never written.
-        let done = self.done(&ctx, msg, &job_id, placed, "", began);
+        let done = Self::done(placed, "", began);
         let outcome = ItemOutcome::new(Outcome::Completed)
-            .with_result(done.result, done.run_record)
+            .with_result(done.result, done.pages)
             .direct(job_id);
         let label = match self
             .ledger
@@ -713,18 +680,6 @@ fn classify_with_vision(
         })
 }
 
-/// The fields every run record of a batch shares, as a JSON fragment without braces.
-fn run_record_batch(job_config: &Value, job_type: &str, parameters_hash: &str) -> String {
-    let whole = json!({
-        "job_config": job_config,
-        "job_type": job_type,
-        "parameters_hash": parameters_hash,
-    })
-    .to_string();
-    // `{…}` of an object always has its braces at both ends.
-    whole[1..whole.len() - 1].to_owned()
-}
-
 /// Input files up to this size may be parsed on the async thread itself (see `quick_format`).
 const QUICK_BYTES: u64 = 4096;
 
@@ -807,11 +762,6 @@ enum Placed {
     },
 }
 
-/// Where an inline output can be read: the API's own view of the job.
-fn inline_uri(job_type: &str, job_id: &str) -> String {
-    format!("/api/v2/{job_type}/{job_id}")
-}
-
 /// Keeps a small output for the item record, or writes it (and any images beside it) under
 /// `key`; blocking.
 fn place_output(
@@ -854,7 +804,7 @@ fn write_output(store: &FileStore, key: &str, unplaced: Unplaced) -> Result<Plac
 /// A successful item, ready to record.
 struct Done {
     result: String,
-    run_record: String,
+    pages: usize,
     /// Time spent producing it.
     seconds: f64,
 }
@@ -1142,22 +1092,6 @@ mod tests {
             title: None,
             ocr_pages: Vec::new(),
         }
-    }
-
-    #[test]
-    fn a_run_record_holds_the_batch_fields_once() {
-        let head = run_record_batch(&json!({ "parameters": { "x": "a\"b" } }), "parse", "ab12");
-        let record: Value =
-            serde_json::from_str(&format!("{{\"item_id\":\"dfl-1\",{head}}}")).unwrap();
-        assert_eq!(
-            record,
-            json!({
-                "item_id": "dfl-1",
-                "job_config": { "parameters": { "x": "a\"b" } },
-                "job_type": "parse",
-                "parameters_hash": "ab12",
-            })
-        );
     }
 
     #[test]

@@ -47,8 +47,8 @@ pub struct ItemOutcome {
     pub skip_reason: String,
     /// The result stored on the item.
     pub result: String,
-    /// The file's processing-results record.
-    pub run_record: String,
+    /// How many pages the output has, in decimal ('' for none).
+    pub pages: String,
     /// The item's job id, when no claim started it (see [`Finished::direct`]).
     pub direct: Option<String>,
 }
@@ -61,7 +61,7 @@ impl ItemOutcome {
             error_message: String::new(),
             skip_reason: String::new(),
             result: String::new(),
-            run_record: String::new(),
+            pages: String::new(),
             direct: None,
         }
     }
@@ -72,10 +72,10 @@ impl ItemOutcome {
         self
     }
 
-    /// With the result and the file's run record.
-    pub fn with_result(mut self, result: String, run_record: String) -> Self {
+    /// With the result and its page count.
+    pub fn with_result(mut self, result: String, pages: usize) -> Self {
         self.result = result;
-        self.run_record = run_record;
+        self.pages = pages.to_string();
         self
     }
 
@@ -248,7 +248,7 @@ async fn send_finishes(
                 error_message: &o.error_message,
                 skip_reason: &o.skip_reason,
                 result: &o.result,
-                run_record: &o.run_record,
+                pages: &o.pages,
             },
             direct: o.direct.as_deref(),
         })

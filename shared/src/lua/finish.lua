@@ -1,7 +1,8 @@
--- Records the outcomes of items of one batch, each once. KEYS: batch, events, then each
--- item's file run list. ARGV: base, now, batch_id, then per item, in KEYS' order: item_id,
--- outcome (completed|failed|skipped), error_message, skip_reason, result, run record ('' for
--- none), direct ('' or the item's job id).
+-- Records the outcomes of items of one batch, each once. KEYS: batch, events. ARGV: base,
+-- now, batch_id, then per item: item_id, outcome (completed|failed|skipped), error_message,
+-- skip_reason, result, pages ('' for none), direct ('' or the item's job id). A file's
+-- processing results are read from its items (`P:dir:<id>:batches`), so nothing is written
+-- per file.
 --
 -- A direct outcome is of an item no claim started (a tiny file a worker parsed straight from
 -- its message): it is recorded only if the item is still pending and its job id is the one
@@ -46,9 +47,7 @@ for i = 4, #ARGV, 7 do
       emit_item(batch_key, events_key, 'running', bid, iid, 'processing', now)
     end
     settle(batch_key, events_key, base, bid, iid, it[1], outcome, it[2], now,
-      ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], attempts)
-    local run = ARGV[i + 5]
-    if run ~= '' then redis.call('RPUSH', KEYS[3 + (i - 4) / 7], run) end
+      ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], attempts, ARGV[i + 5])
     out[#out + 1] = 'recorded'
     recorded = true
   end

@@ -106,7 +106,7 @@ end
 -- flushed), and so is `attempts` when given (an item settled straight from pending, which no
 -- claim counted).
 local function settle(batch_key, events_key, base, bid, iid, from, to, order, now,
-                      error_message, skip_reason, result, attempts)
+                      error_message, skip_reason, result, attempts, pages)
   local ik = base .. ':item:' .. iid
   local set = { 'status', to, 'completed_at', now, 'updated_at', now }
   if attempts then
@@ -122,6 +122,10 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
   if skip_reason and skip_reason ~= '' then
     set[#set + 1] = 'skip_reason'
     set[#set + 1] = skip_reason
+  end
+  if pages and pages ~= '' then
+    set[#set + 1] = 'pages'
+    set[#set + 1] = pages
   end
   if result and result ~= '' then
     results[#results + 1] = iid
