@@ -20,7 +20,7 @@ use crate::auth::Project;
 use crate::error::ApiError;
 use crate::expansion;
 use crate::http::{parse_json, JsonBody, QueryParams, RawBody};
-use crate::records::{job_item, BatchRecord};
+use crate::records::{fill_items, job_item, BatchRecord};
 use crate::state::AppState;
 
 /// Most rules one classify job may carry.
@@ -470,7 +470,7 @@ pub async fn items(
     Path(batch_id): Path<String>,
     q: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
-    load(&st, &project, &batch_id).await?;
+    let batch = load(&st, &project, &batch_id).await?;
     let limit = q.int("limit", 50, 1, 1000)? as isize;
     let offset = q.int("offset", 0, 0, u32::MAX as u64)? as isize;
     let set = match q.get("status") {
@@ -486,13 +486,14 @@ pub async fn items(
         }
     };
     let mut con = st.redis.clone();
-    let (ids, total): (Vec<String>, u64) = redis::pipe()
-        .zrange(&set, offset, offset + limit - 1)
+    // Every set is scored by input order, which names the item's job id.
+    let (ids, total): (Vec<(String, f64)>, u64) = redis::pipe()
+        .zrange_withscores(&set, offset, offset + limit - 1)
         .zcard(&set)
         .query_async(&mut con)
         .await?;
     let mut pipe = redis::pipe();
-    for id in &ids {
+    for (id, _) in &ids {
         pipe.hgetall(st.keys.item(&batch_id, id));
     }
     let hashes: Vec<HashMap<String, String>> = if ids.is_empty() {
@@ -500,11 +501,13 @@ pub async fn items(
     } else {
         pipe.query_async(&mut con).await?
     };
-    let items: Vec<Value> = ids
-        .iter()
-        .zip(hashes.iter())
-        .map(|(id, h)| job_item(id, h))
+    let mut rows: Vec<(String, f64, HashMap<String, String>)> = ids
+        .into_iter()
+        .zip(hashes)
+        .map(|((id, order), h)| (id, order, h))
         .collect();
+    fill_items(&mut con, &st.keys, &batch_id, &batch, &mut rows).await?;
+    let items: Vec<Value> = rows.iter().map(|(id, _, h)| job_item(id, h)).collect();
     Ok(Json(json!({ "items": items, "total_size": total })))
 }
 

@@ -17,7 +17,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use docfleet_shared::model::{BatchStatus, JobType, Priority};
+use docfleet_shared::model::{BatchStatus, Priority};
 use docfleet_shared::scripts::NewItem;
 use docfleet_shared::settings::DispatcherSettings;
 use docfleet_shared::wire::{ItemHint, ItemMessage};
@@ -385,7 +385,6 @@ async fn prepare(
         return Ok(Step::Stopped);
     }
     let cursor: i64 = cursor.unwrap_or_else(|| get("cursor").parse().unwrap_or(0));
-    let job_type = JobType::parse(get("job_type")).unwrap_or(JobType::Parse);
     let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) = if get("source") == "directory" {
         // Directory mode reads the directory `page_size` files at a time, as asked.
         let page_size: i64 = get("page_size").parse().unwrap_or(100);
@@ -459,7 +458,6 @@ async fn prepare(
             item_id: id.clone(),
             name,
             order,
-            job_id: job_type.job_id(batch_id, order),
             refusal,
         });
     }

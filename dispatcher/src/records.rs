@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use docfleet_shared::model::BatchStatus;
+use docfleet_shared::model::{BatchStatus, JobType};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -168,4 +168,65 @@ pub fn job_item(item_id: &str, h: &HashMap<String, String>) -> Value {
         "completed_at": get("completed_at"),
         "effective_at": get("created_at"),
     })
+}
+
+/// What an item's record leaves out, filled in from its batch and its file, for items of
+/// `batch` given as (id, order, record). Register writes no record (a pending item has
+/// none), and the scripts write only state: the name is the file's, read here only if its
+/// project is the batch's (an id refused at expansion shows itself, never another
+/// project's name); the job id derives from the order; the item took effect with its batch.
+pub async fn fill_items(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &docfleet_shared::keys::Keys,
+    batch_id: &str,
+    batch: &BatchRecord,
+    items: &mut [(String, f64, HashMap<String, String>)],
+) -> redis::RedisResult<()> {
+    let kind = batch
+        .get("job_type")
+        .and_then(JobType::parse)
+        .unwrap_or(JobType::Parse);
+    let unnamed: Vec<usize> = (0..items.len())
+        .filter(|&i| !items[i].2.contains_key("name"))
+        .collect();
+    let files: Vec<Option<String>> = if unnamed.is_empty() {
+        Vec::new()
+    } else {
+        redis::cmd("MGET")
+            .arg(
+                unnamed
+                    .iter()
+                    .map(|&i| keys.dfile(&items[i].0))
+                    .collect::<Vec<_>>(),
+            )
+            .query_async(con)
+            .await?
+    };
+    for (&i, file) in unnamed.iter().zip(files) {
+        let (id, _, h) = &mut items[i];
+        let name = file
+            .and_then(|f| serde_json::from_str::<NameFacts>(&f).ok())
+            .filter(|f| f.project_id == batch.project())
+            .map(|f| f.display_name)
+            .unwrap_or_else(|| id.clone());
+        h.insert("name".into(), name);
+    }
+    for (_, order, h) in items.iter_mut() {
+        if !h.contains_key("job_id") {
+            h.insert("job_id".into(), kind.job_id(batch_id, *order as i64));
+        }
+        h.entry("status".into()).or_insert_with(|| "pending".into());
+        if let Some(created) = batch.get("created_at") {
+            h.entry("created_at".into())
+                .or_insert_with(|| created.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// What [`fill_items`] reads of a directory-file record.
+#[derive(Deserialize)]
+struct NameFacts {
+    project_id: String,
+    display_name: String,
 }

@@ -41,6 +41,7 @@ async fn resolve(
 ) -> Result<Job, ApiError> {
     let mut con = st.redis.clone();
     let not_found = || ApiError::not_found("job", job_id);
+    let derived = parse_job_id(job_id).map(|d| d.order);
     let (batch_id, item_id) = match parse_job_id(job_id) {
         Some(derived) => {
             if derived.job_type != kind {
@@ -83,11 +84,18 @@ async fn resolve(
     if let Some(result) = result {
         item.entry("result".into()).or_insert(result);
     }
-    // The item must carry this very id: an order that names an item of another id (a batch
-    // registered with random ids) is not this job.
-    if item.get("job_id").map(String::as_str) != Some(job_id) {
-        return Err(not_found());
+    // An item that carries an id must carry this very one: an order that names an item of
+    // another id (a batch registered with random ids) is not this job. One without (every
+    // item registered since) has the id its order gives, which found it.
+    match item.get("job_id") {
+        Some(own) if own == job_id => {}
+        // `.00` reads as the order of `.0`, but names nothing.
+        None if derived.is_some_and(|o| kind.job_id(&batch_id, o) == job_id) => {}
+        _ => return Err(not_found()),
     }
+    let mut rows = [(item_id, derived.unwrap_or(0) as f64, item)];
+    crate::records::fill_items(&mut con, &st.keys, &batch_id, &batch, &mut rows).await?;
+    let [(item_id, _, item)] = rows;
     Ok(Job {
         batch,
         item_id,

@@ -91,12 +91,10 @@ impl Outcome {
 pub struct NewItem {
     /// Directory-file id.
     pub item_id: String,
-    /// Display name.
+    /// Display name, for the message's hint: the item's record is its file's.
     pub name: String,
-    /// Position in the batch's input.
+    /// Position in the batch's input; the item's job id derives from it.
     pub order: i64,
-    /// Per-file job id, used only if the item is new.
-    pub job_id: String,
     /// Why the item cannot run (its file is unknown): it is registered straight as `failed`
     /// with this message, and no message is published for it.
     pub refusal: Option<String>,
@@ -211,9 +209,7 @@ impl Scripts {
             let mut inv = self.invocation(&self.register, batch_id);
             for it in chunk {
                 inv.arg(&it.item_id)
-                    .arg(&it.name)
                     .arg(it.order)
-                    .arg(&it.job_id)
                     .arg(it.refusal.as_deref().unwrap_or(""));
             }
             let n: i64 = inv.invoke_async(con).await?;

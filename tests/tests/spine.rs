@@ -346,7 +346,6 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
             item_id: item.to_owned(),
             name: "renamed".into(),
             order: order as i64,
-            job_id: "pjb-new".into(),
             refusal: None,
         });
     }
@@ -361,8 +360,9 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         scripts.register(&mut con, &id, &again).await.unwrap(),
         Some(0)
     );
-    let name: String = con.hget(f.keys.item(&id, a), "name").await.unwrap();
-    assert_ne!(name, "renamed");
+    // A pending item is its entries in the item and status sets: no record of its own.
+    let record: bool = con.exists(f.keys.item(&id, a)).await.unwrap();
+    assert!(!record);
     assert_eq!(set_len(ItemStatus::Pending).await, 3);
     let registered: u64 = con.hget(f.keys.batch(&id), "registered").await.unwrap();
     assert_eq!(registered, 4);
@@ -372,8 +372,8 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         scripts.register(&mut con, &id, &again).await.unwrap(),
         Some(0)
     );
-    let name: String = con.hget(f.keys.item(&id, a), "name").await.unwrap();
-    assert_ne!(name, "renamed");
+    let record: bool = con.exists(f.keys.item(&id, a)).await.unwrap();
+    assert!(!record);
     let registered_to: Option<i64> = con.hget(f.keys.batch(&id), "registered_to").await.unwrap();
     assert_eq!(registered_to, None);
 
@@ -582,9 +582,15 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
     assert_eq!(item["status"], "completed");
     assert_eq!(item["attempts"], "1");
     assert!(item.contains_key("started_at"), "{item:?}");
-    let b_status: String = con.hget(f.keys.item(&id, b), "status").await.unwrap();
-    assert_eq!(b_status, "pending");
     assert_eq!(item["pages"], "1", "{item:?}");
+    // b stays pending: no record, still in the pending set.
+    let b_record: bool = con.exists(f.keys.item(&id, b)).await.unwrap();
+    assert!(!b_record);
+    let b_pending: Option<f64> = con
+        .zscore(f.keys.batch_status_set(&id, ItemStatus::Pending), b)
+        .await
+        .unwrap();
+    assert!(b_pending.is_some());
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
     assert_eq!(st["job"]["status"], "running", "{st}");
     assert_eq!(st["job"]["processed_items"], 1, "{st}");

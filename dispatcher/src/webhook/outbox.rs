@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::subscription::Endpoint;
-use crate::records::BatchRecord;
+use crate::records::{fill_items, BatchRecord};
 use crate::state::AppState;
 
 /// The consumer group every replica reads through.
@@ -127,22 +127,63 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Writes the deliveries of a read of events: three round trips however many events.
+/// An event some endpoint wants.
+struct Event {
+    id: String,
+    kind: String,
+    batch_id: String,
+    item_id: String,
+    status: String,
+    seq: u64,
+    at: String,
+    wanted: Vec<usize>,
+}
+
+/// Fills in the item records of `events` what the scripts leave out of them (name, job
+/// id; a pending item has no record at all): one more round trip per batch among them.
+async fn fill_item_records(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    events: &[Event],
+    records: &mut [HashMap<String, String>],
+) -> redis::RedisResult<()> {
+    let mut by_batch: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if !e.item_id.is_empty() {
+            by_batch.entry(&e.batch_id).or_default().push(i);
+        }
+    }
+    for (batch_id, at) in by_batch {
+        let (batch, orders): (HashMap<String, String>, Vec<Option<f64>>) = redis::pipe()
+            .hgetall(st.keys.batch(batch_id))
+            .cmd("ZMSCORE")
+            .arg(st.keys.batch_items(batch_id))
+            .arg(at.iter().map(|&i| &events[i].item_id).collect::<Vec<_>>())
+            .query_async(con)
+            .await?;
+        let mut rows: Vec<(String, f64, HashMap<String, String>)> = at
+            .iter()
+            .zip(orders)
+            .map(|(&i, order)| {
+                let record = std::mem::take(&mut records[i]);
+                (events[i].item_id.clone(), order.unwrap_or(0.0), record)
+            })
+            .collect();
+        fill_items(con, &st.keys, batch_id, &BatchRecord(batch), &mut rows).await?;
+        for (&i, (_, _, record)) in at.iter().zip(rows) {
+            records[i] = record;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the deliveries of a read of events: three round trips however many events, and
+/// one more per batch whose items they are about.
 async fn handle(
     st: &AppState,
     cache: &mut HashMap<String, Arc<Vec<Endpoint>>>,
     entries: &[StreamId],
 ) -> redis::RedisResult<()> {
-    struct Event {
-        id: String,
-        kind: String,
-        batch_id: String,
-        item_id: String,
-        status: String,
-        seq: u64,
-        at: String,
-        wanted: Vec<usize>,
-    }
     let mut events = Vec::new();
     for entry in entries {
         let field = |k: &str| entry.get::<String>(k).unwrap_or_default();
@@ -188,7 +229,8 @@ async fn handle(
             pipe.hgetall(st.keys.item(&e.batch_id, &e.item_id));
         }
     }
-    let records: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
+    let mut records: Vec<HashMap<String, String>> = pipe.query_async(&mut con).await?;
+    fill_item_records(st, &mut con, &events, &mut records).await?;
     let now = docfleet_shared::now_millis();
     let mut pipe = redis::pipe();
     for (e, h) in events.iter().zip(records) {

@@ -13,8 +13,8 @@ end
 for i = 4, #ARGV do
   local iid = ARGV[i]
   local ik = base .. ':item:' .. iid
-  local it = redis.call('HMGET', ik, 'status', 'order', 'job_id', 'attempts')
-  if it[1] == false then
+  local it = item_state(batch_key, base, bid, ik, iid, true)
+  if it == nil then
     out[#out + 1] = { 'missing' }
   elseif TERMINAL_ITEM[it[1]] then
     out[#out + 1] = { 'done', it[1] }
@@ -28,8 +28,8 @@ for i = 4, #ARGV do
     -- than the field it writes, and the script runs alone, so the read stays current.
     local attempts = next_attempt(it[4])
     if it[1] == 'pending' then
-      redis.call('HSET', ik, 'status', 'processing', 'attempts', attempts, 'started_at', now,
-        'updated_at', now)
+      redis.call('HSET', ik, 'status', 'processing', 'order', it[2], 'attempts', attempts,
+        'started_at', now, 'updated_at', now)
       move(iid, it[2], status_key(base, 'pending'), status_key(base, 'processing'))
       emit_item(batch_key, events_key, 'running', bid, iid, 'processing', now)
     else

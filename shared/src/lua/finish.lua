@@ -19,18 +19,13 @@ local bst = nil
 for i = 4, #ARGV, 7 do
   local iid, outcome, direct = ARGV[i], ARGV[i + 1], ARGV[i + 6]
   local ik = base .. ':item:' .. iid
-  local it
-  if direct == '' then
-    it = redis.call('HMGET', ik, 'status', 'order')
-  else
-    it = redis.call('HMGET', ik, 'status', 'order', 'job_id', 'attempts')
-  end
+  local it = item_state(batch_key, base, bid, ik, iid, direct ~= '')
   local attempts, batch_state = nil, nil
-  if it[1] ~= false and direct ~= '' then
+  if it ~= nil and direct ~= '' then
     if bst == nil then bst = redis.call('HGET', batch_key, 'status') end
     attempts, batch_state = next_attempt(it[4]), bst
   end
-  if it[1] == false or batch_state == false then
+  if it == nil or batch_state == false then
     out[#out + 1] = 'missing'
   elseif TERMINAL_ITEM[it[1]] then
     out[#out + 1] = 'duplicate'

@@ -34,6 +34,34 @@ local function emit_item(batch_key, events_key, what, bid, iid, status, now)
   emit(batch_key, events_key, f.job_type .. '.' .. what, bid, iid, status, now)
 end
 
+-- The job id of the item at `order` (`JobType::job_id`): `<prefix>-<batch uuid>.<order, hex>`.
+local JOB_PREFIX = { parse = 'pjb', classify = 'cjb' }
+local function derived_job_id(batch_key, bid, order)
+  local prefix = JOB_PREFIX[batch_fixed(batch_key).job_type] or 'pjb'
+  local uuid = bid
+  if string.sub(bid, 1, 4) == 'bjb-' then uuid = string.sub(bid, 5) end
+  return prefix .. '-' .. uuid .. '.' .. string.format('%x', tonumber(order))
+end
+
+-- An item's state, {status, order[, job_id, attempts]}, from its hash; or, for an item
+-- registered without one (it is pending: register writes none), from its entry in `:items`,
+-- which also holds the order of an item settled straight from pending. nil if the batch
+-- never registered it.
+local function item_state(batch_key, base, bid, ik, iid, with_job)
+  local it
+  if with_job then
+    it = redis.call('HMGET', ik, 'status', 'order', 'job_id', 'attempts')
+  else
+    it = redis.call('HMGET', ik, 'status', 'order')
+  end
+  if it[1] and it[2] then return it end
+  local order = redis.call('ZSCORE', base .. ':items', iid)
+  if order == false then return nil end
+  it[1], it[2] = it[1] or 'pending', order
+  if with_job and not it[3] then it[3] = derived_job_id(batch_key, bid, order) end
+  return it
+end
+
 local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'error',
   skipped = 'error', cancelled = 'cancelled' }
 
