@@ -166,11 +166,7 @@ async fn run_record(
     let stored = match result.get("output_key").and_then(Value::as_str) {
         Some(key) => Some(key.to_owned()),
         None if kind == JobType::Classify => {
-            let key = docfleet_shared::store::sharded_key(
-                &format!("projects/{project}/results/{}", f.batch_id),
-                &job_id,
-                ".json",
-            );
+            let key = docfleet_shared::store::result_key(project, &f.batch_id, &job_id);
             st.store.size(&key).await.is_ok().then_some(key)
         }
         None => None,

@@ -341,6 +341,16 @@ pub fn file_key(project: &str, file_id: &str) -> String {
     sharded_key(&format!("projects/{project}/files"), file_id, "")
 }
 
+/// Where the output of the per-file job `job_id` of a batch of `project` is kept when it does
+/// not fit the item's result: the worker writes it there and the dispatcher finds it there.
+pub fn result_key(project: &str, batch_id: &str, job_id: &str) -> String {
+    sharded_key(
+        &format!("projects/{project}/results/{batch_id}"),
+        job_id,
+        ".json",
+    )
+}
+
 /// `dir/<xy>/name`: objects fan out over 256 sub-folders by the last two characters of their
 /// (random) id, so no folder grows huge and concurrent writers rarely share a folder lock.
 pub fn sharded_key(dir: &str, id: &str, suffix: &str) -> String {

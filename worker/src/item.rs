@@ -423,11 +423,8 @@ impl Processor {
         let Ok(cpu) = self.cpu.clone().acquire_owned().await else {
             return Err(Failure::Retry("worker shutting down".into()));
         };
-        let output_key = docfleet_shared::store::sharded_key(
-            &format!("projects/{}/results/{}", ctx.project_id, msg.batch_id),
-            &job_id,
-            ".json",
-        );
+        let output_key =
+            docfleet_shared::store::result_key(&ctx.project_id, &msg.batch_id, &job_id);
         let inline_max = self.settings.store.inline_max_bytes;
         // A small text file is read and parsed right here: the work takes microseconds, less
         // than the two thread hops of a blocking task. Anything else, and an output that needs
