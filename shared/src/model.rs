@@ -144,6 +144,9 @@ impl JobType {
     /// item. That saves a Redis key per item (about 200 bytes, and a write at registration).
     /// Orders are unique within a batch, so ids are unique. The hex order ends the id, so
     /// result files spread over the store's 256 fan-out folders (`store::sharded_key`).
+    ///
+    /// The Lua prelude's `derived_job_id` builds the same id for an item without a record;
+    /// `spine::an_unclaimed_outcome_is_recorded_only_for_a_pending_item` holds the two equal.
     pub fn job_id(self, batch_id: &str, order: i64) -> String {
         let batch = batch_id.strip_prefix(BATCH_ID_PREFIX).unwrap_or(batch_id);
         format!("{}-{batch}.{order:x}", self.job_id_prefix())

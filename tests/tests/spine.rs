@@ -394,6 +394,21 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         "{claims:?}"
     );
     assert_eq!(claims[4], Claim::Missing);
+    // An item without a record gets the job id its order gives, derived in Lua as in Rust.
+    for (claim, item) in claims.iter().zip([a, a, b, c]) {
+        let order: f64 = con.zscore(f.keys.batch_items(&id), item).await.unwrap();
+        let Claim::Run(run) = claim else {
+            panic!("{claim:?}")
+        };
+        assert_eq!(
+            run.job_id.as_deref(),
+            Some(
+                docfleet_shared::model::JobType::Parse
+                    .job_id(&id, order as i64)
+                    .as_str()
+            )
+        );
+    }
     assert_eq!(set_len(ItemStatus::Pending).await, 0);
     assert_eq!(set_len(ItemStatus::Processing).await, 3);
 

@@ -45,8 +45,8 @@ end
 
 -- An item's state, {status, order[, job_id, attempts]}, from its hash; or, for an item
 -- registered without one (it is pending: register writes none), from its entry in `:items`,
--- which also holds the order of an item settled straight from pending. nil if the batch
--- never registered it.
+-- which also holds the order of an item settled straight from pending. The job id derives
+-- from the order unless the record holds one. nil if the batch never registered it.
 local function item_state(batch_key, base, bid, ik, iid, with_job)
   local it
   if with_job then
@@ -54,11 +54,13 @@ local function item_state(batch_key, base, bid, ik, iid, with_job)
   else
     it = redis.call('HMGET', ik, 'status', 'order')
   end
-  if it[1] and it[2] then return it end
-  local order = redis.call('ZSCORE', base .. ':items', iid)
-  if order == false then return nil end
-  it[1], it[2] = it[1] or 'pending', order
-  if with_job and not it[3] then it[3] = derived_job_id(batch_key, bid, order) end
+  if not (it[1] and it[2]) then
+    local order = redis.call('ZSCORE', base .. ':items', iid)
+    if order == false then return nil end
+    it[1], it[2] = it[1] or 'pending', order
+  end
+  -- Only records of older releases hold a job id.
+  if with_job and not it[3] then it[3] = derived_job_id(batch_key, bid, it[2]) end
   return it
 end
 
