@@ -431,7 +431,7 @@ async fn prepare(
     let project = get("project_id");
     let mut items = Vec::with_capacity(ids.len());
     let mut sizes = Vec::with_capacity(ids.len());
-    let mut directories: Vec<String> = Vec::new();
+    let mut directories: HashSet<String> = HashSet::new();
     for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
         let file = match raw {
             Some(r) => Some(serde_json::from_str::<FileFacts>(&r)?),
@@ -442,9 +442,7 @@ async fn prepare(
         // item, named by its id alone.
         let (name, refusal, size) = match file {
             Some(f) if f.project_id == project => {
-                if !directories.contains(&f.directory_id) {
-                    directories.push(f.directory_id);
-                }
+                directories.insert(f.directory_id);
                 (f.display_name, None, f.size_bytes)
             }
             _ => (

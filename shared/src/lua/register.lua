@@ -1,7 +1,7 @@
 -- Registers a page of items as pending, once each. KEYS: batch, events.
 -- ARGV: base, now, batch_id, then (item_id, order, refusal) groups. A pending item is its
 -- entry in `:items` and `:st:pending` alone: its hash is written when it leaves pending
--- (`pending_item` reads one that has none), its name is its file's, and its job id derives
+-- (`item_state` reads one that has none), its name is its file's, and its job id derives
 -- from the batch and the order (`JobType::job_id`). An item with a refusal (its file is
 -- unknown) is failed at once with it as the error.
 -- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
