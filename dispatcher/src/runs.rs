@@ -102,8 +102,7 @@ async fn read_items(
 ) -> Result<Vec<Found>, ApiError> {
     let mut pipe = redis::pipe();
     for b in batches {
-        pipe.hget(st.keys.batch(b), "project_id")
-            .hget(st.keys.batch(b), "job_type")
+        pipe.hmget(st.keys.batch(b), &["project_id", "job_type"])
             .get(st.keys.batch_config(b))
             .hgetall(st.keys.item(b, item_id))
             .hget(st.keys.batch_results(b), item_id)
@@ -114,10 +113,11 @@ async fn read_items(
     let mut next = || replies.next().unwrap_or(redis::Value::Nil);
     let mut found = Vec::with_capacity(batches.len());
     for b in batches {
+        let (project, job_type) = decode(next())?;
         found.push(Found {
             batch_id: b.clone(),
-            project: decode(next())?,
-            job_type: decode(next())?,
+            project,
+            job_type,
             config: decode(next())?,
             item: decode(next())?,
             result: decode(next())?,
