@@ -2,9 +2,11 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::Json;
+use docfleet_shared::metrics::StatusReadLabels;
 use docfleet_shared::model::{
     parse_page_selection, BatchStatus, ClassifyJobConfig, ClassifyMode, ItemStatus, JobType,
     ParseJobConfig, BATCH_ID_PREFIX,
@@ -419,10 +421,34 @@ pub async fn status(
     Project(project): Project,
     Path(batch_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = load(&st, &project, &batch_id).await?;
+    let rec = match st.status_cache.get(&batch_id) {
+        Some(rec) => {
+            read_from(&st, "memory");
+            if rec.project() != project {
+                return Err(ApiError::not_found("batch", &batch_id));
+            }
+            rec
+        }
+        None => {
+            read_from(&st, "redis");
+            let asked_at = std::time::Instant::now();
+            let rec = load(&st, &project, &batch_id).await?;
+            st.status_cache.put(&batch_id, rec.clone(), asked_at);
+            Arc::new(rec)
+        }
+    };
     Ok(Json(
         json!({ "job": rec.to_api(), "progress_percentage": rec.progress() }),
     ))
+}
+
+fn read_from(st: &AppState, source: &str) {
+    st.metrics
+        .status_reads
+        .get_or_create(&StatusReadLabels {
+            source: source.to_owned(),
+        })
+        .inc();
 }
 
 /// `POST .../cancel` body.
@@ -453,6 +479,7 @@ pub async fn cancel(
         CancelOutcome::Missing => return Err(ApiError::not_found("batch", &batch_id)),
     }
     while st.scripts.sweep(&mut con, &batch_id, 1000).await? > 0 {}
+    st.status_cache.forget(&batch_id);
     tracing::info!(batch_id = %batch_id, "Batch cancelled.");
     let rec = load(&st, &project, &batch_id).await?;
     Ok(Json(json!({
@@ -521,6 +548,7 @@ pub async fn recount(
     load(&st, &project, &batch_id).await?;
     let mut con = st.redis.clone();
     let tally = st.scripts.recount(&mut con, &batch_id).await?;
+    st.status_cache.forget(&batch_id);
     tracing::info!(batch_id = %batch_id, ?tally, "Batch recounted.");
     let rec = load(&st, &project, &batch_id).await?;
     Ok(Json(

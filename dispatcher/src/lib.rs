@@ -4,6 +4,7 @@
 //! - [`http`], [`error`], [`auth`]: request plumbing: JSON `detail` errors, bearer keys.
 //! - [`directories`]: directories and uploads into the file store.
 //! - [`batch`]: create, list, status, cancel, items; [`runs`]: a file's processing results.
+//! - [`status_cache`]: snapshots of polled batches, refreshed together, for `get_status`.
 //! - [`results`]: per-file parse and classify results.
 //! - [`expansion`]: the background loop that publishes one message per file.
 //! - [`publisher`]: confirmed publishing with reconnection.
@@ -19,6 +20,7 @@ pub mod records;
 pub mod results;
 pub mod runs;
 pub mod state;
+pub mod status_cache;
 pub mod webhook;
 
 use std::future::Future;
@@ -75,6 +77,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         webhook_wake: Arc::new(Notify::new()),
         metrics: Arc::default(),
         key_cache: Arc::default(),
+        status_cache: Arc::new(status_cache::StatusCache::new(&settings.status)),
         replica_id: format!("dispatcher-{}", uuid::Uuid::new_v4()).into(),
         settings: Arc::new(settings),
     })
@@ -230,6 +233,11 @@ pub async fn run(
     let sender =
         Arc::new(webhook::delivery::Sender::new(state.clone()).map_err(DispatcherError::Webhook)?);
     let sending = tokio::spawn(sender.run(stop_rx.clone()));
+    let snapshots = tokio::spawn(state.status_cache.clone().run(
+        state.redis.clone(),
+        state.keys.clone(),
+        stop_rx.clone(),
+    ));
     let depth = tokio::spawn(watch_queue_depth(state.clone(), stop_rx));
     tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
     let served = axum::serve(listener, router(state))
@@ -241,6 +249,7 @@ pub async fn run(
     // In-flight deliveries finish (bounded by the request timeout); the rest stay due in Redis.
     let _ = sending.await;
     let _ = depth.await;
+    let _ = snapshots.await;
     tracing::info!("Dispatcher drained.");
     served.map_err(DispatcherError::from)
 }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub key_cache: Arc<crate::auth::KeyCache>,
     /// Prometheus metrics.
     pub metrics: Arc<docfleet_shared::metrics::Metrics>,
+    /// Snapshots of polled batches, for `get_status`.
+    pub status_cache: Arc<crate::status_cache::StatusCache>,
     /// This replica's id, used as the expansion lease owner.
     pub replica_id: Arc<str>,
 }

@@ -38,6 +38,13 @@ pub struct WebhookLabels {
     pub outcome: String,
 }
 
+/// `source` of a status read.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusReadLabels {
+    /// `memory` (a refreshed snapshot) or `redis`.
+    pub source: String,
+}
+
 fn histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
@@ -63,6 +70,8 @@ pub struct Metrics {
     pub ledger_group_items: Histogram,
     /// Items a worker recorded straight from their message, without a claim.
     pub items_unclaimed: Counter,
+    /// `get_status` reads by where they were answered from.
+    pub status_reads: Family<StatusReadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -78,6 +87,7 @@ impl Default for Metrics {
             webhook_seconds: histogram(),
             ledger_group_items: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
             items_unclaimed: Counter::default(),
+            status_reads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,6 +134,11 @@ impl Default for Metrics {
             "items_unclaimed",
             "Tiny files recorded straight from their message, without a claim",
             m.items_unclaimed.clone(),
+        );
+        registry.register(
+            "status_reads",
+            "get_status reads, by whether a refreshed snapshot or Redis answered",
+            m.status_reads.clone(),
         );
         Self { registry, ..m }
     }

@@ -133,6 +133,34 @@ impl Default for WebhookSettings {
     }
 }
 
+/// `get_status` answered from memory: the dispatcher keeps a snapshot of each batch polled
+/// lately, refreshed for all of them in one pipelined read per tick.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusSettings {
+    /// How often the snapshots of polled batches are read again; 0 reads Redis on every
+    /// request instead.
+    pub refresh_ms: u64,
+    /// The oldest snapshot a read is answered from, counted from when its read was sent;
+    /// an older one (Redis slow to answer the refresh) sends the read to Redis.
+    pub max_staleness_ms: u64,
+    /// A batch not polled for this long is no longer refreshed.
+    pub watch_secs: u64,
+    /// Batches refreshed at most; reads of further batches go to Redis.
+    pub max_batches: usize,
+}
+
+impl Default for StatusSettings {
+    fn default() -> Self {
+        Self {
+            refresh_ms: 100,
+            max_staleness_ms: 250,
+            watch_secs: 60,
+            max_batches: 1_000,
+        }
+    }
+}
+
 /// The dispatcher's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -168,6 +196,8 @@ pub struct DispatcherSettings {
     pub expansion_queue_per_consumer: u32,
     /// Webhook delivery.
     pub webhook: WebhookSettings,
+    /// Status reads from memory.
+    pub status: StatusSettings,
     /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
     pub vision: VisionSettings,
 }
@@ -186,6 +216,7 @@ impl Default for DispatcherSettings {
             expansion_queue_limit: 4_000,
             expansion_queue_per_consumer: 100,
             webhook: WebhookSettings::default(),
+            status: StatusSettings::default(),
             vision: VisionSettings::default(),
         }
     }
@@ -389,6 +420,13 @@ impl Validate for DispatcherSettings {
             return Err(
                 "webhook.concurrency and webhook.per_host_concurrency must be positive".into(),
             );
+        }
+        let s = &self.status;
+        if s.refresh_ms > 0 && s.max_staleness_ms <= s.refresh_ms {
+            return Err(format!(
+                "status.max_staleness_ms ({}) must exceed status.refresh_ms ({}), or no snapshot is ever young enough",
+                s.max_staleness_ms, s.refresh_ms
+            ));
         }
         Ok(())
     }

@@ -502,3 +502,64 @@ async fn create_answers_with_the_batch_it_stored() {
     }
     f.shutdown().await;
 }
+
+/// `docfleet_status_reads_total{source=…}` from the dispatcher's metrics.
+async fn status_reads(f: &Fleet, source: &str) -> u64 {
+    let body = f
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let line = format!("docfleet_status_reads_total{{source=\"{source}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_of_a_running_batch_are_answered_from_memory_until_it_changes_here() {
+    // No workers: the batch stays dispatched until cancelled.
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "d").await;
+    let files = f.upload_texts(&dir, "p", 3).await;
+    let (code, created) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": files }),
+        )
+        .await;
+    assert_eq!(code, 200, "{created}");
+    let id = created["id"].as_str().expect("id");
+    let path = format!("{BATCH}/{id}");
+    f.wait_status(id, "dispatched").await;
+    let from_memory = status_reads(&f, "memory").await;
+    for _ in 0..20 {
+        let (code, status) = f.get(&path).await;
+        assert_eq!(code, 200, "{status}");
+        assert_eq!(status["job"]["total_items"], 3, "{status}");
+    }
+    assert!(
+        status_reads(&f, "memory").await > from_memory,
+        "back-to-back polls of a running batch all went to Redis"
+    );
+    // Another project's key gets a 404 from a snapshot as from Redis.
+    let other = f.new_key("another-project").await;
+    let (code, _) = f.get_as(&other, &path).await;
+    assert_eq!(code, 404);
+    // The replica that cancels drops its snapshot: the very next poll sees the cancel.
+    let (code, c) = f.post(&format!("{path}/cancel"), &json!({})).await;
+    assert_eq!(code, 200, "{c}");
+    let (_, status) = f.get(&path).await;
+    assert_eq!(status["job"]["status"], "cancelled", "{status}");
+    // A cancelled batch is always read from Redis: in-flight items may still be counted.
+    let from_memory = status_reads(&f, "memory").await;
+    for _ in 0..5 {
+        f.get(&path).await;
+    }
+    assert_eq!(status_reads(&f, "memory").await, from_memory);
+    f.shutdown().await;
+}

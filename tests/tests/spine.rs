@@ -487,7 +487,9 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         .await;
     assert_eq!(pr["processing_results"], json!([older, current]), "{pr}");
     let _: () = con.del(f.keys.dfile_runs(a)).await.unwrap();
-    // The last outcome of the group finished the batch, once.
+    // The last outcome of the group finished the batch, once. A status read may answer from
+    // a snapshot up to `status.max_staleness_ms` old, as it would after a worker's write.
+    f.wait_status(&id, "completed").await;
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
     let job = &st["job"];
     assert_eq!(job["status"], "completed", "{st}");
@@ -606,6 +608,7 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
         .await
         .unwrap();
     assert!(b_pending.is_some());
+    f.wait_status(&id, "running").await;
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
     assert_eq!(st["job"]["status"], "running", "{st}");
     assert_eq!(st["job"]["processed_items"], 1, "{st}");
@@ -640,6 +643,9 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
             .unwrap();
         assert_eq!(len, n, "{status:?}");
     }
+    // Cancelled here by the script, as by another replica: the API shows it within
+    // `status.max_staleness_ms`, and reads a cancelled batch from Redis.
+    f.wait_status(&id, "cancelled").await;
     let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
     assert_eq!(st["job"]["processed_items"], 3, "{st}");
     let events = f.events(&id).await;
