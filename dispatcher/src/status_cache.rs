@@ -21,10 +21,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use docfleet_shared::keys::Keys;
+use docfleet_shared::model::BatchStatus;
 use docfleet_shared::settings::StatusSettings;
 use tokio::sync::watch;
-
-use docfleet_shared::model::BatchStatus;
 
 use crate::records::BatchRecord;
 
@@ -112,9 +111,21 @@ impl StatusCache {
     /// Redis, and no read sent before now (a refresh, or a poll still waiting on Redis) can
     /// bring the old record back.
     pub fn forget(&self, batch_id: &str) {
-        if let Some(s) = self.lock().get_mut(batch_id) {
-            s.record = None;
-            s.asked_at = Instant::now();
+        if !self.enabled() {
+            return;
+        }
+        let mut snapshots = self.lock();
+        let now = Instant::now();
+        // Kept even for a batch not polled yet: a poll sent before the change may be on its way.
+        if snapshots.contains_key(batch_id) || snapshots.len() < self.max_batches {
+            snapshots.insert(
+                batch_id.to_owned(),
+                Snapshot {
+                    record: None,
+                    asked_at: now,
+                    polled_at: now,
+                },
+            );
         }
     }
 
@@ -214,6 +225,12 @@ mod tests {
         assert_eq!(c.get("bjb-1").map(|r| r.status().as_str()), Some("running"));
         let before_cancel = Instant::now();
         c.forget("bjb-1");
+        c.forget("bjb-2");
+        c.put("bjb-2", record("running"), before_cancel);
+        assert!(
+            c.get("bjb-2").is_none(),
+            "a poll sent before the change, never polled before"
+        );
         c.refreshed(vec!["bjb-1".into()], vec![record("running")], before_cancel);
         c.put("bjb-1", record("running"), before_cancel);
         assert!(c.get("bjb-1").is_none());
