@@ -234,6 +234,9 @@ async fn create_batch(
         ("priority", job.priority.to_string()),
         ("created_at", now.clone()),
         ("updated_at", now),
+        // Items completed straight from their messages keep no hash (`finish.lua`); batches
+        // of older releases, whose readers and workers expect one, lack the field.
+        ("lean", "1".into()),
     ];
     if let Some(c) = job.correlation_id {
         fields.push(("correlation_id", c));

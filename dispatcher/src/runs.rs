@@ -138,8 +138,9 @@ async fn run_record(
     st: &AppState,
     project: &str,
     item_id: &str,
-    f: Found,
+    mut f: Found,
 ) -> Result<Option<Value>, ApiError> {
+    crate::records::lean_record(&mut f.item, f.result.as_deref());
     let get = |k: &str| f.item.get(k).map(String::as_str).filter(|v| !v.is_empty());
     if f.project.as_deref() != Some(project) || get("status") != Some("completed") {
         return Ok(None);

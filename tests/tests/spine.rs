@@ -562,7 +562,8 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
             item_id,
             outcome: Outcome::Completed,
             fields: OutcomeFields {
-                result: "{}",
+                // As a worker stamps a direct outcome's result (`item::stamped`).
+                result: r#"{"completed_at":"2026-01-02T03:04:05.678Z","pages":1,"output":{}}"#,
                 pages: "1",
                 ..OutcomeFields::default()
             },
@@ -594,12 +595,22 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
             Recorded::Claim
         ]
     );
-    let item: std::collections::HashMap<String, String> =
-        con.hgetall(f.keys.item(&id, a)).await.unwrap();
-    assert_eq!(item["status"], "completed");
-    assert_eq!(item["attempts"], "1");
-    assert!(item.contains_key("started_at"), "{item:?}");
-    assert_eq!(item["pages"], "1", "{item:?}");
+    // The batch is lean: a, completed straight from its message, has no hash of its own.
+    // Its result is its record, and the API shows it completed at the result's time.
+    let a_record: bool = con.exists(f.keys.item(&id, a)).await.unwrap();
+    assert!(!a_record);
+    let (_, listed) = f.get(&format!("{BATCH}/{id}/items?status=completed")).await;
+    let row = &listed["items"][0];
+    assert_eq!(row["item_id"], a, "{listed}");
+    assert_eq!(row["status"], "completed", "{listed}");
+    assert_eq!(row["job_id"], job(a), "{listed}");
+    assert_eq!(row["started_at"], "2026-01-02T03:04:05.678Z", "{listed}");
+    assert_eq!(row["completed_at"], "2026-01-02T03:04:05.678Z", "{listed}");
+    // A redelivery of a's message is claimed, and the claim finds it done.
+    assert_eq!(
+        scripts.claim(&mut con, &id, &[a]).await.unwrap(),
+        [docfleet_shared::scripts::Claim::Done]
+    );
     // b stays pending: no record, still in the pending set.
     let b_record: bool = con.exists(f.keys.item(&id, b)).await.unwrap();
     assert!(!b_record);
@@ -643,6 +654,12 @@ async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
             .unwrap();
         assert_eq!(len, n, "{status:?}");
     }
+    // A recount files a, which has no hash, under completed by its result, with the rest
+    // where their own hashes (or their absence: pending) say.
+    assert_eq!(
+        scripts.recount(&mut con, &id).await.unwrap(),
+        [1, 0, 2, 0, 0, 1]
+    );
     // Cancelled here by the script, as by another replica: the API shows it within
     // `status.max_staleness_ms`, and reads a cancelled batch from Redis.
     f.wait_status(&id, "cancelled").await;

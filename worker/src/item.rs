@@ -521,8 +521,9 @@ impl Processor {
         let job_id = job_type.job_id(&msg.batch_id, hint.order);
         // An inline output has no file: the key is never written.
         let done = Self::done(placed, "", began);
+        let result = stamped(&done.result, &docfleet_shared::now_rfc3339());
         let outcome = ItemOutcome::new(Outcome::Completed)
-            .with_result(done.result, done.pages)
+            .with_result(result, done.pages)
             .direct(job_id);
         let label = match self
             .ledger
@@ -734,6 +735,18 @@ fn place_inline(
         summary: output.summary.is_some(),
         pages: output.pages,
     }))
+}
+
+/// A direct outcome's result with the time it completed as its first field: in a lean batch
+/// it is the item's whole record (`finish.lua` writes no hash; `records::lean_record` reads
+/// it). The result is an object built here (`Processor::done`), so the field is spliced in
+/// rather than the whole output parsed and encoded again.
+fn stamped(result: &str, at: &str) -> String {
+    match result.strip_prefix('{') {
+        Some("}") => format!("{{\"completed_at\":\"{at}\"}}"),
+        Some(rest) => format!("{{\"completed_at\":\"{at}\",{rest}"),
+        None => result.to_owned(),
+    }
 }
 
 /// An output bound for a file.
@@ -1011,6 +1024,18 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamped_result_is_the_same_json_with_its_time_first() {
+        let at = "2026-01-02T03:04:05.678Z";
+        let result = r#"{"pages":2,"output":{"pages":[{"text":"a"}]}}"#;
+        let full: Value = serde_json::from_str(&stamped(result, at)).unwrap();
+        let mut expected: Value = serde_json::from_str(result).unwrap();
+        expected["completed_at"] = json!(at);
+        assert_eq!(full, expected);
+        let empty: Value = serde_json::from_str(&stamped("{}", at)).unwrap();
+        assert_eq!(empty, json!({ "completed_at": at }));
+    }
 
     /// A one-page PDF drawing one 2×2 grey image.
     fn pdf_with_an_image() -> Vec<u8> {

@@ -8,7 +8,8 @@
 -- its message): it is recorded only if the item is still pending and its job id is the one
 -- given, and its start is recorded with it (attempt, `started_at`, the `running` event, the
 -- batch's start), all that `claim` would have done. The item of a cancelled batch is cancelled
--- instead, as `claim` would have.
+-- instead, as `claim` would have. In a lean batch (`lean` = '1', every batch created since
+-- items kept no hash when completed so) a completed direct outcome writes no item hash.
 -- Returns, per item, 'recorded' | 'duplicate' | 'missing' | 'cancelled' | 'claim' (direct, but
 -- not pending or another job id: the worker claims it the usual way).
 local batch_key, events_key = KEYS[1], KEYS[2]
@@ -16,16 +17,27 @@ local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local recorded = false
 local bst = nil
+local lean = batch_fixed(batch_key).lean
 for i = 4, #ARGV, 7 do
   local iid, outcome, direct = ARGV[i], ARGV[i + 1], ARGV[i + 6]
-  local ik = base .. ':item:' .. iid
-  local it = item_state(batch_key, base, bid, ik, iid, direct ~= '')
+  local it
+  if direct ~= '' and lean and settled[iid] == nil then
+    -- A lean batch's items carry no job id of their own, and one without a hash is pending
+    -- exactly while it is in `:st:pending`: one lookup instead of the hash and the order.
+    local order = redis.call('ZSCORE', status_key(base, 'pending'), iid)
+    if order ~= false then it = { 'pending', order, derived_job_id(batch_key, bid, order) } end
+  else
+    it = item_state(batch_key, base, bid, base .. ':item:' .. iid, iid, direct ~= '')
+  end
   local attempts, batch_state = nil, nil
   if it ~= nil and direct ~= '' then
     if bst == nil then bst = redis.call('HGET', batch_key, 'status') end
     attempts, batch_state = next_attempt(it[4]), bst
   end
-  if it == nil or batch_state == false then
+  if it == nil and direct ~= '' and lean then
+    -- Not pending (or not registered): the claim path tells which.
+    out[#out + 1] = 'claim'
+  elseif it == nil or batch_state == false then
     out[#out + 1] = 'missing'
   elseif TERMINAL_ITEM[it[1]] then
     out[#out + 1] = 'duplicate'
@@ -41,8 +53,12 @@ for i = 4, #ARGV, 7 do
       bst = start_batch(batch_key, events_key, bid, bst, now)
       emit_item(batch_key, events_key, 'running', bid, iid, 'processing', now)
     end
+    -- A lean item completed straight from its message keeps no hash: its result, which the
+    -- worker stamps with `completed_at`, is its record (`records::lean_record`), and an item
+    -- out of `:st:pending` with a result is completed (`item_state`).
+    local bare = lean and attempts ~= nil and outcome == 'completed' and ARGV[i + 4] ~= ''
     settle(batch_key, events_key, base, bid, iid, it[1], outcome, it[2], now,
-      ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], attempts, ARGV[i + 5])
+      ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], attempts, ARGV[i + 5], bare)
     out[#out + 1] = 'recorded'
     recorded = true
   end

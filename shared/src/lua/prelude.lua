@@ -7,11 +7,16 @@ local TERMINAL_ITEM = { completed = true, failed = true, skipped = true, cancell
 local fixed = nil
 local function batch_fixed(batch_key)
   if fixed == nil then
-    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks')
-    fixed = { job_type = f[1], hooks = f[2] }
+    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks', 'lean')
+    fixed = { job_type = f[1], hooks = f[2], lean = f[3] == '1' }
   end
   return fixed
 end
+
+-- Items this run has settled, iid -> {status, order}: a lean item settled straight from
+-- pending has no hash, and its moves wait for `flush`, so a later step of the same run (a
+-- duplicate delivery in the same group) learns its state here.
+local settled = {}
 
 -- Appends an event to the outbox with the batch's next sequence number, if an endpoint of the
 -- batch wants its type: `hooks` is '*' or the wanted types between spaces, set at create.
@@ -43,13 +48,18 @@ local function derived_job_id(batch_key, bid, order)
   return prefix .. '-' .. uuid .. '.' .. string.format('%x', tonumber(order))
 end
 
--- An item's state, {status, order[, job_id, attempts]}, from its hash; or, for an item
--- registered without one (it is pending: register writes none), from its entry in `:items`,
+-- An item's state, {status, order[, job_id, attempts]}: from this run's `settled`, else from
+-- its hash. An item without one (register writes none) is a lean item completed straight
+-- from its message if the batch holds its result, and pending otherwise; the status sets are
+-- not asked, since `recount` uses this to repair them. Its order is its score in `:items`,
 -- which also holds the order of an item settled straight from pending. The job id derives
 -- from the order unless the record holds one. nil if the batch never registered it.
 local function item_state(batch_key, base, bid, ik, iid, with_job)
   local it
-  if with_job then
+  local s = settled[iid]
+  if s then
+    it = { s[1], s[2] }
+  elseif with_job then
     it = redis.call('HMGET', ik, 'status', 'order', 'job_id', 'attempts')
   else
     it = redis.call('HMGET', ik, 'status', 'order')
@@ -57,7 +67,11 @@ local function item_state(batch_key, base, bid, ik, iid, with_job)
   if not (it[1] and it[2]) then
     local order = redis.call('ZSCORE', base .. ':items', iid)
     if order == false then return nil end
-    it[1], it[2] = it[1] or 'pending', order
+    if not it[1] then
+      it[1] = 'pending'
+      if redis.call('HEXISTS', base .. ':results', iid) == 1 then it[1] = 'completed' end
+    end
+    it[2] = order
   end
   -- Only records of older releases hold a job id.
   if with_job and not it[3] then it[3] = derived_job_id(batch_key, bid, it[2]) end
@@ -134,9 +148,20 @@ end
 -- Moves a non-terminal item to a terminal status and counts it once (when flushed). The
 -- outcome's fields that are not '' (or nil) are written with the status (the result when
 -- flushed), and so is `attempts` when given (an item settled straight from pending, which no
--- claim counted).
+-- claim counted). `bare`: write no hash (a lean item completed straight from its message,
+-- whose result carries its time and pages; see `finish.lua`).
 local function settle(batch_key, events_key, base, bid, iid, from, to, order, now,
-                      error_message, skip_reason, result, attempts, pages)
+                      error_message, skip_reason, result, attempts, pages, bare)
+  settled[iid] = { to, order }
+  if result and result ~= '' then
+    results[#results + 1] = iid
+    results[#results + 1] = result
+  end
+  move(iid, order, status_key(base, from), status_key(base, to))
+  count('processed')
+  count(to)
+  emit_item(batch_key, events_key, ITEM_EVENT[to], bid, iid, to, now)
+  if bare then return end
   local ik = base .. ':item:' .. iid
   local set = { 'status', to, 'completed_at', now, 'updated_at', now }
   if attempts then
@@ -157,15 +182,7 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
     set[#set + 1] = 'pages'
     set[#set + 1] = pages
   end
-  if result and result ~= '' then
-    results[#results + 1] = iid
-    results[#results + 1] = result
-  end
   redis.call('HSET', ik, unpack(set))
-  move(iid, order, status_key(base, from), status_key(base, to))
-  count('processed')
-  count(to)
-  emit_item(batch_key, events_key, ITEM_EVENT[to], bid, iid, to, now)
 end
 
 -- The batch's first started item makes it running, once.
