@@ -18,20 +18,33 @@ local out = {}
 local recorded = false
 local bst = nil
 local lean = batch_fixed(batch_key).lean
+-- A lean batch's items carry no job id of their own, and one without a hash is pending
+-- exactly while it is in `:st:pending`: one ZMSCORE there for every direct outcome of the
+-- run, instead of each one's hash and order.
+local pending_order = {}
+if lean then
+  local ids = {}
+  for i = 4, #ARGV, 7 do
+    if ARGV[i + 6] ~= '' then ids[#ids + 1] = ARGV[i] end
+  end
+  if #ids > 0 then
+    local scores = redis.call('ZMSCORE', status_key(base, 'pending'), unpack(ids))
+    for j = 1, #ids do pending_order[ids[j]] = scores[j] end
+  end
+end
 for i = 4, #ARGV, 7 do
   local iid, outcome, direct = ARGV[i], ARGV[i + 1], ARGV[i + 6]
   local it
   if direct ~= '' and lean and settled[iid] == nil then
-    -- A lean batch's items carry no job id of their own, and one without a hash is pending
-    -- exactly while it is in `:st:pending`: one lookup instead of the hash and the order.
-    local order = redis.call('ZSCORE', status_key(base, 'pending'), iid)
-    if order ~= false then it = { 'pending', order, derived_job_id(batch_key, bid, order) } end
+    local order = pending_order[iid]
+    if order then it = { 'pending', order, derived_job_id(batch_key, bid, order) } end
   else
+    -- Also an item settled earlier in this run, which the ZMSCORE still saw pending.
     it = item_state(batch_key, base, bid, base .. ':item:' .. iid, iid, direct ~= '')
   end
   local attempts, batch_state = nil, nil
   if it ~= nil and direct ~= '' then
-    if bst == nil then bst = redis.call('HGET', batch_key, 'status') end
+    if bst == nil then bst = batch_fixed(batch_key).status end
     attempts, batch_state = next_attempt(it[4]), bst
   end
   if it == nil and direct ~= '' and lean then
@@ -63,6 +76,6 @@ for i = 4, #ARGV, 7 do
     recorded = true
   end
 end
-flush(batch_key, now)
-if recorded then maybe_finish(batch_key, events_key, bid, now) end
+local after = flush(batch_key, now)
+if recorded then maybe_finish(batch_key, events_key, bid, now, after) end
 return out

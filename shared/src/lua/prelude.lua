@@ -2,13 +2,15 @@
 local TERMINAL_BATCH = { completed = true, failed = true, cancelled = true }
 local TERMINAL_ITEM = { completed = true, failed = true, skipped = true, cancelled = true }
 
--- The batch fields fixed at create (`job_type`, `hooks`), read once per script run: every
--- script works on one batch, and a redis.call costs more than the lookup it does.
+-- The batch fields fixed at create (`job_type`, `hooks`, `lean`), read once per script run:
+-- every script works on one batch, and a redis.call costs more than the lookup it does.
+-- `status` is the one at that first read (false: no such batch), for a script that reads it
+-- before it changes anything.
 local fixed = nil
 local function batch_fixed(batch_key)
   if fixed == nil then
-    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks', 'lean')
-    fixed = { job_type = f[1], hooks = f[2], lean = f[3] == '1' }
+    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks', 'lean', 'status')
+    fixed = { job_type = f[1], hooks = f[2], lean = f[3] == '1', status = f[4] }
   end
   return fixed
 end
@@ -40,12 +42,18 @@ local function emit_item(batch_key, events_key, what, bid, iid, status, now)
 end
 
 -- The job id of the item at `order` (`JobType::job_id`): `<prefix>-<batch uuid>.<order, hex>`.
+-- The part before the order is the same for every item of the run's batch, so it is built
+-- once: per item that leaves one format and one concatenation (callgrind-cheap, but a
+-- lean batch checks one per direct outcome).
 local JOB_PREFIX = { parse = 'pjb', classify = 'cjb' }
+local job_prefix = nil
 local function derived_job_id(batch_key, bid, order)
-  local prefix = JOB_PREFIX[batch_fixed(batch_key).job_type] or 'pjb'
-  local uuid = bid
-  if string.sub(bid, 1, 4) == 'bjb-' then uuid = string.sub(bid, 5) end
-  return prefix .. '-' .. uuid .. '.' .. string.format('%x', tonumber(order))
+  if job_prefix == nil then
+    local uuid = bid
+    if string.sub(bid, 1, 4) == 'bjb-' then uuid = string.sub(bid, 5) end
+    job_prefix = (JOB_PREFIX[batch_fixed(batch_key).job_type] or 'pjb') .. '-' .. uuid .. '.'
+  end
+  return job_prefix .. string.format('%x', tonumber(order))
 end
 
 -- An item's state, {status, order[, job_id, attempts]}: from this run's `settled`, else from
@@ -101,8 +109,8 @@ local function status_key(base, status)
 end
 
 -- Sorted-set moves, counter increments and results gathered during a script run and written
--- by `flush`: one variadic ZADD/ZREM per set, one HINCRBY per counter and one HSET of the
--- results, so a script that settles 25 items writes each once instead of 25 times. Results
+-- by `flush`: one variadic ZADD/ZREM per set, one HSET of the results and one of the
+-- counters, so a script that settles 25 items writes each once instead of 25 times. Results
 -- go to the batch's results hash, not the item hashes: a result is longer than
 -- `hash-max-listpack-value` (64 bytes), and one such field converts an item's whole hash
 -- from a listpack to a hash table (6% of the scripts' instructions, callgrind). Item hashes
@@ -127,7 +135,12 @@ end
 -- Writes what `move` and `count` gathered; every script that moves items calls it before it
 -- returns and before anything reads a counter (`maybe_finish`). Additions go first, so an
 -- item moved twice in one run (registered as pending, then failed at once) ends in the last
--- set only: its removal from the middle set follows its addition there.
+-- set only: its removal from the middle set follows its addition there. Counters are read
+-- once and written once with `updated_at` (one HMGET and one HSET rather than an HINCRBY
+-- each and an HSET; the script runs alone, so the read stays current); the read brings what
+-- `maybe_finish` needs too, which `flush` returns as it stands after the write (nil when no
+-- counter moved).
+local FINISH_FIELDS = { 'status', 'expanded', 'total', 'processed', 'failed' }
 local function flush(batch_key, now)
   for key, scored in pairs(additions) do
     redis.call('ZADD', key, unpack(scored))
@@ -136,13 +149,29 @@ local function flush(batch_key, now)
     redis.call('ZREM', key, unpack(ids))
   end
   if #results > 0 then redis.call('HSET', batch_key .. ':results', unpack(results)) end
-  local touched = false
-  for field, n in pairs(counts) do
-    redis.call('HINCRBY', batch_key, field, n)
-    touched = true
+  local after = nil
+  if next(counts) ~= nil then
+    local fields = { unpack(FINISH_FIELDS) }
+    for field in pairs(counts) do
+      if field ~= 'processed' and field ~= 'failed' then fields[#fields + 1] = field end
+    end
+    local cur = redis.call('HMGET', batch_key, unpack(fields))
+    local set = {}
+    for i = 4, #fields do
+      local n = counts[fields[i]]
+      if n then
+        cur[i] = tostring((tonumber(cur[i]) or 0) + n)
+        set[#set + 1] = fields[i]
+        set[#set + 1] = cur[i]
+      end
+    end
+    set[#set + 1] = 'updated_at'
+    set[#set + 1] = now
+    redis.call('HSET', batch_key, unpack(set))
+    after = { cur[1], cur[2], cur[3], cur[4], cur[5] }
   end
-  if touched then redis.call('HSET', batch_key, 'updated_at', now) end
   additions, removals, counts, results = {}, {}, {}, {}
+  return after
 end
 
 -- Moves a non-terminal item to a terminal status and counts it once (when flushed). The
@@ -195,9 +224,10 @@ local function start_batch(batch_key, events_key, bid, bst, now)
   return bst
 end
 
--- Finishes the batch exactly once: expansion done and every item terminal.
-local function maybe_finish(batch_key, events_key, bid, now)
-  local b = redis.call('HMGET', batch_key, 'status', 'expanded', 'total', 'processed', 'failed')
+-- Finishes the batch exactly once: expansion done and every item terminal. `b`: the batch's
+-- FINISH_FIELDS as they stand, when the caller has them (what `flush` returned).
+local function maybe_finish(batch_key, events_key, bid, now, b)
+  b = b or redis.call('HMGET', batch_key, unpack(FINISH_FIELDS))
   if b[1] == false or TERMINAL_BATCH[b[1]] then return end
   if b[2] ~= '1' then return end
   local total, processed, failed = tonumber(b[3]), tonumber(b[4] or '0'), tonumber(b[5] or '0')
