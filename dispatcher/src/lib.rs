@@ -15,6 +15,7 @@ pub mod directories;
 pub mod error;
 pub mod expansion;
 pub mod http;
+pub mod priority;
 pub mod publisher;
 pub mod records;
 pub mod results;

@@ -39,8 +39,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Probe { url }) = &cli.command {
         return if docfleet_shared::probe::http_ok(url) {
@@ -54,7 +53,29 @@ async fn main() -> ExitCode {
             Ok(s) => s,
             Err(code) => return code,
         };
-    match run(cli.command.unwrap_or(Command::Serve), settings).await {
+    // Before the runtime, whose threads inherit it.
+    if settings.realtime_priority > 0 {
+        if let Err(e) = docfleet_dispatcher::priority::realtime(settings.realtime_priority) {
+            tracing::error!(error = %e, "Dispatcher failed.");
+            eprintln!("docfleet-dispatcher: {e}");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(
+            priority = settings.realtime_priority,
+            "Serving under SCHED_FIFO."
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("docfleet-dispatcher: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "Dispatcher failed.");

@@ -200,6 +200,14 @@ pub struct DispatcherSettings {
     pub status: StatusSettings,
     /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
     pub vision: VisionSettings,
+    /// Linux real-time priority (`SCHED_FIFO`, 1-99) for every thread of the dispatcher; 0
+    /// (the default) leaves it to the normal scheduler. Where the dispatcher shares CPUs that
+    /// workers, RabbitMQ and Redis keep busy, each request otherwise waits for a CPU when it
+    /// wakes the process: a status poll answered from memory in 0.3 ms took 10-15 ms at p99
+    /// in the benchmark's 1M-item run on 2 vCPUs, and 0.7-1.4 ms with this at 10. The kernel
+    /// keeps 5% of each second for other work (`sched_rt_runtime_us`). Needs `CAP_SYS_NICE`
+    /// or an `RLIMIT_RTPRIO` of at least the priority; the dispatcher refuses to start without.
+    pub realtime_priority: u8,
 }
 
 impl Default for DispatcherSettings {
@@ -218,6 +226,7 @@ impl Default for DispatcherSettings {
             webhook: WebhookSettings::default(),
             status: StatusSettings::default(),
             vision: VisionSettings::default(),
+            realtime_priority: 0,
         }
     }
 }
@@ -410,6 +419,12 @@ impl Validate for DispatcherSettings {
         if self.expansion_lease_secs < 2 {
             return Err("expansion_lease_secs must be at least 2".into());
         }
+        if self.realtime_priority > 99 {
+            return Err(format!(
+                "realtime_priority must be 0 (off) or 1-99, got {}",
+                self.realtime_priority
+            ));
+        }
         let w = &self.webhook;
         if w.request_timeout_ms == 0 || w.first_retry_ms == 0 {
             return Err(
@@ -524,5 +539,22 @@ impl HasLog for DispatcherSettings {
 impl HasLog for WorkerSettings {
     fn log(&self) -> &LogSettings {
         &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_realtime_priority_is_off_by_default_and_at_most_99() {
+        let mut s = DispatcherSettings::default();
+        assert_eq!(s.realtime_priority, 0);
+        assert!(s.validate().is_ok());
+        s.realtime_priority = 99;
+        assert!(s.validate().is_ok());
+        s.realtime_priority = 100;
+        let e = s.validate().expect_err("100 is no SCHED_FIFO priority");
+        assert!(e.contains("realtime_priority"), "{e}");
     }
 }

@@ -625,8 +625,20 @@ impl Fleet {
 
     /// Starts the dispatcher binary on `port`, sharing this fleet's names.
     pub async fn spawn_dispatcher_process(&self, port: u16) -> Process {
+        self.spawn_dispatcher_process_with(port, &[]).await
+    }
+
+    /// [`Fleet::spawn_dispatcher_process`] with settings of its own (`DOCFLEET__…`).
+    pub async fn spawn_dispatcher_process_with(
+        &self,
+        port: u16,
+        extra_env: &[(&str, &str)],
+    ) -> Process {
         let mut cmd = tokio::process::Command::new(bin_dir().join("docfleet-dispatcher"));
         self.common_env(&mut cmd);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
         cmd.env("DOCFLEET__LISTEN", format!("127.0.0.1:{port}"))
             .env(
                 "DOCFLEET__EXPANSION_LEASE_SECS",

@@ -366,16 +366,8 @@ fn timing_metric(res: &reqwest::Response, name: &str) -> f64 {
 /// One `get_status`: (its latency as the client sees it, the dispatcher's own time from
 /// `Server-Timing`), ms.
 async fn timed_status(f: &Fleet, batch_id: &str) -> (f64, f64) {
-    let t = Instant::now();
-    let res = f
-        .req(reqwest::Method::GET, &format!("{BATCH}/{batch_id}"))
-        .send()
-        .await
-        .expect("get_status");
-    assert_eq!(res.status(), 200);
-    let server_ms = server_timing(&res);
-    let _ = res.bytes().await;
-    (t.elapsed().as_secs_f64() * 1000.0, server_ms)
+    let (ms, server_ms, _) = poll(&f.http, &f.base_url, &f.api_key, batch_id).await;
+    (ms, server_ms)
 }
 
 /// One bare `HGETALL` of a batch's record straight from Redis, ms: the floor under any status
@@ -585,9 +577,173 @@ fn rss_mb(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Whether this process may use `SCHED_FIFO` at `priority` (`CAP_SYS_NICE` or
+/// `RLIMIT_RTPRIO`), as `chrt` finds.
+fn realtime_allowed(priority: u8) -> bool {
+    std::process::Command::new("chrt")
+        .args(["-f", &priority.to_string(), "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The real-time priority of the million scenario's dispatcher and probe.
+const PROBE_PRIORITY: u8 = 10;
+
+/// What the million scenario's probe polls, and how.
+struct PollPlan {
+    base: String,
+    /// The replica at the default priority.
+    plain: String,
+    api_key: String,
+    redis_url: String,
+    /// The 1k batch's record, read bare beside each poll.
+    small_record: String,
+    small: String,
+    big: String,
+    n: usize,
+    /// The dispatcher whose RSS is taken at each tenth.
+    dpid: u32,
+    t0: Instant,
+    /// `SCHED_FIFO` priority of the probe's thread.
+    priority: Option<u8>,
+}
+
+/// What the probe gathered, ms (RSS in MB).
+struct Polls {
+    small: Vec<f64>,
+    big: Vec<f64>,
+    plain_small: Vec<f64>,
+    plain_big: Vec<f64>,
+    server_small: Vec<f64>,
+    plain_server_small: Vec<f64>,
+    bare_small: Vec<f64>,
+    rss_by_tenth: Vec<f64>,
+}
+
+/// Polls until the big batch is done, on a thread of its own with a one-thread runtime, its
+/// own HTTP client and Redis connection, under `SCHED_FIFO` when `plan.priority` says: a
+/// client on a machine of its own does not wait for the fleet's CPUs, and neither should
+/// what measures the dispatcher.
+fn poll_until_done(plan: PollPlan) -> std::thread::JoinHandle<Polls> {
+    std::thread::spawn(move || {
+        if let Some(p) = plan.priority {
+            use thread_priority::unix::{
+                set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+                ThreadSchedulePolicy,
+            };
+            let set = thread_priority::ThreadPriorityValue::try_from(p)
+                .map_err(|e| format!("{e:?}"))
+                .and_then(|v| {
+                    set_thread_priority_and_policy(
+                        thread_native_id(),
+                        thread_priority::ThreadPriority::Crossplatform(v),
+                        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+                    )
+                    .map_err(|e| format!("{e:?}"))
+                });
+            if let Err(e) = set {
+                eprintln!("  the probe stays at the default priority: {e}");
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("probe runtime");
+        rt.block_on(poll_loop(plan))
+    })
+}
+
+/// One `get_status` through `base`: (ms, the dispatcher's own ms, the body).
+async fn poll(http: &reqwest::Client, base: &str, key: &str, id: &str) -> (f64, f64, Value) {
+    let t = Instant::now();
+    let res = http
+        .get(format!("{base}{BATCH}/{id}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("get_status");
+    assert_eq!(res.status(), 200);
+    let server_ms = server_timing(&res);
+    let body = res.bytes().await.expect("body");
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    (
+        ms,
+        server_ms,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+async fn poll_loop(plan: PollPlan) -> Polls {
+    let http = reqwest::Client::new();
+    let mut redis = redis::Client::open(plan.redis_url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut out = Polls {
+        small: Vec::new(),
+        big: Vec::new(),
+        plain_small: Vec::new(),
+        plain_big: Vec::new(),
+        server_small: Vec::new(),
+        plain_server_small: Vec::new(),
+        bare_small: Vec::new(),
+        rss_by_tenth: Vec::new(),
+    };
+    let key = plan.api_key.as_str();
+    let mut last_print = Instant::now();
+    loop {
+        let (ms, server_ms, _) = poll(&http, &plan.base, key, &plan.small).await;
+        out.small.push(ms);
+        out.server_small.push(server_ms);
+        let (ms, _, st) = poll(&http, &plan.base, key, &plan.big).await;
+        out.big.push(ms);
+        let (ms, server_ms, _) = poll(&http, &plan.plain, key, &plan.small).await;
+        out.plain_small.push(ms);
+        out.plain_server_small.push(server_ms);
+        let (ms, _, _) = poll(&http, &plan.plain, key, &plan.big).await;
+        out.plain_big.push(ms);
+        let t = Instant::now();
+        let record: HashMap<String, String> =
+            redis::AsyncCommands::hgetall(&mut redis, &plan.small_record)
+                .await
+                .expect("hgetall");
+        out.bare_small.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(!record.is_empty(), "the 1k batch has no record");
+        let done = st["job"]["processed_items"].as_u64().unwrap_or(0) as usize;
+        while out.rss_by_tenth.len() < 10 && done * 10 >= plan.n * (out.rss_by_tenth.len() + 1) {
+            out.rss_by_tenth.push(rss_mb(plan.dpid).0);
+        }
+        if last_print.elapsed() > Duration::from_secs(30) {
+            last_print = Instant::now();
+            eprintln!(
+                "  {done}/{} after {:.0} s; dispatcher {:.1} MB",
+                plan.n,
+                plan.t0.elapsed().as_secs_f64(),
+                rss_mb(plan.dpid).0
+            );
+        }
+        if matches!(
+            st["job"]["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            assert_eq!(st["job"]["processed_items"], plan.n, "{st}");
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A batch of `--million` files from one directory (a million by default) through
 /// a dispatcher process and 2 worker processes: status latency for it and for a 1,000-item
 /// batch while it runs, and the memory of every process along the way.
+///
+/// A poll's latency here is mostly the machine's: on 2 vCPUs that the fleet keeps busy, the
+/// dispatcher and the probe each wait for a CPU when they wake. Where the kernel allows it,
+/// the dispatcher runs as one would on a node it shares with workers
+/// (`realtime_priority` = 10), and a second dispatcher process, a replica with the default
+/// priority, is polled beside it; the probe itself runs under `SCHED_FIFO` while it polls,
+/// as a client on a machine of its own would not wait for the fleet's CPUs.
 async fn million(rep: &mut Report, a: &Args) {
     let n = a.million;
     eprintln!("million: a {n}-file directory batch; status latency and memory while it runs");
@@ -597,12 +753,24 @@ async fn million(rep: &mut Report, a: &Args) {
     // The dispatcher as a process of its own, so its memory is its own.
     f.stop_dispatcher().await;
     let port = Fleet::free_port().await;
-    let mut dispatcher = f.spawn_dispatcher_process(port).await;
+    let realtime = realtime_allowed(PROBE_PRIORITY);
+    let priority = PROBE_PRIORITY.to_string();
+    let mut dispatcher = if realtime {
+        f.spawn_dispatcher_process_with(port, &[("DOCFLEET__REALTIME_PRIORITY", &priority)])
+            .await
+    } else {
+        eprintln!("  SCHED_FIFO is not allowed here: every process at the default priority");
+        f.spawn_dispatcher_process(port).await
+    };
     f.base_url = format!("http://127.0.0.1:{port}");
     assert!(
         f.wait_ready(&f.base_url.clone()).await,
         "dispatcher not ready"
     );
+    let plain_port = Fleet::free_port().await;
+    let mut plain = f.spawn_dispatcher_process(plain_port).await;
+    let plain_url = format!("http://127.0.0.1:{plain_port}");
+    assert!(f.wait_ready(&plain_url).await, "replica not ready");
     let Some(dpid) = dispatcher.child.id() else {
         panic!("dispatcher exited")
     };
@@ -630,44 +798,32 @@ async fn million(rep: &mut Report, a: &Args) {
     let create_ms = t0.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(s, 200, "{b}");
     let big = b["id"].as_str().unwrap_or_default().to_owned();
-    let (mut lat_small, mut lat_big) = (Vec::new(), Vec::new());
-    // The dispatcher's own share of the 1k batch's reads (`Server-Timing`), as in `status`.
-    let mut server_small = Vec::new();
-    let mut bare_small = Vec::new();
-    // Dispatcher RSS at each tenth of the batch: flat means memory does not grow with it.
-    let mut rss_by_tenth: Vec<f64> = Vec::new();
-    let mut last_print = Instant::now();
-    loop {
-        for (id, lat) in [(&small, &mut lat_small), (&big, &mut lat_big)] {
-            let (ms, server_ms) = timed_status(&f, id).await;
-            lat.push(ms);
-            if id == &small {
-                server_small.push(server_ms);
-            }
-        }
-        bare_small.push(timed_redis_read(&f, &small).await);
-        let (_, st) = f.get(&format!("{BATCH}/{big}")).await;
-        let done = st["job"]["processed_items"].as_u64().unwrap_or(0) as usize;
-        while rss_by_tenth.len() < 10 && done * 10 >= n * (rss_by_tenth.len() + 1) {
-            rss_by_tenth.push(rss_mb(dpid).0);
-        }
-        if last_print.elapsed() > Duration::from_secs(30) {
-            last_print = Instant::now();
-            eprintln!(
-                "  {done}/{n} after {:.0} s; dispatcher {:.1} MB",
-                t0.elapsed().as_secs_f64(),
-                rss_mb(dpid).0
-            );
-        }
-        if matches!(
-            st["job"]["status"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        ) {
-            assert_eq!(st["job"]["processed_items"], n, "{st}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let plan = PollPlan {
+        base: f.base_url.clone(),
+        plain: plain_url,
+        api_key: f.api_key.clone(),
+        redis_url: f.dispatcher_settings.redis.url.clone(),
+        small_record: f.keys.batch(&small),
+        small: small.clone(),
+        big: big.clone(),
+        n,
+        dpid,
+        t0,
+        priority: realtime.then_some(PROBE_PRIORITY),
+    };
+    let Polls {
+        small: mut lat_small,
+        big: mut lat_big,
+        mut plain_small,
+        mut plain_big,
+        mut server_small,
+        mut plain_server_small,
+        mut bare_small,
+        rss_by_tenth,
+    } = tokio::task::spawn_blocking(move || poll_until_done(plan).join())
+        .await
+        .expect("probe thread")
+        .expect("probe");
     let secs = t0.elapsed().as_secs_f64();
     rep.add(
         "million_items_per_s",
@@ -675,7 +831,17 @@ async fn million(rep: &mut Report, a: &Args) {
         "items/s",
         json!({ "items": n, "seconds": secs, "create_ms": create_ms }),
     );
-    for (name, lat) in [("1k", &mut lat_small), ("big", &mut lat_big)] {
+    let conditions = json!({
+        "dispatcher": scheduling(dpid),
+        "probe": if realtime { format!("SCHED_FIFO {PROBE_PRIORITY}") } else { "default".into() },
+        "redis": pid_of("redis-server").map(scheduling),
+    });
+    for (name, lat) in [
+        ("1k", &mut lat_small),
+        ("big", &mut lat_big),
+        ("1k_default_priority", &mut plain_small),
+        ("big_default_priority", &mut plain_big),
+    ] {
         let samples = lat.len();
         rep.add(
             &format!("million_status_p50_ms_{name}"),
@@ -687,9 +853,16 @@ async fn million(rep: &mut Report, a: &Args) {
             &format!("million_status_p99_ms_{name}"),
             pct(lat, 0.99),
             "ms",
-            json!({ "n": samples, "redis_scheduling": pid_of("redis-server").map(scheduling) }),
+            json!({ "n": samples, "scheduling": conditions }),
         );
     }
+    let samples = plain_server_small.len();
+    rep.add(
+        "million_status_p99_ms_1k_default_priority_server_side",
+        pct(&mut plain_server_small, 0.99),
+        "ms",
+        json!({ "n": samples }),
+    );
     let samples = server_small.len();
     rep.add(
         "million_status_p99_ms_1k_server_side",
@@ -724,6 +897,7 @@ async fn million(rep: &mut Report, a: &Args) {
         w.terminate().await;
     }
     dispatcher.terminate().await;
+    plain.terminate().await;
     f.shutdown().await;
 }
 
