@@ -856,20 +856,18 @@ async fn million(rep: &mut Report, a: &Args) {
             json!({ "n": samples, "scheduling": conditions }),
         );
     }
-    let samples = plain_server_small.len();
-    rep.add(
-        "million_status_p99_ms_1k_default_priority_server_side",
-        pct(&mut plain_server_small, 0.99),
-        "ms",
-        json!({ "n": samples }),
-    );
-    let samples = server_small.len();
-    rep.add(
-        "million_status_p99_ms_1k_server_side",
-        pct(&mut server_small, 0.99),
-        "ms",
-        json!({ "n": samples }),
-    );
+    for (name, own) in [
+        ("1k_default_priority", &mut plain_server_small),
+        ("1k", &mut server_small),
+    ] {
+        let samples = own.len();
+        rep.add(
+            &format!("million_status_p99_ms_{name}_server_side"),
+            pct(own, 0.99),
+            "ms",
+            json!({ "n": samples }),
+        );
+    }
     let samples = bare_small.len();
     rep.add(
         "million_redis_hgetall_p99_ms_1k",
