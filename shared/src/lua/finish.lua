@@ -8,8 +8,8 @@
 -- its message): it is recorded only if the item is still pending and its job id is the one
 -- given, and its start is recorded with it (attempt, `started_at`, the `running` event, the
 -- batch's start), all that `claim` would have done. The item of a cancelled batch is cancelled
--- instead, as `claim` would have. In a lean batch (`lean` = '1', every batch created since
--- items kept no hash when completed so) a completed direct outcome writes no item hash.
+-- instead, as `claim` would have. In a lean batch (`lean` = '1', set at create by every
+-- dispatcher since the scheme began) a completed direct outcome writes no item hash.
 -- Returns, per item, 'recorded' | 'duplicate' | 'missing' | 'cancelled' | 'claim' (direct, but
 -- not pending or another job id: the worker claims it the usual way).
 local batch_key, events_key = KEYS[1], KEYS[2]
@@ -68,7 +68,7 @@ for i = 4, #ARGV, 7 do
     end
     -- A lean item completed straight from its message keeps no hash: its result, which the
     -- worker stamps with `completed_at`, is its record (`records::lean_record`), and an item
-    -- out of `:st:pending` with a result is completed (`item_state`).
+    -- without a hash that has a result is completed (`item_state`).
     local bare = lean and attempts ~= nil and outcome == 'completed' and ARGV[i + 4] ~= ''
     settle(batch_key, events_key, base, bid, iid, it[1], outcome, it[2], now,
       ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], attempts, ARGV[i + 5], bare)
