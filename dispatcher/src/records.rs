@@ -227,7 +227,7 @@ pub async fn fill_items(
         .filter(|&&i| !items[i].2.contains_key("result"))
         .map(|&i| items[i].0.as_str())
         .collect();
-    let mut results: Vec<Option<String>> = if unread.is_empty() {
+    let fetched: Vec<Option<String>> = if unread.is_empty() {
         Vec::new()
     } else {
         redis::cmd("HMGET")
@@ -235,15 +235,14 @@ pub async fn fill_items(
             .arg(&unread)
             .query_async(con)
             .await?
-    }
-    .into_iter()
-    .rev()
-    .collect();
+    };
+    // In `bare` order, as `unread` was taken.
+    let mut fetched = fetched.into_iter();
     for i in bare {
         let h = &mut items[i].2;
         let result = match h.get("result") {
             Some(r) => Some(r.clone()),
-            None => results.pop().flatten(),
+            None => fetched.next().flatten(),
         };
         lean_record(h, result.as_deref());
     }
