@@ -5,7 +5,9 @@
 //! `status`, `webhooks`, `parse`, `scale`, `create` (create latency alone), `million` (status
 //! and memory through one batch of `--million` files, 1,000,000 unless told);
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
-//! prefix, with the release binaries next to this one as worker processes.
+//! prefix, with the release binaries next to this one as worker processes. `ceiling`, `fleet`
+//! and `python` run in `--runs` rounds, one run of each per round, and their ratios are the
+//! medians of the rounds' ratios; the other scenarios make their `--runs` runs in a row.
 
 use std::collections::HashMap;
 
@@ -22,6 +24,7 @@ use serde_json::{json, Value};
 
 const BATCH: &str = "/api/v1/beta/batch-processing";
 
+#[derive(Clone)]
 struct Args {
     scenarios: Vec<String>,
     items: usize,
@@ -77,7 +80,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct Report(Vec<(String, f64, String)>);
+/// The figures measured so far; `round` tags each JSON line of a round of the paired scenarios.
+#[derive(Default)]
+struct Report {
+    figures: Vec<(String, f64, String)>,
+    round: Option<usize>,
+}
 
 impl Report {
     /// `<prefix>_cpu_us_per_item_<process>`: the median over runs of each process's share.
@@ -102,11 +110,12 @@ impl Report {
     }
 
     fn add(&mut self, name: &str, value: f64, unit: &str, extra: Value) {
-        println!(
-            "{}",
-            json!({ "figure": name, "value": (value * 100.0).round() / 100.0, "unit": unit, "detail": extra })
-        );
-        self.0.push((name.to_owned(), value, unit.to_owned()));
+        let mut line = json!({ "figure": name, "value": (value * 100.0).round() / 100.0, "unit": unit, "detail": extra });
+        if let Some(r) = self.round {
+            line["round"] = json!(r);
+        }
+        println!("{line}");
+        self.figures.push((name.to_owned(), value, unit.to_owned()));
     }
 }
 
@@ -1424,25 +1433,62 @@ fn parse(rep: &mut Report) {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let mut rep = Report(Vec::new());
-    let mut figures: HashMap<String, f64> = HashMap::new();
-    for s in a.scenarios.clone() {
-        match s.as_str() {
-            "fleet" => fleet(&mut rep, &a).await,
-            "ceiling" => ceiling(&mut rep, &a).await,
-            "status" => status(&mut rep, &a).await,
-            "webhooks" => webhooks(&mut rep, &a).await,
-            "parse" => parse(&mut rep),
-            "scale" => scale(&mut rep, &a).await,
-            "create" => create(&mut rep, &a).await,
-            "million" => million(&mut rep, &a).await,
-            "python" => python_queues(&mut rep, &a),
-            other => eprintln!("unknown scenario {other}"),
+    let mut rep = Report::default();
+    // The throughput scenarios run in rounds, one run of each per round, and every ratio
+    // between them is the median of the rounds' own ratios. Run in turn (all the ceiling's
+    // runs, then all the fleet's, then Celery's and Dramatiq's), each side met a different
+    // machine: in one invocation the ceiling measured 16,614 items/s at 05:06 and 20,729 at
+    // 05:39, on a machine that drifts within minutes.
+    let paired: Vec<String> = a
+        .scenarios
+        .iter()
+        .filter(|s| PAIRED.contains(&s.as_str()))
+        .cloned()
+        .collect();
+    let mut rounds: Vec<HashMap<String, f64>> = Vec::new();
+    if !paired.is_empty() {
+        let once = Args {
+            runs: 1,
+            ..a.clone()
+        };
+        let mut order: Vec<(String, String)> = Vec::new();
+        let mut runs: HashMap<String, Vec<f64>> = HashMap::new();
+        for r in 0..a.runs {
+            eprintln!("round {} of {}: {}", r + 1, a.runs, paired.join(", "));
+            let mut round = Report {
+                round: Some(r),
+                ..Report::default()
+            };
+            for s in &paired {
+                scenario(s, &mut round, &once).await;
+            }
+            for (name, value, unit) in &round.figures {
+                if !runs.contains_key(name) {
+                    order.push((name.clone(), unit.clone()));
+                }
+                runs.entry(name.clone()).or_default().push(*value);
+            }
+            rounds.push(
+                round
+                    .figures
+                    .into_iter()
+                    .map(|(name, value, _)| (name, value))
+                    .collect(),
+            );
+        }
+        for (name, unit) in order {
+            let values = runs.remove(&name).unwrap_or_default();
+            rep.add_median(&name, values, &unit, json!({ "of": "rounds" }));
         }
     }
-    for (n, v, _) in &rep.0 {
-        figures.insert(n.clone(), *v);
+    for s in a.scenarios.iter().filter(|s| !PAIRED.contains(&s.as_str())) {
+        scenario(s, &mut rep, &a).await;
     }
+    let figures: HashMap<String, f64> = rep
+        .figures
+        .iter()
+        .map(|(n, v, _)| (n.clone(), *v))
+        .collect();
     for (ours, theirs, name) in [
         (
             "fleet_items_per_s",
@@ -1472,12 +1518,43 @@ async fn main() {
     ] {
         // A side that measured nothing (pdftotext missing, a Python queue that never ran)
         // gives no ratio rather than an infinite one.
-        if let (Some(o), Some(t)) = (figures.get(ours), figures.get(theirs).filter(|t| **t > 0.0)) {
-            rep.add(name, o / t, "ratio", json!({}));
+        let ratio = |f: &HashMap<String, f64>| match (f.get(ours), f.get(theirs)) {
+            (Some(o), Some(t)) if *t > 0.0 => Some(o / t),
+            _ => None,
+        };
+        let per_round: Vec<f64> = rounds.iter().filter_map(ratio).collect();
+        if !per_round.is_empty() {
+            let of_medians = ratio(&figures);
+            rep.add_median(
+                name,
+                per_round,
+                "ratio",
+                json!({ "of": "rounds", "ratio_of_medians": of_medians }),
+            );
+        } else if let Some(r) = ratio(&figures) {
+            rep.add(name, r, "ratio", json!({}));
         }
     }
     println!("\n| figure | value | unit |\n|---|---|---|");
-    for (n, v, u) in &rep.0 {
+    for (n, v, u) in &rep.figures {
         println!("| {n} | {v:.2} | {u} |");
+    }
+}
+
+/// The scenarios measured in rounds (see `main`).
+const PAIRED: [&str; 3] = ["ceiling", "fleet", "python"];
+
+async fn scenario(name: &str, rep: &mut Report, a: &Args) {
+    match name {
+        "fleet" => fleet(rep, a).await,
+        "ceiling" => ceiling(rep, a).await,
+        "status" => status(rep, a).await,
+        "webhooks" => webhooks(rep, a).await,
+        "parse" => parse(rep),
+        "scale" => scale(rep, a).await,
+        "create" => create(rep, a).await,
+        "million" => million(rep, a).await,
+        "python" => python_queues(rep, a),
+        other => eprintln!("unknown scenario {other}"),
     }
 }
