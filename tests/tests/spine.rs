@@ -302,6 +302,34 @@ async fn a_message_delivered_twice_counts_once() {
     f.shutdown().await;
 }
 
+/// At its default concurrency (32) a worker's ledger holds a small round back for company
+/// (`ledger::Gather`): every item of a batch is still recorded once, none is lost waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_gathering_rounds_records_every_item_once() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "gather").await;
+    let ids = f.upload_texts(&dir, "g", 300).await;
+    let mut ws = f.worker_settings.clone();
+    let defaults = docfleet_shared::settings::WorkerSettings::default();
+    (ws.concurrency, ws.prefetch) = (defaults.concurrency, defaults.prefetch);
+    f.start_worker_with(ws).await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    assert_eq!(status["job"]["processed_items"], 300);
+    let items = f.items(&id).await;
+    assert_exact_accounting(&status, &items);
+    assert!(items.iter().all(|i| i["status"] == "completed"));
+    f.shutdown().await;
+}
+
 /// The worker's ledger sends claims and outcomes of one batch as one script run. Within a
 /// group, a repeated item is claimed again (a second attempt) and recorded once; an unknown
 /// one is missing; the status sets, counters and events end as if each item ran alone.

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
 use crate::isolation::Isolation;
-use crate::ledger::{ItemOutcome, Ledger};
+use crate::ledger::{Gather, ItemOutcome, Ledger};
 use crate::parse::{self, ParseRequest};
 use crate::vision::{VisionClient, VisionError};
 
@@ -152,7 +152,12 @@ impl Processor {
         });
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
-            ledger: Ledger::start(Scripts::new(keys.clone()), redis.clone(), metrics.clone()),
+            ledger: Ledger::start(
+                Scripts::new(keys.clone()),
+                redis.clone(),
+                metrics.clone(),
+                Gather::for_concurrency(settings.concurrency),
+            ),
             keys,
             redis,
             settings,
