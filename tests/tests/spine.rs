@@ -302,7 +302,7 @@ async fn a_message_delivered_twice_counts_once() {
     f.shutdown().await;
 }
 
-/// At its default concurrency (32) a worker's ledger holds a small round back for company
+/// At its default concurrency (64) a worker's ledger holds a small round back for company
 /// (`ledger::Gather`): every item of a batch is still recorded once, none is lost waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_gathering_rounds_records_every_item_once() {
@@ -920,7 +920,7 @@ async fn a_critical_batch_overtakes_a_queue_full_of_low_ones() {
     let crit = crit["id"].as_str().unwrap().to_owned();
     f.wait_status(&crit, "dispatched").await;
     // One worker working on one item at a time: it must pick the critical ones first. Its
-    // prefetch exceeds its concurrency, as by default (128 and 32): each queue's consumer
+    // prefetch exceeds its concurrency, as by default (256 and 64): each queue's consumer
     // holds deliveries while one is worked on, so the critical queue refills before its
     // buffer runs dry. With equal values the buffer empties at every item and a held low
     // delivery is taken while the next critical one is on its way.
