@@ -54,4 +54,15 @@ subprocess.run(["rabbitmqctl", "delete_queue", queue], capture_output=True)
 if system == "dramatiq":
     for q in (f"{queue}.DQ", f"{queue}.XQ"):
         subprocess.run(["rabbitmqctl", "delete_queue", q], capture_output=True)
+else:
+    # Celery declares an exchange named after the queue, and its workers the shared `celeryev`
+    # and pidbox ones: ours goes, the shared ones only if nothing else is bound to them.
+    from kombu import Connection
+    shared = ("celeryev", "celery.pidbox", "reply.celery.pidbox")
+    for name, if_unused in [(queue, False)] + [(x, True) for x in shared]:
+        try:
+            with Connection(os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672//")) as c:
+                c.default_channel.exchange_delete(name, if_unused=if_unused)
+        except Exception:  # noqa: BLE001  (left for the next run's clean-up; nothing else)
+            pass
 print(json.dumps({"system": system, "items": done, "seconds": secs, "items_per_s": done / secs}))
