@@ -1452,7 +1452,6 @@ async fn main() {
             ..a.clone()
         };
         let mut order: Vec<(String, String)> = Vec::new();
-        let mut runs: HashMap<String, Vec<f64>> = HashMap::new();
         for r in 0..a.runs {
             eprintln!("round {} of {}: {}", r + 1, a.runs, paired.join(", "));
             let mut round = Report {
@@ -1462,11 +1461,10 @@ async fn main() {
             for s in &paired {
                 scenario(s, &mut round, &once).await;
             }
-            for (name, value, unit) in &round.figures {
-                if !runs.contains_key(name) {
+            for (name, _, unit) in &round.figures {
+                if !order.iter().any(|(n, _)| n == name) {
                     order.push((name.clone(), unit.clone()));
                 }
-                runs.entry(name.clone()).or_default().push(*value);
             }
             rounds.push(
                 round
@@ -1477,7 +1475,10 @@ async fn main() {
             );
         }
         for (name, unit) in order {
-            let values = runs.remove(&name).unwrap_or_default();
+            let values = rounds
+                .iter()
+                .filter_map(|r| r.get(&name).copied())
+                .collect();
             rep.add_median(&name, values, &unit, json!({ "of": "rounds" }));
         }
     }
