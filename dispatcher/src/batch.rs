@@ -234,9 +234,6 @@ async fn create_batch(
         ("priority", job.priority.to_string()),
         ("created_at", now.clone()),
         ("updated_at", now),
-        // Items completed straight from their messages keep no hash (`finish.lua`); batches
-        // of older releases, whose readers and workers expect one, lack the field.
-        ("lean", "1".into()),
     ];
     if let Some(c) = job.correlation_id {
         fields.push(("correlation_id", c));
@@ -312,28 +309,7 @@ async fn create_batch(
         .hset(st.keys.batch(&batch_id), "hooks", wanted);
     }
     // The first event of the outbox, in the same transaction as the batch itself.
-    let at = now_rfc3339();
-    pipe.hset(st.keys.batch(&batch_id), "seq", 1);
-    if wanted
-        .as_deref()
-        .is_some_and(|w| w == "*" || w.contains(" batch.pending "))
-    {
-        pipe.cmd("XADD")
-            .arg(st.keys.events())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(1_000_000)
-            .arg("*")
-            .arg(&[
-                ("type", "batch.pending"),
-                ("batch_id", batch_id.as_str()),
-                ("item_id", ""),
-                ("status", "pending"),
-                ("seq", "1"),
-                ("at", at.as_str()),
-            ])
-            .ignore();
-    }
+    st.scripts.created(&mut pipe, &batch_id);
     let _: () = pipe.query_async(&mut con).await?;
     // The answer is the record just written, not a read of it: a round trip less, and none
     // taken after expansion has woken and the workers are busy on the same cores.

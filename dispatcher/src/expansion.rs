@@ -20,7 +20,7 @@ use std::time::Duration;
 use docfleet_shared::model::{BatchStatus, Priority};
 use docfleet_shared::scripts::NewItem;
 use docfleet_shared::settings::DispatcherSettings;
-use docfleet_shared::wire::{ItemHint, ItemMessage};
+use docfleet_shared::wire::ItemMessage;
 use redis::AsyncCommands;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
@@ -113,8 +113,15 @@ fn input_page(window: &[u8], start: i64, max: usize) -> (Vec<(String, i64)>, usi
     (page, at)
 }
 
-/// Batches one replica expands at once.
-const PARALLEL_EXPANSIONS: usize = 4;
+/// Batches one replica expands at once; more wait in `P:expansion` for a free place.
+const MAX_EXPANSIONS: usize = 256;
+
+/// Pages being registered and published at once by one replica, across all its batches.
+/// Every page of a batch takes a turn at this turnstile, which serves them first come first
+/// served, so batches expanding together publish a page each in turn (round robin), however
+/// many pages each has. A critical or high batch does not queue at it: its pages go as soon as
+/// they are read, so a higher priority still wins.
+const TURNS: usize = 2;
 
 /// Renews a lease only if this replica still holds it.
 const RENEW_LEASE: &str = r"
@@ -141,22 +148,26 @@ enum ExpansionError {
     Record(#[from] serde_json::Error),
 }
 
-/// Expands waiting batches until `shutdown` turns true.
+/// Expands waiting batches until `shutdown` turns true. A new batch of this replica's, or the
+/// end of an expansion, starts the next ones at once; the timer only finds batches that
+/// another replica created or left behind (its lease lapsed).
 pub async fn run(st: AppState, mut shutdown: watch::Receiver<bool>) {
     let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let turnstile = Arc::new(tokio::sync::Semaphore::new(TURNS));
     let mut tasks = JoinSet::new();
+    let rescan = Duration::from_millis(st.settings.expansion_lease_secs * 1000 / 3);
     loop {
-        tokio::select! {
-            _ = st.expansion_wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => {}
-        }
         if *shutdown.borrow() {
             break;
         }
-        while tasks.try_join_next().is_some() {}
-        if let Err(error) = pick(&st, &active, &mut tasks, &shutdown).await {
+        if let Err(error) = pick(&st, &active, &turnstile, &mut tasks, &shutdown).await {
             tracing::warn!(%error, "Expansion scan failed; retrying.");
+        }
+        tokio::select! {
+            _ = st.expansion_wake.notified() => {}
+            Some(_) = tasks.join_next() => {}
+            _ = tokio::time::sleep(rescan) => {}
+            _ = shutdown.changed() => {}
         }
     }
     // In-flight expansions notice the flag between pages and hand their lease back.
@@ -166,18 +177,24 @@ pub async fn run(st: AppState, mut shutdown: watch::Receiver<bool>) {
 async fn pick(
     st: &AppState,
     active: &Arc<Mutex<HashSet<String>>>,
+    turnstile: &Arc<tokio::sync::Semaphore>,
     tasks: &mut JoinSet<()>,
     shutdown: &watch::Receiver<bool>,
 ) -> redis::RedisResult<()> {
     let mut con = st.background.clone();
-    let waiting: Vec<String> = con.zrange(st.keys.expansion(), 0, 63).await?;
+    let waiting: Vec<String> = con
+        .zrange(st.keys.expansion(), 0, MAX_EXPANSIONS as isize - 1)
+        .await?;
     let lease_ms = st.settings.expansion_lease_secs * 1000;
     for batch_id in waiting {
-        if active.lock().await.len() >= PARALLEL_EXPANSIONS {
-            break;
-        }
-        if active.lock().await.contains(&batch_id) {
-            continue;
+        {
+            let active = active.lock().await;
+            if active.len() >= MAX_EXPANSIONS {
+                break;
+            }
+            if active.contains(&batch_id) {
+                continue;
+            }
         }
         let got: Option<String> = redis::cmd("SET")
             .arg(st.keys.batch_lease(&batch_id))
@@ -192,10 +209,11 @@ async fn pick(
         }
         active.lock().await.insert(batch_id.clone());
         let (st, active, shutdown) = (st.clone(), active.clone(), shutdown.clone());
+        let turnstile = turnstile.clone();
         let span = tracing::info_span!("expansion", batch_id = %batch_id);
         tasks.spawn(
             async move {
-                if let Err(error) = expand(&st, &batch_id, &shutdown).await {
+                if let Err(error) = expand(&st, &batch_id, &turnstile, &active, &shutdown).await {
                     tracing::warn!(%error, "Expansion interrupted; it will resume.");
                 }
                 let mut con = st.background.clone();
@@ -216,6 +234,8 @@ async fn pick(
 async fn expand(
     st: &AppState,
     batch_id: &str,
+    turnstile: &tokio::sync::Semaphore,
+    active: &Mutex<HashSet<String>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), ExpansionError> {
     let mut con = st.background.clone();
@@ -252,11 +272,17 @@ async fn expand(
         };
         if headroom <= 0 {
             match hold_back(st, &mut con, batch_id, ready.priority, &lease, shutdown).await? {
-                Some(room) => headroom = room,
+                // The room is shared with the other batches expanding here, so together they
+                // keep the queue as short as one would.
+                Some(room) => headroom = room / active.lock().await.len().max(1) as i64,
                 None => return Ok(()),
             }
         }
         headroom -= ready.bodies.len() as i64;
+        let _turn = match ready.priority {
+            Priority::Critical | Priority::High => None,
+            Priority::Medium | Priority::Low => turnstile.acquire().await.ok(),
+        };
         // The broker takes this page while Redis registers the next: the two are the bulk
         // of a page's time, and neither waits for the other.
         let mut next_con = con.clone();
@@ -430,7 +456,6 @@ async fn prepare(
     }
     let project = get("project_id");
     let mut items = Vec::with_capacity(ids.len());
-    let mut sizes = Vec::with_capacity(ids.len());
     let mut directories: HashSet<String> = HashSet::new();
     for ((id, order), raw) in ids.iter().zip(orders).zip(records) {
         let file = match raw {
@@ -440,21 +465,15 @@ async fn prepare(
         // An id is checked here rather than at create, so that create answers at once
         // however long the list: a file that is gone, or another project's, fails as an
         // item, named by its id alone.
-        let (name, refusal, size) = match file {
+        let refusal = match file {
             Some(f) if f.project_id == project => {
                 directories.insert(f.directory_id);
-                (f.display_name, None, f.size_bytes)
+                None
             }
-            _ => (
-                id.clone(),
-                Some(format!("no file {id:?} in this project")),
-                0,
-            ),
+            _ => Some(format!("no file {id:?} in this project")),
         };
-        sizes.push(size);
         items.push(NewItem {
             item_id: id.clone(),
-            name,
             order,
             refusal,
         });
@@ -484,17 +503,8 @@ async fn prepare(
     Ok(Step::Ready(Ready {
         bodies: items
             .iter()
-            .zip(sizes)
-            .filter(|(i, _)| i.refusal.is_none())
-            .map(|(i, size)| {
-                ItemMessage::new(batch_id, &i.item_id)
-                    .with_hint(ItemHint {
-                        order: i.order,
-                        name: i.name.clone(),
-                        size,
-                    })
-                    .encode()
-            })
+            .filter(|i| i.refusal.is_none())
+            .map(|i| ItemMessage::new(batch_id, &i.item_id).encode())
             .collect(),
         priority: get("priority")
             .parse()
@@ -509,13 +519,11 @@ async fn prepare(
 }
 
 /// What expansion reads of a directory-file record (`records::DirectoryFile`): decoding the
-/// whole record allocated a dozen strings and a metadata tree per item, for three fields.
+/// whole record allocated a dozen strings and a metadata tree per item, for two fields.
 #[derive(serde::Deserialize)]
 struct FileFacts {
     project_id: String,
     directory_id: String,
-    display_name: String,
-    size_bytes: u64,
 }
 
 /// The expansion lease and how long each renewal holds it.

@@ -15,7 +15,6 @@ pub mod directories;
 pub mod error;
 pub mod expansion;
 pub mod http;
-pub mod priority;
 pub mod publisher;
 pub mod records;
 pub mod results;
@@ -239,7 +238,9 @@ pub async fn run(
         state.keys.clone(),
         stop_rx.clone(),
     ));
-    let depth = tokio::spawn(watch_queue_depth(state.clone(), stop_rx));
+    let depth = tokio::spawn(watch_queue_depth(state.clone(), stop_rx.clone()));
+    let publisher = state.publisher.clone();
+    let broker = tokio::spawn(async move { publisher.keep_open(stop_rx).await });
     tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
     let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
@@ -250,6 +251,7 @@ pub async fn run(
     // In-flight deliveries finish (bounded by the request timeout); the rest stay due in Redis.
     let _ = sending.await;
     let _ = depth.await;
+    let _ = broker.await;
     let _ = snapshots.await;
     tracing::info!("Dispatcher drained.");
     served.map_err(DispatcherError::from)

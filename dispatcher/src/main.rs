@@ -53,18 +53,6 @@ fn main() -> ExitCode {
             Ok(s) => s,
             Err(code) => return code,
         };
-    // Before the runtime, whose threads inherit it.
-    if settings.realtime_priority > 0 {
-        if let Err(e) = docfleet_dispatcher::priority::realtime(settings.realtime_priority) {
-            tracing::error!(error = %e, "Dispatcher failed.");
-            eprintln!("docfleet-dispatcher: {e}");
-            return ExitCode::FAILURE;
-        }
-        tracing::info!(
-            priority = settings.realtime_priority,
-            "Serving under SCHED_FIFO."
-        );
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

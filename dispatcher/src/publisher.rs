@@ -25,6 +25,11 @@ struct Link {
     channel: Channel,
 }
 
+/// How often the link is checked while it is up.
+const HEAL_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to reach a broker that is down.
+const HEAL_MAX: Duration = Duration::from_secs(5);
+
 /// One confirmed channel per dispatcher, re-opened on failure.
 pub struct Publisher {
     url: String,
@@ -59,6 +64,51 @@ impl Publisher {
             _connection: connection,
             channel,
         })
+    }
+
+    /// Opens a new link when the current one is gone; true when the link is usable after.
+    pub async fn heal(&self) -> bool {
+        let mut guard = self.link.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|l| l.channel.status().connected())
+        {
+            return true;
+        }
+        *guard = None;
+        match self.open().await {
+            Ok(link) => {
+                *guard = Some(link);
+                tracing::info!("Broker connection re-opened.");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Broker unavailable; retrying.");
+                false
+            }
+        }
+    }
+
+    /// Keeps the link open until `shutdown`, whether or not anything is published: an idle
+    /// dispatcher must become ready again on its own after the broker comes back, since an
+    /// unready replica gets no traffic that would make it publish. Looks every second, and
+    /// backs off to [`HEAL_MAX`] while the broker stays away.
+    pub async fn keep_open(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut wait = HEAL_EVERY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            wait = if self.heal().await {
+                HEAL_EVERY
+            } else {
+                (wait * 2).min(HEAL_MAX)
+            };
+        }
     }
 
     /// Whether the channel is usable now (readiness).

@@ -170,44 +170,12 @@ pub fn job_item(item_id: &str, h: &HashMap<String, String>) -> Value {
     })
 }
 
-/// The record of an item without a hash that has a result: a lean batch's item completed
-/// straight from its message (`finish.lua` writes it no hash; one attempt, started and
-/// completed at once). Its result carries the time (`completed_at`) and `pages`. An item
-/// with a hash, or without a result (pending), is left as it is.
-pub fn lean_record(h: &mut HashMap<String, String>, result: Option<&str>) {
-    if h.contains_key("status") {
-        return;
-    }
-    let Some(result) = result else { return };
-    h.insert("status".into(), "completed".into());
-    h.insert("attempts".into(), "1".into());
-    let Ok(stamp) = serde_json::from_str::<Stamp>(result) else {
-        return;
-    };
-    if let Some(at) = stamp.completed_at {
-        for field in ["started_at", "completed_at", "updated_at"] {
-            h.insert(field.into(), at.clone());
-        }
-    }
-    if let Some(pages) = stamp.pages {
-        h.insert("pages".into(), pages.to_string());
-    }
-}
-
-/// What [`lean_record`] reads of a result.
-#[derive(Deserialize)]
-struct Stamp {
-    completed_at: Option<String>,
-    pages: Option<u64>,
-}
-
 /// What an item's record leaves out, filled in from its batch and its file, for items of
 /// `batch` given as (id, order, record). Register writes no record (a pending item has
 /// none), and the scripts write only state: the name is the file's, read here only if its
 /// project is the batch's (an id refused at expansion shows itself, never another
-/// project's name); the job id derives from the order; the item took effect with its batch.
-/// An item without a hash is lean and completed if the batch holds its result
-/// ([`lean_record`]; a record read with its result carries it as `result`), else pending.
+/// project's name); the job id derives from the order; the item took effect with its batch;
+/// an item without a hash is pending.
 pub async fn fill_items(
     con: &mut redis::aio::ConnectionManager,
     keys: &docfleet_shared::keys::Keys,
@@ -219,33 +187,6 @@ pub async fn fill_items(
         .get("job_type")
         .and_then(JobType::parse)
         .unwrap_or(JobType::Parse);
-    let bare: Vec<usize> = (0..items.len())
-        .filter(|&i| !items[i].2.contains_key("status"))
-        .collect();
-    let unread: Vec<&str> = bare
-        .iter()
-        .filter(|&&i| !items[i].2.contains_key("result"))
-        .map(|&i| items[i].0.as_str())
-        .collect();
-    let fetched: Vec<Option<String>> = if unread.is_empty() {
-        Vec::new()
-    } else {
-        redis::cmd("HMGET")
-            .arg(keys.batch_results(batch_id))
-            .arg(&unread)
-            .query_async(con)
-            .await?
-    };
-    // In `bare` order, as `unread` was taken.
-    let mut fetched = fetched.into_iter();
-    for i in bare {
-        let h = &mut items[i].2;
-        let result = match h.get("result") {
-            Some(r) => Some(r.clone()),
-            None => fetched.next().flatten(),
-        };
-        lean_record(h, result.as_deref());
-    }
     let unnamed: Vec<usize> = (0..items.len())
         .filter(|&i| !items[i].2.contains_key("name"))
         .collect();
@@ -272,9 +213,7 @@ pub async fn fill_items(
         h.insert("name".into(), name);
     }
     for (_, order, h) in items.iter_mut() {
-        if !h.contains_key("job_id") {
-            h.insert("job_id".into(), kind.job_id(batch_id, *order as i64));
-        }
+        h.insert("job_id".into(), kind.job_id(batch_id, *order as i64));
         h.entry("status".into()).or_insert_with(|| "pending".into());
         if let Some(created) = batch.get("created_at") {
             h.entry("created_at".into())
@@ -289,34 +228,4 @@ pub async fn fill_items(
 struct NameFacts {
     project_id: String,
     display_name: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_item_without_a_hash_is_completed_by_its_stamped_result_or_else_left_pending() {
-        let mut lean = HashMap::new();
-        lean_record(
-            &mut lean,
-            Some(r#"{"completed_at":"2026-01-02T03:04:05.678Z","pages":3,"output":{}}"#),
-        );
-        assert_eq!(lean["status"], "completed");
-        assert_eq!(lean["attempts"], "1");
-        assert_eq!(lean["started_at"], "2026-01-02T03:04:05.678Z");
-        assert_eq!(lean["completed_at"], "2026-01-02T03:04:05.678Z");
-        assert_eq!(lean["pages"], "3");
-
-        // Without a result the item is pending: nothing is made up.
-        let mut pending = HashMap::new();
-        lean_record(&mut pending, None);
-        assert!(pending.is_empty());
-
-        // A hash is the record, whatever the result says.
-        let mut hashed = HashMap::from([("status".to_owned(), "failed".to_owned())]);
-        lean_record(&mut hashed, Some(r#"{"completed_at":"x","pages":1}"#));
-        assert_eq!(hashed["status"], "failed");
-        assert!(!hashed.contains_key("completed_at"));
-    }
 }

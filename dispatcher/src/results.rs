@@ -31,8 +31,7 @@ impl Job {
 }
 
 /// A job id names its batch and the item's order (`JobType::job_id`); the batch's item set,
-/// scored by order, names the item. An id drawn at random before ids were derived is looked
-/// up in its own key.
+/// scored by order, names the item.
 async fn resolve(
     st: &AppState,
     project: &str,
@@ -41,59 +40,38 @@ async fn resolve(
 ) -> Result<Job, ApiError> {
     let mut con = st.redis.clone();
     let not_found = || ApiError::not_found("job", job_id);
-    let derived = parse_job_id(job_id).map(|d| d.order);
-    let (batch_id, item_id) = match parse_job_id(job_id) {
-        Some(derived) => {
-            if derived.job_type != kind {
-                return Err(not_found());
-            }
-            let at: Vec<String> = con
-                .zrangebyscore_limit(
-                    st.keys.batch_items(&derived.batch_id),
-                    derived.order,
-                    derived.order,
-                    0,
-                    1,
-                )
-                .await?;
-            let item_id = at.into_iter().next().ok_or_else(not_found)?;
-            (derived.batch_id, item_id)
-        }
-        None => {
-            let link: Option<String> = con.get(st.keys.job(job_id)).await?;
-            let (b, i) = link
-                .as_deref()
-                .and_then(|l| l.split_once('\n'))
-                .ok_or_else(not_found)?;
-            (b.to_owned(), i.to_owned())
-        }
-    };
+    let derived = parse_job_id(job_id).ok_or_else(not_found)?;
+    // `.00` reads as the order of `.0`, but names nothing.
+    if derived.job_type != kind || kind.job_id(&derived.batch_id, derived.order) != job_id {
+        return Err(not_found());
+    }
+    let batch_id = derived.batch_id;
+    let at: Vec<String> = con
+        .zrangebyscore_limit(
+            st.keys.batch_items(&batch_id),
+            derived.order,
+            derived.order,
+            0,
+            1,
+        )
+        .await?;
+    let item_id = at.into_iter().next().ok_or_else(not_found)?;
     let batch = crate::batch::load(st, project, &batch_id)
         .await
         .map_err(|_| not_found())?;
     if batch.get("job_type") != Some(kind.as_str()) {
         return Err(not_found());
     }
-    // An inline result sits in the batch's results hash (older releases kept it on the
-    // item record, where it is still read): one round trip for both.
+    // One round trip for the record and the result.
     let (mut item, result): (HashMap<String, String>, Option<String>) = redis::pipe()
         .hgetall(st.keys.item(&batch_id, &item_id))
         .hget(st.keys.batch_results(&batch_id), &item_id)
         .query_async(&mut con)
         .await?;
     if let Some(result) = result {
-        item.entry("result".into()).or_insert(result);
+        item.insert("result".into(), result);
     }
-    // An item that carries an id must carry this very one: an order that names an item of
-    // another id (a batch registered with random ids) is not this job. One without (every
-    // item registered since) has the id its order gives, which found it.
-    match item.get("job_id") {
-        Some(own) if own == job_id => {}
-        // `.00` reads as the order of `.0`, but names nothing.
-        None if derived.is_some_and(|o| kind.job_id(&batch_id, o) == job_id) => {}
-        _ => return Err(not_found()),
-    }
-    let mut rows = [(item_id, derived.unwrap_or(0) as f64, item)];
+    let mut rows = [(item_id, derived.order as f64, item)];
     crate::records::fill_items(&mut con, &st.keys, &batch_id, &batch, &mut rows).await?;
     let [(item_id, _, item)] = rows;
     Ok(Job {

@@ -4,10 +4,9 @@
 //! A run is a completed item of the file. Expansion lists every batch that registers files of
 //! a directory in `P:dir:<id>:batches`, so the file's runs are read from its items in those
 //! batches: the batch's config and type, the item's record and its result. Workers write
-//! nothing per file. Releases before that index appended a JSON record per run to the file's
-//! own list (`P:dfile:<id>:runs`); those are read first and not repeated.
+//! nothing per file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -50,27 +49,14 @@ pub async fn processing_results(
     if file.project_id != project {
         return Err(ApiError::not_found("item", &item_id));
     }
-    let (legacy, batches): (Vec<String>, Vec<String>) = redis::pipe()
-        .lrange(st.keys.dfile_runs(&item_id), 0, -1)
+    let batches: Vec<String> = con
         .zrange(st.keys.dir_batches(&file.directory_id), 0, -1)
-        .query_async(&mut con)
         .await?;
-    let mut runs = Vec::with_capacity(legacy.len() + batches.len());
-    let mut seen = HashSet::new();
-    for r in legacy {
-        let v: Value = serde_json::from_str(&r)?;
-        if let Some(id) = v.get("result_id").and_then(Value::as_str) {
-            seen.insert(id.to_owned());
-        }
-        runs.push(v);
-    }
+    let mut runs = Vec::with_capacity(batches.len());
     for chunk in batches.chunks(BATCH_CHUNK) {
         for found in read_items(&st, &mut con, chunk, &item_id).await? {
             if let Some(run) = run_record(&st, &project, &item_id, found).await? {
-                let id = run["result_id"].as_str().unwrap_or_default();
-                if seen.insert(id.to_owned()) {
-                    runs.push(run);
-                }
+                runs.push(run);
             }
         }
     }
@@ -138,9 +124,8 @@ async fn run_record(
     st: &AppState,
     project: &str,
     item_id: &str,
-    mut f: Found,
+    f: Found,
 ) -> Result<Option<Value>, ApiError> {
-    crate::records::lean_record(&mut f.item, f.result.as_deref());
     let get = |k: &str| f.item.get(k).map(String::as_str).filter(|v| !v.is_empty());
     if f.project.as_deref() != Some(project) || get("status") != Some("completed") {
         return Ok(None);
@@ -151,15 +136,13 @@ async fn run_record(
     ) else {
         return Ok(None);
     };
-    let job_id = match (get("job_id"), f.order) {
-        (Some(id), _) => id.to_owned(),
-        (None, Some(order)) => kind.job_id(&f.batch_id, order as i64),
-        (None, None) => return Ok(None),
+    let Some(order) = f.order else {
+        return Ok(None);
     };
+    let job_id = kind.job_id(&f.batch_id, order as i64);
     let result: Value = f
         .result
         .as_deref()
-        .or(get("result"))
         .and_then(|r| serde_json::from_str(r).ok())
         .unwrap_or(Value::Null);
     // Where the output is: a parse output in a file names its key; a classify answer is kept

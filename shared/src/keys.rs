@@ -11,7 +11,6 @@
 //! | `P:dir:<dir_id>:seq` | string | last insertion sequence |
 //! | `P:dfile:<file_id>` | string | directory-file record (JSON) |
 //! | `P:dir:<dir_id>:batches` | zset | batches that registered files of the directory, by first registration (ms): where a file's processing results are found |
-//! | `P:dfile:<file_id>:runs` | list | processing results of that file (JSON), written by releases before `:batches`; read only |
 //! | `P:proj:<project>:dirs` / `:batches` | zset | ids by creation time |
 //! | `P:batch:{<id>}` | hash | batch record and counters |
 //! | `P:batch:{<id>}:config` | string | the job config as sent (JSON) |
@@ -21,7 +20,6 @@
 //! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error (and `result`, written by releases before the results hash) |
 //! | `P:batch:{<id>}:results` | hash | item id → its result (JSON): inline output or where the output is stored |
 //! | `P:batch:{<id>}:lease` | string | which dispatcher expands the batch, with a TTL |
-//! | `P:job:<job_id>` | string | `<batch_id>\n<item_id>` of a per-file job with a random id (written before ids were derived; read only) |
 //! | `P:expansion` | zset | batches whose expansion has not finished |
 //! | `P:events` | stream | outbox of status events, written by the same scripts as the transitions |
 //! | `P:whd:<delivery_id>` | hash | one webhook delivery: endpoint, body, attempts, status |
@@ -79,12 +77,6 @@ impl Keys {
         format!("{}:dir:{dir_id}:batches", self.prefix)
     }
 
-    /// Processing results of a directory file, as releases before [`Keys::dir_batches`]
-    /// appended them (read only).
-    pub fn dfile_runs(&self, file_id: &str) -> String {
-        format!("{}:dfile:{file_id}:runs", self.prefix)
-    }
-
     /// Directories of a project.
     pub fn project_dirs(&self, project: &str) -> String {
         format!("{}:proj:{project}:dirs", self.prefix)
@@ -135,12 +127,6 @@ impl Keys {
     /// Expansion lease of a batch.
     pub fn batch_lease(&self, batch_id: &str) -> String {
         format!("{}:lease", self.batch(batch_id))
-    }
-
-    /// A per-file job id drawn at random (before ids were derived, `model::parse_job_id`) →
-    /// its batch and item. Read only; nothing writes these any more.
-    pub fn job(&self, job_id: &str) -> String {
-        format!("{}:job:{job_id}", self.prefix)
     }
 
     /// Batches awaiting expansion.

@@ -68,8 +68,6 @@ pub struct Metrics {
     pub webhook_seconds: Histogram,
     /// Items per claim or finish script run of a worker (its ledger's groups).
     pub ledger_group_items: Histogram,
-    /// Items a worker recorded straight from their message, without a claim.
-    pub items_unclaimed: Counter,
     /// `get_status` reads by where they were answered from.
     pub status_reads: Family<StatusReadLabels, Counter>,
 }
@@ -86,7 +84,6 @@ impl Default for Metrics {
             webhooks: Family::default(),
             webhook_seconds: histogram(),
             ledger_group_items: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
-            items_unclaimed: Counter::default(),
             status_reads: Family::default(),
             registry: Registry::default(),
         };
@@ -129,11 +126,6 @@ impl Default for Metrics {
             "ledger_group_items",
             "Items per claim or finish script run (a worker's ledger groups)",
             m.ledger_group_items.clone(),
-        );
-        registry.register(
-            "items_unclaimed",
-            "Tiny files recorded straight from their message, without a claim",
-            m.items_unclaimed.clone(),
         );
         registry.register(
             "status_reads",

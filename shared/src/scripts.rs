@@ -33,8 +33,8 @@ pub enum Claim {
 pub struct Run {
     /// Delivery attempt, 1-based.
     pub attempt: u32,
-    /// The item's result id, when it has one.
-    pub job_id: Option<String>,
+    /// The item's place in its batch, which its job id derives from (`JobType::job_id`).
+    pub order: i64,
     /// The item's directory-file record (JSON), when it exists.
     pub file: Option<String>,
 }
@@ -46,12 +46,8 @@ pub enum Recorded {
     Recorded,
     /// It was already terminal; nothing counted.
     Duplicate,
-    /// No such item.
+    /// No such batch or item.
     Missing,
-    /// A direct outcome of an item of a cancelled batch: the item is now cancelled.
-    Cancelled,
-    /// A direct outcome not recorded: the item is not pending or has another job id. Claim it.
-    Claim,
 }
 
 /// What [`Scripts::cancel`] decided.
@@ -91,8 +87,6 @@ impl Outcome {
 pub struct NewItem {
     /// Directory-file id.
     pub item_id: String,
-    /// Display name, for the message's hint: the item's record is its file's.
-    pub name: String,
     /// Position in the batch's input; the item's job id derives from it.
     pub order: i64,
     /// Why the item cannot run (its file is unknown): it is registered straight as `failed`
@@ -122,9 +116,6 @@ pub struct Finished<'a> {
     pub outcome: Outcome,
     /// Its details.
     pub fields: OutcomeFields<'a>,
-    /// Set when no claim started the item: its job id, which the item must have, and the item
-    /// must be pending. Its start is recorded with its outcome.
-    pub direct: Option<&'a str>,
 }
 
 /// Items registered by one script call.
@@ -148,6 +139,10 @@ pub struct Scripts {
     set_counts: Script,
 }
 
+/// The `created` script's source: it runs inside the create transaction, where a script not
+/// yet loaded cannot be loaded, so it goes as `EVAL` (Redis caches it by its digest).
+const CREATED: &str = batch_script!("lua/created.lua");
+
 impl Scripts {
     /// Scripts for keys under `keys`.
     pub fn new(keys: Keys) -> Self {
@@ -167,6 +162,22 @@ impl Scripts {
     /// The key layout.
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Adds to `pipe` (the create transaction, after the batch's fields) the batch's first
+    /// event, `batch.pending`, emitted like every other event: by a script, for the
+    /// endpoints that want it.
+    pub fn created(&self, pipe: &mut redis::Pipeline, batch_id: &str) {
+        let base = self.keys.batch(batch_id);
+        pipe.cmd("EVAL")
+            .arg(CREATED)
+            .arg(2)
+            .arg(&base)
+            .arg(self.keys.events())
+            .arg(&base)
+            .arg(crate::now_rfc3339())
+            .arg(batch_id)
+            .ignore();
     }
 
     fn invocation<'s>(&self, script: &'s Script, batch_id: &str) -> redis::ScriptInvocation<'s> {
@@ -239,8 +250,7 @@ impl Scripts {
     }
 
     /// Records the outcomes of items of one batch, each counted only if it was not terminal
-    /// yet (and, for a [`Finished::direct`] one, only if it is pending); says what happened per
-    /// item, in the order given.
+    /// yet; says what happened per item, in the order given.
     pub async fn finish<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
@@ -254,8 +264,7 @@ impl Scripts {
                 .arg(it.fields.error_message)
                 .arg(it.fields.skip_reason)
                 .arg(it.fields.result)
-                .arg(it.fields.pages)
-                .arg(it.direct.unwrap_or(""));
+                .arg(it.fields.pages);
         }
         let tags: Vec<String> = inv.invoke_async(con).await?;
         Ok(tags
@@ -263,8 +272,6 @@ impl Scripts {
             .map(|t| match t.as_str() {
                 "recorded" => Recorded::Recorded,
                 "duplicate" => Recorded::Duplicate,
-                "cancelled" => Recorded::Cancelled,
-                "claim" => Recorded::Claim,
                 _ => Recorded::Missing,
             })
             .collect())
@@ -365,7 +372,10 @@ fn claim_reply(reply: &[redis::Value]) -> redis::RedisResult<Claim> {
                     Some(v) => redis::from_redis_value(v.clone())?,
                     None => 1,
                 },
-                job_id: text(2)?,
+                order: match reply.get(2) {
+                    Some(v) => redis::from_redis_value(v.clone())?,
+                    None => 0,
+                },
                 file: text(3)?,
             })
         }

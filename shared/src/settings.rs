@@ -200,14 +200,6 @@ pub struct DispatcherSettings {
     pub status: StatusSettings,
     /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
     pub vision: VisionSettings,
-    /// Linux real-time priority (`SCHED_FIFO`, 1-99) for every thread of the dispatcher; 0
-    /// (the default) leaves it to the normal scheduler. Where the dispatcher shares CPUs that
-    /// workers, RabbitMQ and Redis keep busy, each request otherwise waits for a CPU when it
-    /// wakes the process: a status poll answered from memory in 0.3 ms took 10-15 ms at p99
-    /// in the benchmark's 1M-item run on 2 vCPUs, and 0.7-1.4 ms with this at 10. The kernel
-    /// keeps 5% of each second for other work (`sched_rt_runtime_us`). Needs `CAP_SYS_NICE`
-    /// or an `RLIMIT_RTPRIO` of at least the priority; the dispatcher refuses to start without.
-    pub realtime_priority: u8,
 }
 
 impl Default for DispatcherSettings {
@@ -226,7 +218,6 @@ impl Default for DispatcherSettings {
             webhook: WebhookSettings::default(),
             status: StatusSettings::default(),
             vision: VisionSettings::default(),
-            realtime_priority: 0,
         }
     }
 }
@@ -243,23 +234,25 @@ pub struct WorkerSettings {
     pub store: StoreSettings,
     /// Logs.
     pub log: LogSettings,
-    /// Items in flight at once in one worker process (claim, I/O, record). Most of an item's
-    /// life is waiting on Redis and the store, so this is several times the core count; and
-    /// the more wait together, the larger the groups the ledger sends to Redis (32 instead of
-    /// 16, prefetch 128 instead of 64: 8,528 instead of 6,937 tiny files/s in the fleet
-    /// benchmark, medians of 4 interleaved runs; 64 and 256 instead of 32 and 128: faster in 5
-    /// of 5 interleaved pairs, median 18,984 instead of 16,257, with 10% less Redis CPU per
-    /// item).
+    /// Items in flight at once in one worker process (claim, read, engine, write, record).
+    /// The engine stage is bounded by `cpu_slots`; the rest of an item's life waits on Redis
+    /// and the store, so twice the slots keeps every slot busy while finished items are
+    /// recorded. Default: 2 × the core count. Tiny items (a few KiB of text, microseconds of
+    /// parse) are bound by those waits instead, and want far more in flight (BENCHMARKS.md,
+    /// "Tuning for tiny items").
     pub concurrency: usize,
     /// Items parsed or classified at once (CPU-bound); defaults to the core count.
     pub cpu_slots: usize,
     /// Threads of the async runtime, which only waits: on the broker, Redis and the store.
-    /// Parsing runs on threads of its own (`cpu_slots`), so one is enough; more threads
-    /// mostly hand work between each other (one instead of two: 16% less worker CPU per item
-    /// in the fleet benchmark).
+    /// Reads, parses and writes run on blocking threads (at most `cpu_slots` engines at once),
+    /// so one is enough; more threads mostly hand work between each other (one instead of
+    /// two: 16% less worker CPU per item in the fleet benchmark).
     pub runtime_threads: usize,
-    /// Unacknowledged deliveries the broker may hand this worker from each work queue (RabbitMQ
-    /// counts a `basic.qos` per consumer); only queues with messages use theirs.
+    /// Unacknowledged deliveries the broker may hand this worker from each work queue
+    /// (RabbitMQ counts a `basic.qos` per consumer; only queues with messages use theirs).
+    /// Default: `concurrency`, so a worker holds no more than it runs, and a worker started
+    /// late (an autoscaler's) finds the backlog still in the queue rather than held by the
+    /// others.
     pub prefetch: u16,
     /// Deadline for one item; past it the item fails (or retries).
     pub item_deadline_secs: u64,
@@ -336,6 +329,11 @@ impl VisionSettings {
     }
 }
 
+/// The CPUs this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
@@ -343,12 +341,10 @@ impl Default for WorkerSettings {
             redis: RedisSettings::default(),
             store: StoreSettings::default(),
             log: LogSettings::default(),
-            concurrency: 64,
-            cpu_slots: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            concurrency: 2 * cores(),
+            cpu_slots: cores(),
             runtime_threads: 1,
-            prefetch: 256,
+            prefetch: u16::try_from(2 * cores()).unwrap_or(u16::MAX),
             item_deadline_secs: 120,
             max_file_bytes: 256 * 1024 * 1024,
             max_attempts: 3,
@@ -421,12 +417,6 @@ impl Validate for DispatcherSettings {
         if self.expansion_lease_secs < 2 {
             return Err("expansion_lease_secs must be at least 2".into());
         }
-        if self.realtime_priority > 99 {
-            return Err(format!(
-                "realtime_priority must be 0 (off) or 1-99, got {}",
-                self.realtime_priority
-            ));
-        }
         let w = &self.webhook;
         if w.request_timeout_ms == 0 || w.first_retry_ms == 0 {
             return Err(
@@ -456,8 +446,8 @@ impl Validate for WorkerSettings {
         if self.concurrency == 0 || self.cpu_slots == 0 || self.runtime_threads == 0 {
             return Err("concurrency, cpu_slots and runtime_threads must be at least 1".into());
         }
-        if (self.prefetch as usize) < self.concurrency {
-            return Err("prefetch must be at least concurrency".into());
+        if self.prefetch == 0 {
+            return Err("prefetch must be at least 1".into());
         }
         if self.item_deadline_secs == 0 {
             return Err("item_deadline_secs must be at least 1".into());
@@ -541,22 +531,5 @@ impl HasLog for DispatcherSettings {
 impl HasLog for WorkerSettings {
     fn log(&self) -> &LogSettings {
         &self.log
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_realtime_priority_is_off_by_default_and_at_most_99() {
-        let mut s = DispatcherSettings::default();
-        assert_eq!(s.realtime_priority, 0);
-        assert!(s.validate().is_ok());
-        s.realtime_priority = 99;
-        assert!(s.validate().is_ok());
-        s.realtime_priority = 100;
-        let e = s.validate().expect_err("100 is no SCHED_FIFO priority");
-        assert!(e.contains("realtime_priority"), "{e}");
     }
 }

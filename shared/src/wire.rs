@@ -2,9 +2,7 @@
 //!
 //! A message names an item: the job config, the file location and the item's state live in
 //! Redis, so a message is small, a duplicate is harmless and a stale one is recognised by the
-//! claim script. The dispatcher adds what it knows of the item's file ([`ItemHint`]), so a
-//! worker can settle a tiny file without claiming it first; a message without one (published by
-//! hand, or by an older dispatcher) takes the claim path.
+//! claim script.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,24 +18,6 @@ pub struct ItemMessage {
     pub batch_id: String,
     /// The item (directory-file id).
     pub item_id: String,
-    /// What the dispatcher read of the item's file when it registered it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<ItemHint>,
-}
-
-/// The item's file as the dispatcher saw it at registration: enough for a worker to parse a
-/// tiny file and record its outcome in one script run, without the claim's round trip. Only a
-/// hint: the recording script still checks that the item is pending and that the job id
-/// derived from `order` is the item's, and the bytes are read from the batch's own project
-/// (`store::file_key`), so a wrong hint costs at most a fall back to the claim path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ItemHint {
-    /// The item's position in the batch (its job id derives from it).
-    pub order: i64,
-    /// The file's display name (format detection looks at its extension).
-    pub name: String,
-    /// The file's size in bytes.
-    pub size: u64,
 }
 
 /// Request identifiers that travel with every message of a batch, from the HTTP request
@@ -75,14 +55,7 @@ impl ItemMessage {
             v: SCHEMA_VERSION,
             batch_id: batch_id.to_owned(),
             item_id: item_id.to_owned(),
-            hint: None,
         }
-    }
-
-    /// With what the dispatcher knows of the item's file.
-    pub fn with_hint(mut self, hint: ItemHint) -> Self {
-        self.hint = Some(hint);
-        self
     }
 
     /// The body bytes.
@@ -109,13 +82,7 @@ mod tests {
     fn round_trip_and_poison() {
         let m = ItemMessage::new("bjb-1", "dfl-2");
         assert_eq!(ItemMessage::decode(&m.encode()).unwrap(), m);
-        let hinted = ItemMessage::new("bjb-1", "dfl-2").with_hint(ItemHint {
-            order: 7,
-            name: "a.txt".into(),
-            size: 12,
-        });
-        assert_eq!(ItemMessage::decode(&hinted.encode()).unwrap(), hinted);
-        // A message without a hint, as published by hand or by an older dispatcher.
+        // As a platform team publishes one by hand.
         assert_eq!(
             ItemMessage::decode(br#"{"v":1,"batch_id":"bjb-1","item_id":"dfl-2"}"#).unwrap(),
             m

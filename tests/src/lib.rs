@@ -121,8 +121,6 @@ impl Fleet {
             broker: ds.broker.clone(),
             redis: ds.redis.clone(),
             store: ds.store.clone(),
-            concurrency: 2,
-            prefetch: 4,
             item_deadline_secs: 30,
             drain_secs: 10,
             // deploy/local/test fetches the classify model and says where.

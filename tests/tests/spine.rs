@@ -246,9 +246,8 @@ async fn a_message_delivered_twice_counts_once() {
         )
         .await;
     let id = b["id"].as_str().unwrap().to_owned();
-    // Wait until every message is published, then publish each one again, by hand onto the
-    // shared priority queue as a platform team would: workers consume it beside the
-    // dispatcher's own queues.
+    // Wait until every message is published, then publish each one again, by hand onto a
+    // work queue as a platform team would.
     f.wait_status(&id, "dispatched").await;
     let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
         .await
@@ -257,16 +256,14 @@ async fn a_message_delivered_twice_counts_once() {
     ch.confirm_select(Default::default()).await.unwrap();
     let shared =
         docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-            .items_queue();
+            .priority_queue(docfleet_shared::model::Priority::High);
     for i in &ids {
         ch.basic_publish(
             "".into(),
             shared.as_str().into(),
             Default::default(),
             &docfleet_shared::wire::ItemMessage::new(&id, i).encode(),
-            lapin::BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_priority(3),
+            lapin::BasicProperties::default().with_delivery_mode(2),
         )
         .await
         .unwrap()
@@ -299,34 +296,6 @@ async fn a_message_delivered_twice_counts_once() {
         events.iter().filter(|(t, _)| t == "batch.success").count(),
         1
     );
-    f.shutdown().await;
-}
-
-/// At its default concurrency (64) a worker's ledger holds a small round back for company
-/// (`ledger::Gather`): every item of a batch is still recorded once, none is lost waiting.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_gathering_rounds_records_every_item_once() {
-    let mut f = Fleet::start(0).await;
-    let dir = f.create_dir(&f.api_key, "gather").await;
-    let ids = f.upload_texts(&dir, "g", 300).await;
-    let mut ws = f.worker_settings.clone();
-    let defaults = docfleet_shared::settings::WorkerSettings::default();
-    (ws.concurrency, ws.prefetch) = (defaults.concurrency, defaults.prefetch);
-    f.start_worker_with(ws).await;
-    let (s, b) = f
-        .post(
-            BATCH,
-            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
-    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
-    assert_eq!(status["job"]["status"], "completed", "{status}");
-    assert_eq!(status["job"]["processed_items"], 300);
-    let items = f.items(&id).await;
-    assert_exact_accounting(&status, &items);
-    assert!(items.iter().all(|i| i["status"] == "completed"));
     f.shutdown().await;
 }
 
@@ -372,7 +341,6 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         let order: f64 = con.zscore(f.keys.batch_items(&id), item).await.unwrap();
         again.push(docfleet_shared::scripts::NewItem {
             item_id: item.to_owned(),
-            name: "renamed".into(),
             order: order as i64,
             refusal: None,
         });
@@ -394,16 +362,6 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
     assert_eq!(set_len(ItemStatus::Pending).await, 3);
     let registered: u64 = con.hget(f.keys.batch(&id), "registered").await.unwrap();
     assert_eq!(registered, 4);
-    // A batch registered in part by a build without `registered_to` is checked item by item.
-    let _: () = con.hdel(f.keys.batch(&id), "registered_to").await.unwrap();
-    assert_eq!(
-        scripts.register(&mut con, &id, &again).await.unwrap(),
-        Some(0)
-    );
-    let record: bool = con.exists(f.keys.item(&id, a)).await.unwrap();
-    assert!(!record);
-    let registered_to: Option<i64> = con.hget(f.keys.batch(&id), "registered_to").await.unwrap();
-    assert_eq!(registered_to, None);
 
     let claims = scripts
         .claim(&mut con, &id, &[a, a, b, c, "dfl-never-registered"])
@@ -422,20 +380,13 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         "{claims:?}"
     );
     assert_eq!(claims[4], Claim::Missing);
-    // An item without a record gets the job id its order gives, derived in Lua as in Rust.
+    // A claim answers the item's order, which its job id derives from.
     for (claim, item) in claims.iter().zip([a, a, b, c]) {
         let order: f64 = con.zscore(f.keys.batch_items(&id), item).await.unwrap();
         let Claim::Run(run) = claim else {
             panic!("{claim:?}")
         };
-        assert_eq!(
-            run.job_id.as_deref(),
-            Some(
-                docfleet_shared::model::JobType::Parse
-                    .job_id(&id, order as i64)
-                    .as_str()
-            )
-        );
+        assert_eq!(run.order, order as i64);
     }
     assert_eq!(set_len(ItemStatus::Pending).await, 0);
     assert_eq!(set_len(ItemStatus::Processing).await, 3);
@@ -449,7 +400,6 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
             pages: "3",
             ..OutcomeFields::default()
         },
-        direct: None,
     };
     let recorded = scripts
         .finish(
@@ -496,25 +446,6 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
             assert!(runs[0]["processed_at"].is_string(), "{pr}");
         }
     }
-    // Runs that releases before the directory's batch index appended to the file's own list
-    // come first, and a run found both ways is shown once.
-    let (_, pr) = f
-        .get(&format!("{BATCH}/items/{a}/processing-results"))
-        .await;
-    let current = pr["processing_results"][0].clone();
-    let older = json!({ "item_id": a, "job_type": "parse", "result_id": "pjb-older" });
-    let _: () = con
-        .rpush(
-            f.keys.dfile_runs(a),
-            &[older.to_string(), current.to_string()],
-        )
-        .await
-        .unwrap();
-    let (_, pr) = f
-        .get(&format!("{BATCH}/items/{a}/processing-results"))
-        .await;
-    assert_eq!(pr["processing_results"], json!([older, current]), "{pr}");
-    let _: () = con.del(f.keys.dfile_runs(a)).await.unwrap();
     // The last outcome of the group finished the batch, once. A status read may answer from
     // a snapshot up to `status.max_staleness_ms` old, as it would after a worker's write.
     f.wait_status(&id, "completed").await;
@@ -548,164 +479,6 @@ async fn grouped_claims_and_outcomes_count_each_item_once() {
         "{events:?}"
     );
     assert_eq!((count("batch.running"), count("batch.success")), (1, 1));
-    f.shutdown().await;
-}
-
-/// A worker records a tiny file's outcome straight from its message (`Finished::direct`):
-/// recorded only while the item is pending under the job id given, with its start (attempt,
-/// `started_at`, the running events) in the same run; anything else is left to a claim. In a
-/// cancelled batch the item is cancelled instead, while a claimed item's outcome still counts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unclaimed_outcome_is_recorded_only_for_a_pending_item() {
-    use docfleet_shared::model::{ItemStatus, JobType};
-    use docfleet_shared::scripts::{Finished, Outcome, OutcomeFields, Recorded, Scripts};
-    use redis::AsyncCommands;
-
-    let f = Fleet::start(0).await;
-    let dir = f.create_dir(&f.api_key, "direct").await;
-    let ids = f.upload_texts(&dir, "d", 4).await;
-    let (a, b, c, d) = (
-        ids[0].as_str(),
-        ids[1].as_str(),
-        ids[2].as_str(),
-        ids[3].as_str(),
-    );
-    let (_, body) = f
-        .post(
-            BATCH,
-            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
-        )
-        .await;
-    let id = body["id"].as_str().unwrap().to_owned();
-    f.wait_status(&id, "dispatched").await;
-    let mut con = f.redis.clone();
-    let scripts = Scripts::new(f.keys.clone());
-    let mut job_ids = std::collections::HashMap::new();
-    for item in [a, b, c, d] {
-        let order: f64 = con.zscore(f.keys.batch_items(&id), item).await.unwrap();
-        job_ids.insert(item, JobType::Parse.job_id(&id, order as i64));
-    }
-    fn finished<'a>(item_id: &'a str, direct: Option<&'a str>) -> Finished<'a> {
-        Finished {
-            item_id,
-            outcome: Outcome::Completed,
-            fields: OutcomeFields {
-                // As a worker stamps a direct outcome's result (`item::stamped`).
-                result: r#"{"completed_at":"2026-01-02T03:04:05.678Z","pages":1,"output":{}}"#,
-                pages: "1",
-                ..OutcomeFields::default()
-            },
-            direct,
-        }
-    }
-    let job = |item: &str| job_ids[item].as_str();
-    // c is claimed the usual way first: it is processing, so a direct outcome is not taken.
-    scripts.claim(&mut con, &id, &[c]).await.unwrap();
-    let recorded = scripts
-        .finish(
-            &mut con,
-            &id,
-            &[
-                finished(a, Some(job(a))),
-                finished(b, Some("pjb-another-job")),
-                finished(a, Some(job(a))),
-                finished(c, Some(job(c))),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        recorded,
-        [
-            Recorded::Recorded,
-            Recorded::Claim,
-            Recorded::Duplicate,
-            Recorded::Claim
-        ]
-    );
-    // The batch is lean: a, completed straight from its message, has no hash of its own.
-    // Its result is its record, and the API shows it completed at the result's time.
-    let a_record: bool = con.exists(f.keys.item(&id, a)).await.unwrap();
-    assert!(!a_record);
-    let (_, listed) = f.get(&format!("{BATCH}/{id}/items?status=completed")).await;
-    let row = &listed["items"][0];
-    assert_eq!(row["item_id"], a, "{listed}");
-    assert_eq!(row["status"], "completed", "{listed}");
-    assert_eq!(row["job_id"], job(a), "{listed}");
-    assert_eq!(row["started_at"], "2026-01-02T03:04:05.678Z", "{listed}");
-    assert_eq!(row["completed_at"], "2026-01-02T03:04:05.678Z", "{listed}");
-    // A redelivery of a's message is claimed, and the claim finds it done.
-    assert_eq!(
-        scripts.claim(&mut con, &id, &[a]).await.unwrap(),
-        [docfleet_shared::scripts::Claim::Done]
-    );
-    // b stays pending: no record, still in the pending set.
-    let b_record: bool = con.exists(f.keys.item(&id, b)).await.unwrap();
-    assert!(!b_record);
-    let b_pending: Option<f64> = con
-        .zscore(f.keys.batch_status_set(&id, ItemStatus::Pending), b)
-        .await
-        .unwrap();
-    assert!(b_pending.is_some());
-    f.wait_status(&id, "running").await;
-    let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
-    assert_eq!(st["job"]["status"], "running", "{st}");
-    assert_eq!(st["job"]["processed_items"], 1, "{st}");
-
-    // Cancelled: the claimed item still counts, a direct one is cancelled, once.
-    scripts.cancel(&mut con, &id, "test").await.unwrap();
-    let recorded = scripts
-        .finish(
-            &mut con,
-            &id,
-            &[
-                finished(c, None),
-                finished(d, Some(job(d))),
-                finished(d, Some(job(d))),
-            ],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        recorded,
-        [Recorded::Recorded, Recorded::Cancelled, Recorded::Duplicate]
-    );
-    for (status, n) in [
-        (ItemStatus::Pending, 1),
-        (ItemStatus::Processing, 0),
-        (ItemStatus::Completed, 2),
-        (ItemStatus::Cancelled, 1),
-    ] {
-        let len: u64 = con
-            .zcard(f.keys.batch_status_set(&id, status))
-            .await
-            .unwrap();
-        assert_eq!(len, n, "{status:?}");
-    }
-    // A recount files a, which has no hash, under completed by its result, with the rest
-    // where their own hashes (or their absence: pending) say.
-    assert_eq!(
-        scripts.recount(&mut con, &id).await.unwrap(),
-        [1, 0, 2, 0, 0, 1]
-    );
-    // Cancelled here by the script, as by another replica: the API shows it within
-    // `status.max_staleness_ms`, and reads a cancelled batch from Redis.
-    f.wait_status(&id, "cancelled").await;
-    let (_, st) = f.get(&format!("{BATCH}/{id}")).await;
-    assert_eq!(st["job"]["processed_items"], 3, "{st}");
-    let events = f.events(&id).await;
-    let count = |t: &str| events.iter().filter(|(e, _)| e == t).count();
-    // Running: a (direct) and c (claimed); b was left to a claim and d was cancelled.
-    assert_eq!(
-        (
-            count("batch.running"),
-            count("parse.running"),
-            count("parse.success"),
-            count("parse.cancelled")
-        ),
-        (1, 2, 2, 1),
-        "{events:?}"
-    );
     f.shutdown().await;
 }
 
@@ -1208,7 +981,6 @@ async fn every_response_says_how_long_the_dispatcher_took() {
 /// the same way, and only the file leaves anything in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_outputs_live_in_redis_and_large_ones_in_files() {
-    use redis::AsyncCommands;
     let mut f = Fleet::start(0).await;
     let id = upload_invoice(&f, "placement").await;
     let mut outputs = Vec::new();
@@ -1238,26 +1010,6 @@ async fn small_outputs_live_in_redis_and_large_ones_in_files() {
             ))
             .await;
         assert_eq!(s, 200, "{r}");
-        // The result lives in the batch's results hash, so the item record stays a listpack
-        // although the result is longer than a listpack value may be.
-        let mut con = f.redis.clone();
-        let encoding: String = redis::cmd("OBJECT")
-            .arg("ENCODING")
-            .arg(f.keys.item(&batch, &item))
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        assert_eq!(encoding, "listpack");
-        let result: String = con.hget(f.keys.batch_results(&batch), &item).await.unwrap();
-        assert!(result.len() > 64, "{result}");
-        // Where releases before the results hash kept it, on the item record: served alike.
-        let _: () = con
-            .hset(f.keys.item(&batch, &item), "result", &result)
-            .await
-            .unwrap();
-        let _: () = con.hdel(f.keys.batch_results(&batch), &item).await.unwrap();
-        let url = format!("/api/v2/parse/{job}?expand=text&expand=markdown_full&expand=metadata");
-        assert_eq!(f.get(&url).await.1, r);
         let (_, pr) = f
             .get(&format!("{BATCH}/items/{item}/processing-results"))
             .await;
@@ -1301,10 +1053,10 @@ fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
     found
 }
 
-/// The per-priority queues docfleet creates use classic-queue storage version 2, and one that
-/// an older docfleet created without it is kept as it is rather than refused.
+/// The queues docfleet declares are classic queues of storage version 2: the broker refuses
+/// a redeclaration without the version, and declaring twice is harmless.
 #[tokio::test]
-async fn priority_queues_are_version_2_and_an_older_queue_is_kept() {
+async fn work_queues_are_version_2() {
     use docfleet_shared::model::Priority;
     use docfleet_shared::topology::Topology;
     use lapin::options::QueueDeclareOptions;
@@ -1318,18 +1070,12 @@ async fn priority_queues_are_version_2_and_an_older_queue_is_kept() {
         durable: true,
         ..Default::default()
     };
-    // An older docfleet's arguments: the dead-letter exchange, no storage version.
-    let mut older = FieldTable::default();
-    older.insert(
+    let mut unversioned = FieldTable::default();
+    unversioned.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(t.dead_letter_exchange().into()),
     );
-    let high = t.priority_queue(Priority::High);
     let medium = t.priority_queue(Priority::Medium);
-    let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(high.as_str().into(), durable, older.clone())
-        .await
-        .unwrap();
     // Every outcome first, then the clean-up, then the checks: a failed check leaves nothing.
     let first = t.declare(&conn).await;
     let again = t.declare(&conn).await;
@@ -1341,22 +1087,20 @@ async fn priority_queues_are_version_2_and_an_older_queue_is_kept() {
             t.priority_queue_arguments(),
         )
         .await;
-    let unversioned = ch
-        .queue_declare(medium.as_str().into(), durable, older.clone())
+    let refused = ch
+        .queue_declare(medium.as_str().into(), durable, unversioned)
         .await;
     let ch = conn.create_channel().await.unwrap();
-    let kept = ch.queue_declare(high.as_str().into(), durable, older).await;
     let cleaned = t.delete(&ch).await;
     let _ = conn.close(200, "".into()).await;
 
-    first.expect("declare beside an older queue");
+    first.expect("declare");
     again.expect("declare again");
-    same.expect("a new queue has the version 2 arguments");
-    let refused = unversioned.expect_err("a new queue without the version is refused");
+    same.expect("the queue has the version 2 arguments");
+    let refused = refused.expect_err("a declaration without the version is refused");
     assert!(
         format!("{refused:?}").contains("x-queue-version"),
         "{refused:?}"
     );
-    kept.expect("the older queue keeps its arguments");
     cleaned.expect("clean-up");
 }

@@ -119,7 +119,7 @@ async fn consume(
         let (processor, acker) = (processor.clone(), acker.clone());
         tasks.spawn(async move {
             let verdict = processor
-                .handle_traced(&delivery.data, &trace_of(&delivery), delivery.redelivered)
+                .handle_traced(&delivery.data, &trace_of(&delivery))
                 .await;
             acker.settle(delivery.delivery_tag, verdict);
             drop(permit);

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
 use crate::isolation::Isolation;
-use crate::ledger::{Gather, ItemOutcome, Ledger};
+use crate::ledger::{ItemOutcome, Ledger};
 use crate::parse::{self, ParseRequest};
 use crate::vision::{VisionClient, VisionError};
 
@@ -152,12 +152,7 @@ impl Processor {
         });
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
-            ledger: Ledger::start(
-                Scripts::new(keys.clone()),
-                redis.clone(),
-                metrics.clone(),
-                Gather::for_concurrency(settings.concurrency),
-            ),
+            ledger: Ledger::start(Scripts::new(keys.clone()), redis.clone(), metrics.clone()),
             keys,
             redis,
             settings,
@@ -206,17 +201,15 @@ impl Processor {
     /// Handles one delivery body (delivered for the first time) and says what to do with the
     /// delivery.
     pub async fn handle(&self, body: &[u8]) -> Verdict {
-        self.handle_traced(body, &docfleet_shared::wire::Trace::default(), false)
+        self.handle_traced(body, &docfleet_shared::wire::Trace::default())
             .await
     }
 
-    /// [`Processor::handle`], with the request identifiers the message carried and whether the
-    /// broker delivered it before.
+    /// [`Processor::handle`], with the request identifiers the message carried.
     pub async fn handle_traced(
         &self,
         body: &[u8],
         trace: &docfleet_shared::wire::Trace,
-        redelivered: bool,
     ) -> Verdict {
         let msg = match ItemMessage::decode(body) {
             Ok(m) => m,
@@ -232,17 +225,10 @@ impl Processor {
             correlation_id = trace.correlation_id.as_deref(),
             session_id = trace.session_id.as_deref(),
         );
-        self.handle_item(&msg, redelivered).instrument(span).await
+        self.handle_item(&msg).instrument(span).await
     }
 
-    async fn handle_item(&self, msg: &ItemMessage, redelivered: bool) -> Verdict {
-        // A redelivery may follow a worker that died on the item: it is claimed, so the
-        // attempt is counted before the work starts again.
-        if !redelivered {
-            if let Some(verdict) = self.direct(msg).await {
-                return verdict;
-            }
-        }
+    async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
         let mut con = self.redis.clone();
         let run = match self.ledger.claim(&msg.batch_id, &msg.item_id).await {
             Ok(Claim::Run(run)) => run,
@@ -337,7 +323,7 @@ impl Processor {
                     .unwrap_or("unknown");
                 let label = match (&recorded, kind) {
                     (Recorded::Duplicate, _) => "duplicate",
-                    (Recorded::Cancelled, _) => "cancelled",
+                    (Recorded::Missing, _) => "missing",
                     (_, Outcome::Completed) => "completed",
                     (_, Outcome::Failed) => "failed",
                     (_, Outcome::Skipped) => "skipped",
@@ -411,11 +397,11 @@ impl Processor {
     async fn execute(&self, msg: &ItemMessage, run: Run) -> Result<Done, Failure> {
         let began = std::time::Instant::now();
         let ctx = self.context(&msg.batch_id).await?;
-        let (file, job_id) = (run.file, run.job_id);
-        let file: Value = file
+        let file: Value = run
+            .file
             .and_then(|f| serde_json::from_str(&f).ok())
             .ok_or_else(|| Failure::Fail("directory file record missing".into()))?;
-        let job_id = job_id.unwrap_or_else(|| msg.item_id.clone());
+        let job_id = ctx.spec.job_type().job_id(&msg.batch_id, run.order);
         let size = file["size_bytes"].as_u64().unwrap_or(0);
         if size > self.settings.max_file_bytes {
             return Err(Failure::Skip(format!(
@@ -430,33 +416,9 @@ impl Processor {
         };
         let output_key =
             docfleet_shared::store::result_key(&ctx.project_id, &msg.batch_id, &job_id);
-        let inline_max = self.settings.store.inline_max_bytes;
-        // A small text file is read and parsed right here: the work takes microseconds, less
-        // than the two thread hops of a blocking task. Anything else, and an output that needs
-        // a file, goes to a blocking thread.
-        let (mut work, mut quick) = (Work::Read, None);
-        if size <= QUICK_BYTES && matches!(ctx.spec, JobSpec::Parse(_)) {
-            let bytes = self.store.get_blocking(&storage_key)?;
-            if quick_format(&bytes, &name) {
-                let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
-                match place_inline(output, inline_max)? {
-                    Ok(placed) => quick = Some(placed),
-                    Err(unplaced) => work = Work::Place(unplaced),
-                }
-            } else {
-                work = Work::Parse(bytes);
-            }
-        }
-        let placed = match quick {
-            Some(placed) => {
-                drop(cpu);
-                placed
-            }
-            None => {
-                self.run_blocking(work, &ctx, storage_key, name, output_key.clone(), cpu)
-                    .await?
-            }
-        };
+        let placed = self
+            .run_blocking(&ctx, storage_key, name, output_key.clone(), cpu)
+            .await?;
         Ok(Self::done(placed, &output_key, began))
     }
 
@@ -495,75 +457,10 @@ impl Processor {
         }
     }
 
-    /// Settles a tiny text file straight from its message, without a claim: when the message
-    /// carries the dispatcher's [`docfleet_shared::wire::ItemHint`] and the file parses on
-    /// this thread into an output that fits the item record, the output is recorded by one
-    /// `finish` run that also records the start (see `finish.lua`). A claim and its round trip cost more than such a file's
-    /// parse. `None`: take the claim path (not such a file, a hint that does not hold, or an
-    /// engine error, which the claim path records with its attempt counted).
-    async fn direct(&self, msg: &ItemMessage) -> Option<Verdict> {
-        let hint = msg.hint.as_ref()?;
-        if hint.size > QUICK_BYTES || hint.size > self.settings.max_file_bytes {
-            return None;
-        }
-        let began = std::time::Instant::now();
-        let ctx = self.context(&msg.batch_id).await.ok()?;
-        if !matches!(ctx.spec, JobSpec::Parse(_)) {
-            return None;
-        }
-        let key = docfleet_shared::store::file_key(&ctx.project_id, &msg.item_id);
-        let bytes = self.store.get_blocking(&key).ok()?;
-        if bytes.len() as u64 > QUICK_BYTES.min(self.settings.max_file_bytes)
-            || !quick_format(&bytes, &hint.name)
-        {
-            return None;
-        }
-        let output = guarded(|| run_engine(&ctx, &bytes, &hint.name)).ok()?;
-        let placed = place_inline(output, self.settings.store.inline_max_bytes)
-            .ok()?
-            .ok()?;
-        let job_type = ctx.spec.job_type();
-        let job_id = job_type.job_id(&msg.batch_id, hint.order);
-        // An inline output has no file: the key is never written.
-        let done = Self::done(placed, "", began);
-        let result = stamped(&done.result, &docfleet_shared::now_rfc3339());
-        let outcome = ItemOutcome::new(Outcome::Completed)
-            .with_result(result, done.pages)
-            .direct(job_id);
-        let label = match self
-            .ledger
-            .finish(&msg.batch_id, &msg.item_id, outcome)
-            .await
-        {
-            Ok(Recorded::Recorded) => {
-                self.metrics.items_unclaimed.inc();
-                "completed"
-            }
-            Ok(Recorded::Duplicate) => "duplicate",
-            Ok(Recorded::Cancelled) => "cancelled",
-            Ok(Recorded::Claim) => return None,
-            Ok(Recorded::Missing) => {
-                tracing::warn!("No such batch or item; dead-lettering the message.");
-                self.metrics.item_settled("unknown", "dead_letter", None);
-                return Some(Verdict::DeadLetter);
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Could not record the outcome; requeueing.");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return Some(Verdict::Requeue);
-            }
-        };
-        let secs = (label == "completed").then(|| began.elapsed().as_secs_f64());
-        self.metrics.item_settled(job_type.as_str(), label, secs);
-        Some(Verdict::Ack)
-    }
-
-    /// Reads (unless given the bytes), runs the engine (unless given its output) and places
-    /// the output, on a blocking thread under the per-item deadline; a file is synced before
-    /// this returns.
+    /// Reads the file, runs the engine and places the output, on a blocking thread under the
+    /// per-item deadline; a file is synced before this returns.
     async fn run_blocking(
         &self,
-        work: Work,
         ctx: &Arc<BatchContext>,
         storage_key: String,
         name: String,
@@ -576,18 +473,9 @@ impl Processor {
         // Read, engine and write in one trip to a blocking thread: the hops between threads
         // cost more than the work for small files.
         let task = tokio::task::spawn_blocking(move || {
-            let placed = match work {
-                Work::Place(unplaced) => write_output(&store, &key, unplaced)?,
-                Work::Read => {
-                    let bytes = store.get_blocking(&storage_key)?;
-                    let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
-                    place_output(&store, &key, output, inline_max)?
-                }
-                Work::Parse(bytes) => {
-                    let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
-                    place_output(&store, &key, output, inline_max)?
-                }
-            };
+            let bytes = store.get_blocking(&storage_key)?;
+            let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+            let placed = place_output(&store, &key, output, inline_max)?;
             if let Placed::File { .. } = placed {
                 // Waiting for the shared sync uses no CPU: let the next item's engine start,
                 // and let more items join this sync round.
@@ -683,28 +571,6 @@ fn classify_with_vision(
         })
 }
 
-/// Input files up to this size may be parsed on the async thread itself (see `quick_format`).
-const QUICK_BYTES: u64 = 4096;
-
-/// What is left to do for an item when it reaches the blocking thread.
-enum Work {
-    /// Everything: read the file, run the engine, place the output.
-    Read,
-    /// Run the engine on these bytes, then place the output.
-    Parse(Vec<u8>),
-    /// Write this output, too large for the item record, to a file.
-    Place(Unplaced),
-}
-
-/// Formats whose parse is a linear pass over the text, safe to run between two awaits.
-fn quick_format(bytes: &[u8], name: &str) -> bool {
-    #[cfg(feature = "fault-injection")]
-    if bytes.starts_with(b"DOCFLEET-FAULT:") {
-        return false;
-    }
-    matches!(parse::detect(bytes, name), "text" | "markdown" | "csv")
-}
-
 /// Runs an engine call, turning a panic into the item's failure.
 fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
@@ -740,18 +606,6 @@ fn place_inline(
         summary: output.summary.is_some(),
         pages: output.pages,
     }))
-}
-
-/// A direct outcome's result with the time it completed as its first field: in a lean batch
-/// it is the item's whole record (`finish.lua` writes no hash; `records::lean_record` reads
-/// it). The result is an object built here (`Processor::done`), so the field is spliced in
-/// rather than the whole output parsed and encoded again.
-fn stamped(result: &str, at: &str) -> String {
-    match result.strip_prefix('{') {
-        Some("}") => format!("{{\"completed_at\":\"{at}\"}}"),
-        Some(rest) => format!("{{\"completed_at\":\"{at}\",{rest}"),
-        None => result.to_owned(),
-    }
 }
 
 /// An output bound for a file.
@@ -1029,18 +883,6 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_stamped_result_is_the_same_json_with_its_time_first() {
-        let at = "2026-01-02T03:04:05.678Z";
-        let result = r#"{"pages":2,"output":{"pages":[{"text":"a"}]}}"#;
-        let full: Value = serde_json::from_str(&stamped(result, at)).unwrap();
-        let mut expected: Value = serde_json::from_str(result).unwrap();
-        expected["completed_at"] = json!(at);
-        assert_eq!(full, expected);
-        let empty: Value = serde_json::from_str(&stamped("{}", at)).unwrap();
-        assert_eq!(empty, json!({ "completed_at": at }));
-    }
 
     /// A one-page PDF drawing one 2×2 grey image.
     fn pdf_with_an_image() -> Vec<u8> {

@@ -6,11 +6,7 @@
 //! first request waiting, everything else already waiting behind it (up to
 //! [`GROUP_MAX`] per batch and kind), and sends each batch's claims and each batch's outcomes
 //! as one script run, all on one round trip. The requests that arrive while a round is in
-//! flight form the next one, so groups grow with the load. A round that would go out smaller
-//! than [`Gather::enough`] waits up to [`Gather::within`] for more: a script run costs Redis
-//! about 50 µs whatever it carries, so at 8 items a group it was most of an item's cost
-//! (`tests/bench/script_cost.py`: 20.0 µs of Redis CPU per item at 8, 12.5 at 25). An item
-//! waits at most that long more, which is nothing beside its parse.
+//! flight form the next one, so groups grow with the load and nothing waits for company.
 //!
 //! Exactly-once accounting is the scripts' and stays per item: a group is one script run,
 //! which Redis runs atomically, and each item in it is checked and counted as it was alone.
@@ -52,8 +48,6 @@ pub struct ItemOutcome {
     pub result: String,
     /// How many pages the output has, in decimal ('' for none).
     pub pages: String,
-    /// The item's job id, when no claim started it (see [`Finished::direct`]).
-    pub direct: Option<String>,
 }
 
 impl ItemOutcome {
@@ -65,14 +59,7 @@ impl ItemOutcome {
             skip_reason: String::new(),
             result: String::new(),
             pages: String::new(),
-            direct: None,
         }
-    }
-
-    /// Of an item no claim started, whose job id is `job_id`.
-    pub fn direct(mut self, job_id: String) -> Self {
-        self.direct = Some(job_id);
-        self
     }
 
     /// With the result and its page count.
@@ -109,27 +96,6 @@ enum Request {
     },
 }
 
-/// How long a small round waits for company (see the module docs).
-#[derive(Debug, Clone, Copy)]
-pub struct Gather {
-    /// Requests a round may go out with at once.
-    pub enough: usize,
-    /// The longest a round waits for them.
-    pub within: std::time::Duration,
-}
-
-impl Gather {
-    /// For a worker with `concurrency` items in flight: half of them, so the other half keeps
-    /// working while a round fills (a round of all of them would leave nothing to do until it
-    /// returned), and a millisecond.
-    pub fn for_concurrency(concurrency: usize) -> Self {
-        Self {
-            enough: (concurrency / 2).clamp(1, GROUP_MAX),
-            within: std::time::Duration::from_millis(1),
-        }
-    }
-}
-
 /// The handle items use; cheap to share.
 #[derive(Debug)]
 pub struct Ledger {
@@ -143,10 +109,9 @@ impl Ledger {
         scripts: Scripts,
         redis: redis::aio::ConnectionManager,
         metrics: Arc<Metrics>,
-        gather: Gather,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, scripts, redis, metrics, gather));
+        tokio::spawn(run(rx, scripts, redis, metrics));
         Self { tx }
     }
 
@@ -204,21 +169,9 @@ async fn run(
     scripts: Scripts,
     redis: redis::aio::ConnectionManager,
     metrics: Arc<Metrics>,
-    gather: Gather,
 ) {
     let mut round = Vec::with_capacity(ROUND_MAX);
     while rx.recv_many(&mut round, ROUND_MAX).await > 0 {
-        if round.len() < gather.enough {
-            let until = tokio::time::Instant::now() + gather.within;
-            while round.len() < gather.enough {
-                let room = ROUND_MAX - round.len();
-                match tokio::time::timeout_at(until, rx.recv_many(&mut round, room)).await {
-                    // More came; a closed channel (0) sends what it has.
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-        }
         let mut claims: HashMap<String, Vec<ClaimGroup>> = HashMap::new();
         let mut finishes: HashMap<String, Vec<FinishGroup>> = HashMap::new();
         for request in round.drain(..) {
@@ -287,7 +240,6 @@ async fn send_finishes(
                 result: &o.result,
                 pages: &o.pages,
             },
-            direct: o.direct.as_deref(),
         })
         .collect();
     let answer = scripts.finish(&mut redis.clone(), &batch_id, &items).await;
@@ -329,19 +281,5 @@ fn answer_each<T>(
                 let _ = reply.send(Err(e.clone()));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_round_waits_for_half_the_items_in_flight_at_most_a_group() {
-        assert_eq!(Gather::for_concurrency(32).enough, 16);
-        // A worker taking one or two items at a time never waits.
-        assert_eq!(Gather::for_concurrency(2).enough, 1);
-        assert_eq!(Gather::for_concurrency(1).enough, 1);
-        assert_eq!(Gather::for_concurrency(1000).enough, GROUP_MAX);
     }
 }

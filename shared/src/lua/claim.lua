@@ -1,7 +1,8 @@
 -- Workers ask to start items of one batch. KEYS: batch, events, then each item's
 -- directory-file record. ARGV: base, now, batch_id, then the item ids, in KEYS' order.
--- Returns, per item, {'run', attempts, job_id, file record} | {'done', status} |
--- {'cancelled'} | {'missing'}; 'run' carries what the worker reads next, saving it a round trip.
+-- Returns, per item, {'run', attempts, order, file record} | {'done', status} |
+-- {'cancelled'} | {'missing'}; 'run' carries what the worker reads next, saving it a round
+-- trip, and the order its job id derives from (`JobType::job_id`).
 local batch_key, events_key = KEYS[1], KEYS[2]
 local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
@@ -12,8 +13,7 @@ if bst == false then
 end
 for i = 4, #ARGV do
   local iid = ARGV[i]
-  local ik = base .. ':item:' .. iid
-  local it = item_state(batch_key, base, bid, ik, iid, true)
+  local it = item_state(base, iid)
   if it == nil then
     out[#out + 1] = { 'missing' }
   elseif TERMINAL_ITEM[it[1]] then
@@ -24,9 +24,8 @@ for i = 4, #ARGV do
   elseif TERMINAL_BATCH[bst] then
     out[#out + 1] = { 'done', it[1] }
   else
-    -- Counted with the HSET rather than by an HINCRBY of its own: a redis.call costs more
-    -- than the field it writes, and the script runs alone, so the read stays current.
-    local attempts = next_attempt(it[4])
+    local attempts = tostring((tonumber(it[3]) or 0) + 1)
+    local ik = base .. ':item:' .. iid
     if it[1] == 'pending' then
       redis.call('HSET', ik, 'status', 'processing', 'order', it[2], 'attempts', attempts,
         'started_at', now, 'updated_at', now)
@@ -36,7 +35,7 @@ for i = 4, #ARGV do
       redis.call('HSET', ik, 'attempts', attempts, 'updated_at', now)
     end
     bst = start_batch(batch_key, events_key, bid, bst, now)
-    out[#out + 1] = { 'run', attempts, it[3] or '', redis.call('GET', KEYS[i - 1]) or '' }
+    out[#out + 1] = { 'run', attempts, it[2], redis.call('GET', KEYS[i - 1]) or '' }
   end
 end
 flush(batch_key, now)

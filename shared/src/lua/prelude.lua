@@ -2,23 +2,16 @@
 local TERMINAL_BATCH = { completed = true, failed = true, cancelled = true }
 local TERMINAL_ITEM = { completed = true, failed = true, skipped = true, cancelled = true }
 
--- The batch fields fixed at create (`job_type`, `hooks`, `lean`), read once per script run:
--- every script works on one batch, and a redis.call costs more than the lookup it does.
--- `status` is the one at that first read (false: no such batch), for a script that reads it
--- before it changes anything.
+-- The batch fields fixed at create (`job_type`, `hooks`), read once per script run: every
+-- script works on one batch, and a redis.call costs more than the lookup it does.
 local fixed = nil
 local function batch_fixed(batch_key)
   if fixed == nil then
-    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks', 'lean', 'status')
-    fixed = { job_type = f[1], hooks = f[2], lean = f[3] == '1', status = f[4] }
+    local f = redis.call('HMGET', batch_key, 'job_type', 'hooks')
+    fixed = { job_type = f[1], hooks = f[2] }
   end
   return fixed
 end
-
--- Items this run has settled, iid -> {status, order}: a lean item settled straight from
--- pending has no hash, and its moves wait for `flush`, so a later step of the same run (a
--- duplicate delivery in the same group) learns its state here.
-local settled = {}
 
 -- Appends an event to the outbox with the batch's next sequence number, if an endpoint of the
 -- batch wants its type: `hooks` is '*' or the wanted types between spaces, set at create.
@@ -41,61 +34,23 @@ local function emit_item(batch_key, events_key, what, bid, iid, status, now)
   emit(batch_key, events_key, f.job_type .. '.' .. what, bid, iid, status, now)
 end
 
--- The job id of the item at `order` (`JobType::job_id`): `<prefix>-<batch uuid>.<order, hex>`.
--- The part before the order is the same for every item of the run's batch, so it is built
--- once: per item that leaves one format and one concatenation (callgrind-cheap, but a
--- lean batch checks one per direct outcome).
-local JOB_PREFIX = { parse = 'pjb', classify = 'cjb' }
-local job_prefix = nil
-local function derived_job_id(batch_key, bid, order)
-  if job_prefix == nil then
-    local uuid = bid
-    if string.sub(bid, 1, 4) == 'bjb-' then uuid = string.sub(bid, 5) end
-    job_prefix = (JOB_PREFIX[batch_fixed(batch_key).job_type] or 'pjb') .. '-' .. uuid .. '.'
-  end
-  return job_prefix .. string.format('%x', tonumber(order))
-end
-
--- An item's state, {status, order[, job_id, attempts]}: from this run's `settled`, else from
--- its hash. An item without one (register writes none) is a lean item completed straight
--- from its message if the batch holds its result, and pending otherwise; the status sets are
--- not asked, since `recount` uses this to repair them. Its order is its score in `:items`,
--- which also holds the order of an item settled straight from pending. The job id derives
--- from the order unless the record holds one. nil if the batch never registered it.
-local function item_state(batch_key, base, bid, ik, iid, with_job)
-  local it
-  local s = settled[iid]
-  if s then
-    it = { s[1], s[2] }
-  elseif with_job then
-    it = redis.call('HMGET', ik, 'status', 'order', 'job_id', 'attempts')
-  else
-    it = redis.call('HMGET', ik, 'status', 'order')
-  end
+-- An item's state, {status, order, attempts}: its hash, which `claim` (or `settle`) writes
+-- when the item leaves pending; a registered item without one is pending. Its order is its
+-- score in `:items` (`claim` copies it into the hash). The status sets are not asked, since
+-- `recount` uses this to repair them. nil if the batch never registered the item.
+local function item_state(base, iid)
+  local it = redis.call('HMGET', base .. ':item:' .. iid, 'status', 'order', 'attempts')
   if not (it[1] and it[2]) then
     local order = redis.call('ZSCORE', base .. ':items', iid)
     if order == false then return nil end
-    if not it[1] then
-      it[1] = 'pending'
-      if redis.call('HEXISTS', base .. ':results', iid) == 1 then it[1] = 'completed' end
-    end
+    it[1] = it[1] or 'pending'
     it[2] = order
   end
-  -- Only records of older releases hold a job id.
-  if with_job and not it[3] then it[3] = derived_job_id(batch_key, bid, it[2]) end
   return it
 end
 
 local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'error',
   skipped = 'error', cancelled = 'cancelled' }
-
--- The attempt after `current` (an item hash's `attempts`, or false), as a string: Redis formats
--- a number handed to redis.call with snprintf, about 2,000 instructions each (callgrind), and
--- attempts are small.
-local NEXT_ATTEMPT = { ['0'] = '1', ['1'] = '2', ['2'] = '3', ['3'] = '4', ['4'] = '5' }
-local function next_attempt(current)
-  return NEXT_ATTEMPT[current or '0'] or tostring((tonumber(current) or 0) + 1)
-end
 
 -- A status set's key, built once per script run rather than once per item moved.
 local status_keys = {}
@@ -176,12 +131,9 @@ end
 
 -- Moves a non-terminal item to a terminal status and counts it once (when flushed). The
 -- outcome's fields that are not '' (or nil) are written with the status (the result when
--- flushed), and so is `attempts` when given (an item settled straight from pending, which no
--- claim counted). `bare`: write no hash (a lean item completed straight from its message,
--- whose result carries its time and pages; see `finish.lua`).
+-- flushed).
 local function settle(batch_key, events_key, base, bid, iid, from, to, order, now,
-                      error_message, skip_reason, result, attempts, pages, bare)
-  settled[iid] = { to, order }
+                      error_message, skip_reason, result, pages)
   if result and result ~= '' then
     results[#results + 1] = iid
     results[#results + 1] = result
@@ -190,15 +142,8 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
   count('processed')
   count(to)
   emit_item(batch_key, events_key, ITEM_EVENT[to], bid, iid, to, now)
-  if bare then return end
   local ik = base .. ':item:' .. iid
-  local set = { 'status', to, 'completed_at', now, 'updated_at', now }
-  if attempts then
-    set[#set + 1] = 'attempts'
-    set[#set + 1] = attempts
-    set[#set + 1] = 'started_at'
-    set[#set + 1] = now
-  end
+  local set = { 'status', to, 'order', order, 'completed_at', now, 'updated_at', now }
   if error_message and error_message ~= '' then
     set[#set + 1] = 'error_message'
     set[#set + 1] = error_message

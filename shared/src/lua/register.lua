@@ -2,12 +2,12 @@
 -- ARGV: base, now, batch_id, then (item_id, order, refusal) groups. A pending item is its
 -- entry in `:items` and `:st:pending` alone: its hash is written when it leaves pending
 -- (`item_state` reads one that has none), its name is its file's, and its job id derives
--- from the batch and the order (`JobType::job_id`). An item with a refusal (its file is
+-- from the batch and the order (`JobType::job_id`, in Rust only). An item with a refusal (its file is
 -- unknown) is failed at once with it as the error.
 -- Returns the number newly registered, -1 if the batch is missing, -2 if it is terminal.
 local batch_key, events_key = KEYS[1], KEYS[2]
 local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
-local b = redis.call('HMGET', batch_key, 'status', 'registered_to', 'registered')
+local b = redis.call('HMGET', batch_key, 'status', 'registered_to')
 local st = b[1]
 if st == false then return -1 end
 if TERMINAL_BATCH[st] then return -2 end
@@ -20,11 +20,8 @@ for i = 5, #ARGV, 3 do
   if low == nil or o < low then low = o end
   if high == nil or o > high then high = o end
 end
--- A batch registered in part before `registered_to` existed (an expansion that spans an
--- upgrade) is checked item by item to its end.
 local hw = tonumber(b[2])
-local legacy = hw == nil and b[3] ~= false and b[3] ~= '0'
-local fresh = not legacy and low ~= nil and (hw == nil or low > hw)
+local fresh = low ~= nil and (hw == nil or low > hw)
 local n = 0
 local items_key = base .. ':items'
 for i = 4, #ARGV, 3 do
@@ -41,7 +38,7 @@ for i = 4, #ARGV, 3 do
 end
 flush(batch_key, now)
 if n > 0 then redis.call('HINCRBY', batch_key, 'registered', n) end
-if not legacy and high ~= nil and (hw == nil or high > hw) then
+if high ~= nil and (hw == nil or high > hw) then
   redis.call('HSET', batch_key, 'registered_to', high)
 end
 return n

@@ -586,23 +586,9 @@ fn rss_mb(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Whether this process may use `SCHED_FIFO` at `priority` (`CAP_SYS_NICE` or
-/// `RLIMIT_RTPRIO`), as `chrt` finds.
-fn realtime_allowed(priority: u8) -> bool {
-    std::process::Command::new("chrt")
-        .args(["-f", &priority.to_string(), "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The real-time priority of the million scenario's dispatcher and probe.
-const PROBE_PRIORITY: u8 = 10;
-
 /// What the million scenario's probe polls, and how.
 struct PollPlan {
     base: String,
-    /// The replica at the default priority.
-    plain: String,
     api_key: String,
     redis_url: String,
     /// The 1k batch's record, read bare beside each poll.
@@ -613,47 +599,21 @@ struct PollPlan {
     /// The dispatcher whose RSS is taken at each tenth.
     dpid: u32,
     t0: Instant,
-    /// `SCHED_FIFO` priority of the probe's thread.
-    priority: Option<u8>,
 }
 
 /// What the probe gathered, ms (RSS in MB).
 struct Polls {
     small: Vec<f64>,
     big: Vec<f64>,
-    plain_small: Vec<f64>,
-    plain_big: Vec<f64>,
     server_small: Vec<f64>,
-    plain_server_small: Vec<f64>,
     bare_small: Vec<f64>,
     rss_by_tenth: Vec<f64>,
 }
 
 /// Polls until the big batch is done, on a thread of its own with a one-thread runtime, its
-/// own HTTP client and Redis connection, under `SCHED_FIFO` when `plan.priority` says: a
-/// client on a machine of its own does not wait for the fleet's CPUs, and neither should
-/// what measures the dispatcher.
+/// own HTTP client and Redis connection.
 fn poll_until_done(plan: PollPlan) -> std::thread::JoinHandle<Polls> {
     std::thread::spawn(move || {
-        if let Some(p) = plan.priority {
-            use thread_priority::unix::{
-                set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
-                ThreadSchedulePolicy,
-            };
-            let set = thread_priority::ThreadPriorityValue::try_from(p)
-                .map_err(|e| format!("{e:?}"))
-                .and_then(|v| {
-                    set_thread_priority_and_policy(
-                        thread_native_id(),
-                        thread_priority::ThreadPriority::Crossplatform(v),
-                        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
-                    )
-                    .map_err(|e| format!("{e:?}"))
-                });
-            if let Err(e) = set {
-                eprintln!("  the probe stays at the default priority: {e}");
-            }
-        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -692,10 +652,7 @@ async fn poll_loop(plan: PollPlan) -> Polls {
     let mut out = Polls {
         small: Vec::new(),
         big: Vec::new(),
-        plain_small: Vec::new(),
-        plain_big: Vec::new(),
         server_small: Vec::new(),
-        plain_server_small: Vec::new(),
         bare_small: Vec::new(),
         rss_by_tenth: Vec::new(),
     };
@@ -707,11 +664,6 @@ async fn poll_loop(plan: PollPlan) -> Polls {
         out.server_small.push(server_ms);
         let (ms, _, st) = poll(&http, &plan.base, key, &plan.big).await;
         out.big.push(ms);
-        let (ms, server_ms, _) = poll(&http, &plan.plain, key, &plan.small).await;
-        out.plain_small.push(ms);
-        out.plain_server_small.push(server_ms);
-        let (ms, _, _) = poll(&http, &plan.plain, key, &plan.big).await;
-        out.plain_big.push(ms);
         let t = Instant::now();
         let record: HashMap<String, String> =
             redis::AsyncCommands::hgetall(&mut redis, &plan.small_record)
@@ -748,11 +700,7 @@ async fn poll_loop(plan: PollPlan) -> Polls {
 /// batch while it runs, and the memory of every process along the way.
 ///
 /// A poll's latency here is mostly the machine's: on 2 vCPUs that the fleet keeps busy, the
-/// dispatcher and the probe each wait for a CPU when they wake. Where the kernel allows it,
-/// the dispatcher runs as one would on a node it shares with workers
-/// (`realtime_priority` = 10), and a second dispatcher process, a replica with the default
-/// priority, is polled beside it; the probe itself runs under `SCHED_FIFO` while it polls,
-/// as a client on a machine of its own would not wait for the fleet's CPUs.
+/// dispatcher and the probe each wait for a CPU when they wake.
 async fn million(rep: &mut Report, a: &Args) {
     let n = a.million;
     eprintln!("million: a {n}-file directory batch; status latency and memory while it runs");
@@ -762,24 +710,12 @@ async fn million(rep: &mut Report, a: &Args) {
     // The dispatcher as a process of its own, so its memory is its own.
     f.stop_dispatcher().await;
     let port = Fleet::free_port().await;
-    let realtime = realtime_allowed(PROBE_PRIORITY);
-    let priority = PROBE_PRIORITY.to_string();
-    let mut dispatcher = if realtime {
-        f.spawn_dispatcher_process_with(port, &[("DOCFLEET__REALTIME_PRIORITY", &priority)])
-            .await
-    } else {
-        eprintln!("  SCHED_FIFO is not allowed here: every process at the default priority");
-        f.spawn_dispatcher_process(port).await
-    };
+    let mut dispatcher = f.spawn_dispatcher_process(port).await;
     f.base_url = format!("http://127.0.0.1:{port}");
     assert!(
         f.wait_ready(&f.base_url.clone()).await,
         "dispatcher not ready"
     );
-    let plain_port = Fleet::free_port().await;
-    let mut plain = f.spawn_dispatcher_process(plain_port).await;
-    let plain_url = format!("http://127.0.0.1:{plain_port}");
-    assert!(f.wait_ready(&plain_url).await, "replica not ready");
     let Some(dpid) = dispatcher.child.id() else {
         panic!("dispatcher exited")
     };
@@ -809,7 +745,6 @@ async fn million(rep: &mut Report, a: &Args) {
     let big = b["id"].as_str().unwrap_or_default().to_owned();
     let plan = PollPlan {
         base: f.base_url.clone(),
-        plain: plain_url,
         api_key: f.api_key.clone(),
         redis_url: f.dispatcher_settings.redis.url.clone(),
         small_record: f.keys.batch(&small),
@@ -818,15 +753,11 @@ async fn million(rep: &mut Report, a: &Args) {
         n,
         dpid,
         t0,
-        priority: realtime.then_some(PROBE_PRIORITY),
     };
     let Polls {
         small: mut lat_small,
         big: mut lat_big,
-        mut plain_small,
-        mut plain_big,
         mut server_small,
-        mut plain_server_small,
         mut bare_small,
         rss_by_tenth,
     } = tokio::task::spawn_blocking(move || poll_until_done(plan).join())
@@ -842,15 +773,9 @@ async fn million(rep: &mut Report, a: &Args) {
     );
     let conditions = json!({
         "dispatcher": scheduling(dpid),
-        "probe": if realtime { format!("SCHED_FIFO {PROBE_PRIORITY}") } else { "default".into() },
         "redis": pid_of("redis-server").map(scheduling),
     });
-    for (name, lat) in [
-        ("1k", &mut lat_small),
-        ("big", &mut lat_big),
-        ("1k_default_priority", &mut plain_small),
-        ("big_default_priority", &mut plain_big),
-    ] {
+    for (name, lat) in [("1k", &mut lat_small), ("big", &mut lat_big)] {
         let samples = lat.len();
         rep.add(
             &format!("million_status_p50_ms_{name}"),
@@ -865,18 +790,13 @@ async fn million(rep: &mut Report, a: &Args) {
             json!({ "n": samples, "scheduling": conditions }),
         );
     }
-    for (name, own) in [
-        ("1k_default_priority", &mut plain_server_small),
-        ("1k", &mut server_small),
-    ] {
-        let samples = own.len();
-        rep.add(
-            &format!("million_status_p99_ms_{name}_server_side"),
-            pct(own, 0.99),
-            "ms",
-            json!({ "n": samples }),
-        );
-    }
+    let samples = server_small.len();
+    rep.add(
+        "million_status_p99_ms_1k_server_side",
+        pct(&mut server_small, 0.99),
+        "ms",
+        json!({ "n": samples }),
+    );
     let samples = bare_small.len();
     rep.add(
         "million_redis_hgetall_p99_ms_1k",
@@ -904,7 +824,6 @@ async fn million(rep: &mut Report, a: &Args) {
         w.terminate().await;
     }
     dispatcher.terminate().await;
-    plain.terminate().await;
     f.shutdown().await;
 }
 
