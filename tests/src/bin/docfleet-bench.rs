@@ -2,8 +2,10 @@
 //!
 //! `cargo run --release -p docfleet-tests --bin docfleet-bench -- [SCENARIO…] [--items N] [--runs R] [--skip-alone]`
 //! (or `deploy/local/bench`). Scenarios: `fleet`, `ceiling`, `python` (Celery, Dramatiq),
-//! `status`, `webhooks`, `parse`, `scale`, `create` (create latency alone), `million` (status
-//! and memory through one batch of `--million` files, 1,000,000 unless told);
+//! `many` (20 batches of 1,000 created together), `fair` (another project's 10-file batch
+//! behind a running `--items` batch), `status`, `webhooks`, `parse`, `scale`, `create`
+//! (create latency alone), `million` (status and memory through one batch of `--million`
+//! files, 1,000,000 unless told);
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes. `ceiling`, `fleet`
 //! and `python` run in `--runs` rounds, one run of each per round, and their ratios are the
@@ -55,7 +57,7 @@ fn args() -> Args {
     }
     if a.scenarios.is_empty() {
         a.scenarios = [
-            "ceiling", "fleet", "python", "status", "webhooks", "parse", "million",
+            "ceiling", "fleet", "many", "python", "fair", "status", "webhooks", "parse", "million",
         ]
         .map(String::from)
         .to_vec();
@@ -121,7 +123,12 @@ impl Report {
 
 /// Uploads `n` tiny text files into a new directory: (directory id, file ids).
 async fn upload_many(f: &Fleet, n: usize) -> (String, Vec<String>) {
-    let dir = f.create_dir(&f.api_key, "bench").await;
+    upload_many_as(f, &f.api_key, n).await
+}
+
+/// [`upload_many`] into a directory of the project of `key`.
+async fn upload_many_as(f: &Fleet, key: &str, n: usize) -> (String, Vec<String>) {
+    let dir = f.create_dir(key, "bench").await;
     let done = AtomicUsize::new(0);
     let ids: Vec<String> = futures_util::stream::iter(0..n)
         .map(|i| {
@@ -129,7 +136,7 @@ async fn upload_many(f: &Fleet, n: usize) -> (String, Vec<String>) {
             async move {
                 let id = f
                     .upload(
-                        &f.api_key,
+                        key,
                         dir,
                         &format!("t{i}.txt"),
                         format!("tiny file {i}").into_bytes(),
@@ -159,6 +166,147 @@ async fn wait_done(f: &Fleet, id: &str) -> Value {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Worker settings for items of a few bytes of text, whose parse takes microseconds: an item's
+/// life is its waits on Redis and the broker, so many more are kept in flight than the
+/// defaults' twice the cores (BENCHMARKS.md, "Tuning for tiny items"). Every tiny-file
+/// scenario's workers run with them, as an operator of such a workload would.
+const TINY_ITEMS: &[(&str, &str)] = &[
+    ("DOCFLEET__CONCURRENCY", "64"),
+    ("DOCFLEET__PREFETCH", "256"),
+];
+
+/// 20 batches of 1,000 tiny files each, in directories of their own, created together
+/// through the API, through 2 worker processes: items/s from the first create to the last
+/// batch completed.
+async fn many(rep: &mut Report, a: &Args) {
+    const BATCHES: usize = 20;
+    const EACH: usize = 1000;
+    eprintln!("many: {BATCHES} batches of {EACH} tiny files created together, 2 worker processes");
+    let f = Fleet::start(0).await;
+    let mut dirs = Vec::new();
+    for _ in 0..BATCHES {
+        dirs.push(upload_many(&f, EACH).await.0);
+    }
+    let mut workers = vec![
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut rates = Vec::new();
+    for run in 0..a.runs {
+        let t0 = Instant::now();
+        let created = futures_util::future::join_all(dirs.iter().map(|d| {
+            let body = json!({ "job_config": { "parameters": {} }, "directory_id": d });
+            let f = &f;
+            async move {
+                let (s, b) = f.post(BATCH, &body).await;
+                assert_eq!(s, 200, "{b}");
+                b["id"].as_str().unwrap_or_default().to_owned()
+            }
+        }))
+        .await;
+        let mut slowest = 0.0f64;
+        for id in &created {
+            let st = wait_done(&f, id).await;
+            assert_eq!(st["job"]["processed_items"], EACH, "{st}");
+            slowest = slowest.max(t0.elapsed().as_secs_f64());
+        }
+        let rate = (BATCHES * EACH) as f64 / slowest;
+        eprintln!("  run {run}: {rate:.0} items/s, the last batch done after {slowest:.2} s");
+        rates.push(rate);
+    }
+    rep.add_median(
+        "many_items_per_s",
+        rates,
+        "items/s",
+        json!({ "batches": BATCHES, "items_each": EACH }),
+    );
+    for w in &mut workers {
+        w.terminate().await;
+    }
+    f.shutdown().await;
+}
+
+/// A 10-file batch of one project created while another project's `--items`-file batch runs,
+/// through 2 worker processes: create → completed of the small batch, 5 times a run, spread
+/// over the big batch's life.
+async fn fair(rep: &mut Report, a: &Args) {
+    eprintln!(
+        "fair: 10-file batches of project B behind a {}-file batch of project A",
+        a.items
+    );
+    let f = Fleet::start(0).await;
+    let (big_dir, _) = upload_many(&f, a.items).await;
+    let other = f.new_key("bench-b").await;
+    let (small_dir, _) = upload_many_as(&f, &other, 10).await;
+    let mut workers = vec![
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut waits = Vec::new();
+    for _ in 0..a.runs {
+        let (s, b) = f
+            .post(
+                BATCH,
+                &json!({ "job_config": { "parameters": {} }, "directory_id": big_dir, "page_size": 1000 }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let big = b["id"].as_str().unwrap_or_default().to_owned();
+        for k in 1..=5 {
+            // Spread over the big batch's life: at each sixth of it.
+            loop {
+                let (_, st) = f.get(&format!("{BATCH}/{big}")).await;
+                let done = st["job"]["processed_items"].as_u64().unwrap_or(0) as usize;
+                if done * 6 >= a.items * k || st["job"]["status"] == "completed" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let t0 = Instant::now();
+            let (s, b) = f
+                .post_as(
+                    &other,
+                    BATCH,
+                    &json!({ "job_config": { "parameters": {} }, "directory_id": small_dir }),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+            let small = b["id"].as_str().unwrap_or_default().to_owned();
+            loop {
+                let (_, st) = f.get_as(&other, &format!("{BATCH}/{small}")).await;
+                if st["job"]["status"] == "completed" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0;
+            eprintln!("  small batch {k}: completed {ms:.0} ms after create");
+            waits.push(ms);
+        }
+        let st = wait_done(&f, &big).await;
+        assert_eq!(st["job"]["processed_items"], a.items, "{st}");
+    }
+    let n = waits.len();
+    rep.add(
+        "fair_small_batch_create_to_completed_p50_ms",
+        pct(&mut waits, 0.5),
+        "ms",
+        json!({ "n": n, "big_batch_items": a.items }),
+    );
+    rep.add(
+        "fair_small_batch_create_to_completed_max_ms",
+        pct(&mut waits, 1.0),
+        "ms",
+        json!({ "n": n }),
+    );
+    for w in &mut workers {
+        w.terminate().await;
+    }
+    f.shutdown().await;
 }
 
 async fn fleet(rep: &mut Report, a: &Args) {
@@ -216,8 +364,8 @@ async fn fleet(rep: &mut Report, a: &Args) {
         );
     }
     let mut workers = vec![
-        f.spawn_worker_process(&[]).await,
-        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut rates, mut creates, mut expansions) = (Vec::new(), Vec::new(), Vec::new());
@@ -531,7 +679,7 @@ async fn scale(rep: &mut Report, a: &Args) {
     for workers in [1usize, 2, 4] {
         let mut w = Vec::new();
         for _ in 0..workers {
-            w.push(f.spawn_worker_process(&[]).await);
+            w.push(f.spawn_worker_process(TINY_ITEMS).await);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before: f64 = w.iter().filter_map(|p| p.child.id()).map(cpu_secs).sum();
@@ -720,8 +868,8 @@ async fn million(rep: &mut Report, a: &Args) {
         panic!("dispatcher exited")
     };
     let mut workers = vec![
-        f.spawn_worker_process(&[]).await,
-        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
     ];
     let wpids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
     // Idle: started and consuming an empty queue.
@@ -1077,8 +1225,8 @@ async fn status(rep: &mut Report, a: &Args) {
     .await;
     let (_, load) = upload_many(&f, a.items.min(20_000)).await;
     let mut w = vec![
-        f.spawn_worker_process(&[]).await,
-        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
     ];
     // Per figure, one value per run (its p50 or p99 over that run's samples), and the samples
     // each run took.
@@ -1196,8 +1344,8 @@ async fn webhooks(rep: &mut Report, a: &Args) {
     let r = Receiver::start().await;
     let (_, ids) = upload_many(&f, n).await;
     let mut w = vec![
-        f.spawn_worker_process(&[]).await,
-        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
     ];
     let (_, b) = f
         .post(BATCH, &json!({ "job_config": { "parameters": {} }, "item_ids": ids, "webhook_configurations": [{ "webhook_url": r.url(), "webhook_output_format": "json" }] }))
@@ -1425,6 +1573,8 @@ async fn main() {
             "dramatiq_items_per_s",
             "fleet_over_dramatiq",
         ),
+        ("many_items_per_s", "fleet_items_per_s", "many_over_fleet"),
+        ("many_items_per_s", "celery_items_per_s", "many_over_celery"),
         (
             "parse_pages_per_s_docfleet",
             "parse_pages_per_s_pdftotext",
@@ -1462,7 +1612,7 @@ async fn main() {
 }
 
 /// The scenarios measured in rounds (see `main`).
-const PAIRED: [&str; 3] = ["ceiling", "fleet", "python"];
+const PAIRED: [&str; 4] = ["ceiling", "fleet", "many", "python"];
 
 async fn scenario(name: &str, rep: &mut Report, a: &Args) {
     match name {
@@ -1474,6 +1624,8 @@ async fn scenario(name: &str, rep: &mut Report, a: &Args) {
         "scale" => scale(rep, a).await,
         "create" => create(rep, a).await,
         "million" => million(rep, a).await,
+        "many" => many(rep, a).await,
+        "fair" => fair(rep, a).await,
         "python" => python_queues(rep, a),
         other => eprintln!("unknown scenario {other}"),
     }
