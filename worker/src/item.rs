@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use crate::classify::{Classifier, Document};
 use crate::embedding::Embedder;
+use crate::engines::Engines;
 use crate::isolation::Isolation;
 use crate::ledger::{ItemOutcome, Ledger};
 use crate::parse::{self, ParseRequest};
@@ -112,8 +113,8 @@ pub struct Processor {
     /// the start of a batch wait for one load (one classifier, one embedding of the rules).
     batches: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<BatchContext>>>>>,
     metrics: Arc<docfleet_shared::metrics::Metrics>,
-    /// Bounds the CPU-bound engine stage to `cpu_slots` items at once.
-    cpu: Arc<tokio::sync::Semaphore>,
+    /// The engine threads (`cpu_slots` of them): reads, parses and writes.
+    engines: Engines,
     /// The embedding model, loaded on the first classify batch (a parse-only worker never
     /// pays its ~90 MB), then shared; `Err` says why it is not available.
     model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
@@ -158,7 +159,7 @@ impl Processor {
             settings,
             batches: Mutex::default(),
             metrics,
-            cpu: Arc::new(tokio::sync::Semaphore::new(cpu_slots)),
+            engines: Engines::start(cpu_slots),
             model: Arc::default(),
             vision,
             isolation,
@@ -411,13 +412,10 @@ impl Processor {
         }
         let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
         let name = file["display_name"].as_str().unwrap_or_default().to_owned();
-        let Ok(cpu) = self.cpu.clone().acquire_owned().await else {
-            return Err(Failure::Retry("worker shutting down".into()));
-        };
         let output_key =
             docfleet_shared::store::result_key(&ctx.project_id, &msg.batch_id, &job_id);
         let placed = self
-            .run_blocking(&ctx, storage_key, name, output_key.clone(), cpu)
+            .run_blocking(&ctx, storage_key, name, output_key.clone())
             .await?;
         Ok(Self::done(placed, &output_key, began))
     }
@@ -465,33 +463,30 @@ impl Processor {
         storage_key: String,
         name: String,
         key: String,
-        cpu: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Placed, Failure> {
         let deadline = Duration::from_secs(self.settings.item_deadline_secs);
         let (ctx, store) = (ctx.clone(), self.store.clone());
         let inline_max = self.settings.store.inline_max_bytes;
-        // Read, engine and write in one trip to a blocking thread: the hops between threads
-        // cost more than the work for small files.
-        let task = tokio::task::spawn_blocking(move || {
-            let bytes = store.get_blocking(&storage_key)?;
-            let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
-            let placed = place_output(&store, &key, output, inline_max)?;
-            if let Placed::File { .. } = placed {
-                // Waiting for the shared sync uses no CPU: let the next item's engine start,
-                // and let more items join this sync round.
-                drop(cpu);
-                store.sync_blocking()?;
-            }
-            Ok::<_, Failure>(placed)
-        });
-        match tokio::time::timeout(deadline, task).await {
-            Err(_) => Err(Failure::Fail(format!(
-                "exceeded the {}s per-item deadline",
-                deadline.as_secs()
-            ))),
-            Ok(Err(join)) => Err(Failure::Fail(format!("parser task failed: {join}"))),
-            Ok(Ok(result)) => result,
+        // Read, engine and write in one job: the hops between threads cost more than the work
+        // for small files.
+        let placed = self
+            .engines
+            .run(deadline, move || {
+                let bytes = store.get_blocking(&storage_key)?;
+                let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+                place_output(&store, &key, output, inline_max)
+            })
+            .await
+            .map_err(|e| Failure::Fail(e.to_string()))??;
+        if let Placed::File { .. } = placed {
+            // Waiting for the shared sync uses no CPU: off the engine threads, so the next
+            // item's engine starts, and more items join this sync round.
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.sync_blocking())
+                .await
+                .map_err(|e| Failure::Retry(format!("store sync task failed: {e}")))??;
         }
+        Ok(placed)
     }
 }
 

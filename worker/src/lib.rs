@@ -16,6 +16,7 @@ pub mod acks;
 pub mod classify;
 pub mod consumer;
 pub mod embedding;
+pub mod engines;
 pub mod health;
 pub mod isolation;
 pub mod item;

@@ -7,13 +7,16 @@ local batch_key, events_key = KEYS[1], KEYS[2]
 local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local bst = redis.call('HGET', batch_key, 'status')
-if bst == false then
+if bst == false or #ARGV < 4 then
   for i = 4, #ARGV do out[#out + 1] = { 'missing' } end
   return out
 end
-for i = 4, #ARGV do
-  local iid = ARGV[i]
-  local it = item_state(base, iid)
+local ids = { unpack(ARGV, 4) }
+local state = group_states(base, ids, 'pending')
+local files = redis.call('MGET', unpack(KEYS, 3))
+for j = 1, #ids do
+  local iid = ids[j]
+  local it = state(j)
   if it == nil then
     out[#out + 1] = { 'missing' }
   elseif TERMINAL_ITEM[it[1]] then
@@ -35,7 +38,7 @@ for i = 4, #ARGV do
       redis.call('HSET', ik, 'attempts', attempts, 'updated_at', now)
     end
     bst = start_batch(batch_key, events_key, bid, bst, now)
-    out[#out + 1] = { 'run', attempts, it[2], redis.call('GET', KEYS[i - 1]) or '' }
+    out[#out + 1] = { 'run', attempts, it[2], files[j] or '' }
   end
 end
 flush(batch_key, now)

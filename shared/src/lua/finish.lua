@@ -9,9 +9,12 @@ local base, now, bid = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local recorded = false
 local exists = redis.call('EXISTS', batch_key) == 1
+local ids = {}
+for i = 4, #ARGV, 6 do ids[#ids + 1] = ARGV[i] end
+local state = exists and #ids > 0 and group_states(base, ids, 'processing')
 for i = 4, #ARGV, 6 do
   local iid = ARGV[i]
-  local it = exists and item_state(base, iid)
+  local it = state and state((i - 4) / 6 + 1)
   if not it then
     out[#out + 1] = 'missing'
   elseif TERMINAL_ITEM[it[1]] then

@@ -49,9 +49,6 @@ local function item_state(base, iid)
   return it
 end
 
-local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'error',
-  skipped = 'error', cancelled = 'cancelled' }
-
 -- A status set's key, built once per script run rather than once per item moved.
 local status_keys = {}
 local function status_key(base, status)
@@ -62,6 +59,25 @@ local function status_key(base, status)
   end
   return k
 end
+
+-- The states of a group's items in turn, as `item_state` gives them, with one ZMSCORE in the
+-- status set where nearly all of them are (`pending` for claims, `processing` for outcomes)
+-- rather than two lookups each. An item met before in the same run (a duplicate in the
+-- group) is read from its hash, since its set moves wait for `flush`.
+local function group_states(base, ids, likely)
+  local scores = redis.call('ZMSCORE', status_key(base, likely), unpack(ids))
+  local seen = {}
+  return function(j)
+    local iid = ids[j]
+    local fresh = not seen[iid]
+    seen[iid] = true
+    if fresh and scores[j] then return { likely, scores[j], false } end
+    return item_state(base, iid)
+  end
+end
+
+local ITEM_EVENT = { processing = 'running', completed = 'success', failed = 'error',
+  skipped = 'error', cancelled = 'cancelled' }
 
 -- Sorted-set moves, counter increments and results gathered during a script run and written
 -- by `flush`: one variadic ZADD/ZREM per set, one HSET of the results and one of the
