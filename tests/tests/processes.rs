@@ -272,3 +272,81 @@ async fn a_parse_past_the_memory_bound_fails_only_its_item() {
     assert_eq!(by_name("invoice-1042.pdf")["status"], "completed");
     f.shutdown().await;
 }
+
+/// With a backlog of slow documents and the production defaults, a worker holds only what it
+/// runs (`prefetch` = `concurrency`), so a worker started later (an autoscaler's) finds work
+/// still in the queue and takes some within a second of being ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_late_gets_work_at_once() {
+    let f = Fleet::start(0).await;
+    let defaults = docfleet_shared::settings::WorkerSettings::default();
+    let held = defaults.concurrency;
+    let dir = f.create_dir(&f.api_key, "slow").await;
+    let mut ids = Vec::new();
+    for i in 0..(4 * held) {
+        let body = format!("DOCFLEET-FAULT:SLOW document {i}").into_bytes();
+        ids.push(
+            f.upload(&f.api_key, &dir, &format!("slow-{i}.txt"), body)
+                .await,
+        );
+    }
+    let processing = |id: String| {
+        let f = &f;
+        async move {
+            let (_, b) = f
+                .get(&format!("{BATCH}/{id}/items?status=processing&limit=1"))
+                .await;
+            b["total_size"].as_u64().unwrap_or(0) as usize
+        }
+    };
+    let mut first = started_worker(&f).await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let t0 = std::time::Instant::now();
+    while processing(id.clone()).await < held {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the first worker never filled up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The first worker is full, and the rest waits in the queue, not in its prefetch.
+    let (ready, _) = f.queue_depths().await;
+    assert!(ready as usize >= held, "{ready} ready behind a full worker");
+    let mut second = started_worker(&f).await;
+    let ready_at = std::time::Instant::now();
+    let mut most = 0;
+    while ready_at.elapsed() < Duration::from_secs(1) && most <= held {
+        most = most.max(processing(id.clone()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        most > held,
+        "the late worker took nothing within a second: {most} processing"
+    );
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["status"], "completed", "{status}");
+    assert_eq!(status["job"]["processed_items"], 4 * held);
+    first.terminate().await;
+    second.terminate().await;
+    f.shutdown().await;
+}
+
+/// A worker process with its probes on a free port, once it reports ready.
+async fn started_worker(f: &Fleet) -> docfleet_tests::Process {
+    let addr = format!("127.0.0.1:{}", Fleet::free_port().await);
+    let w = f
+        .spawn_worker_process(&[("DOCFLEET__HEALTH_LISTEN", addr.as_str())])
+        .await;
+    assert!(
+        f.wait_ready(&format!("http://{addr}")).await,
+        "worker not ready"
+    );
+    w
+}

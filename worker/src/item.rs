@@ -747,6 +747,10 @@ fn run_engine(ctx: &BatchContext, bytes: &[u8], name: &str) -> Result<EngineOutp
         if bytes.starts_with(b"DOCFLEET-FAULT:HANG") {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
+        // A document that takes its time, then parses as the text it is.
+        if bytes.starts_with(b"DOCFLEET-FAULT:SLOW") {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
     }
     match &ctx.spec {
         JobSpec::Parse(cfg) => {
