@@ -298,7 +298,8 @@ async fn create_batch(
             serde_json::to_string(&body.job_config)?,
         )
         .zadd(st.keys.project_batches(project), &batch_id, now_millis())
-        .zadd(st.keys.expansion(), &batch_id, now_millis());
+        .zadd(st.keys.expansion(), &batch_id, now_millis())
+        .zadd(st.keys.active(), &batch_id, now_millis());
     let wanted = crate::webhook::subscription::wanted_events(&webhooks);
     if let Some(wanted) = &wanted {
         pipe.hset(

@@ -124,14 +124,14 @@ const MAX_EXPANSIONS: usize = 256;
 const TURNS: usize = 2;
 
 /// Renews a lease only if this replica still holds it.
-const RENEW_LEASE: &str = r"
+pub(crate) const RENEW_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0";
 
 /// Releases a lease only if this replica holds it.
-const RELEASE_LEASE: &str = r"
+pub(crate) const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end

@@ -16,6 +16,7 @@ pub mod error;
 pub mod expansion;
 pub mod http;
 pub mod publisher;
+pub mod reconciler;
 pub mod records;
 pub mod results;
 pub mod runs;
@@ -239,6 +240,7 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let depth = tokio::spawn(watch_queue_depth(state.clone(), stop_rx.clone()));
+    let reconciling = tokio::spawn(reconciler::run(state.clone(), stop_rx.clone()));
     let publisher = state.publisher.clone();
     let broker = tokio::spawn(async move { publisher.keep_open(stop_rx).await });
     tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
@@ -252,6 +254,7 @@ pub async fn run(
     let _ = sending.await;
     let _ = depth.await;
     let _ = broker.await;
+    let _ = reconciling.await;
     let _ = snapshots.await;
     tracing::info!("Dispatcher drained.");
     served.map_err(DispatcherError::from)

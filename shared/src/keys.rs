@@ -17,10 +17,12 @@
 //! | `P:batch:{<id>}:input` | string | distinct ids of an `item_ids` batch, in order, each ended by `\n` |
 //! | `P:batch:{<id>}:items` | zset | every item id, scored by input order |
 //! | `P:batch:{<id>}:st:<status>` | zset | item ids in that status, same scores |
-//! | `P:batch:{<id>}:item:<item_id>` | hash | item state, job id, error (and `result`, written by releases before the results hash) |
+//! | `P:batch:{<id>}:item:<item_id>` | hash | item state from its claim on: status, order, attempts, times, error |
 //! | `P:batch:{<id>}:results` | hash | item id → its result (JSON): inline output or where the output is stored |
 //! | `P:batch:{<id>}:lease` | string | which dispatcher expands the batch, with a TTL |
 //! | `P:expansion` | zset | batches whose expansion has not finished |
+//! | `P:active` | zset | batches not known to be terminal, by creation (ms): the reconciler's round |
+//! | `P:reconciler` | string | which dispatcher runs the reconciler, with a TTL |
 //! | `P:events` | stream | outbox of status events, written by the same scripts as the transitions |
 //! | `P:whd:<delivery_id>` | hash | one webhook delivery: endpoint, body, attempts, status |
 //! | `P:webhook:due` | zset | pending deliveries by next attempt time (ms) |
@@ -127,6 +129,17 @@ impl Keys {
     /// Expansion lease of a batch.
     pub fn batch_lease(&self, batch_id: &str) -> String {
         format!("{}:lease", self.batch(batch_id))
+    }
+
+    /// Batches not known to be terminal, by creation time: the reconciler's round. Create adds
+    /// a batch; the reconciler drops it once it finds it terminal.
+    pub fn active(&self) -> String {
+        format!("{}:active", self.prefix)
+    }
+
+    /// The reconciler's lease: which dispatcher replica runs it.
+    pub fn reconciler_lease(&self) -> String {
+        format!("{}:reconciler", self.prefix)
     }
 
     /// Batches awaiting expansion.

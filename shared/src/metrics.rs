@@ -70,6 +70,10 @@ pub struct Metrics {
     pub ledger_group_items: Histogram,
     /// `get_status` reads by where they were answered from.
     pub status_reads: Family<StatusReadLabels, Counter>,
+    /// Batches the reconciler found stalled in its last round.
+    pub batches_stalled: Gauge,
+    /// Item messages the reconciler published again.
+    pub items_republished: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +89,8 @@ impl Default for Metrics {
             webhook_seconds: histogram(),
             ledger_group_items: Histogram::new(exponential_buckets(1.0, 2.0, 6)),
             status_reads: Family::default(),
+            batches_stalled: Gauge::default(),
+            items_republished: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +138,16 @@ impl Default for Metrics {
             "get_status reads, by whether a refreshed snapshot or Redis answered",
             m.status_reads.clone(),
         );
+        registry.register(
+            "batches_stalled",
+            "Running batches without progress for reconcile.stale_secs, in the reconciler's last round",
+            m.batches_stalled.clone(),
+        );
+        registry.register(
+            "items_republished",
+            "Item messages the reconciler published again for stalled batches",
+            m.items_republished.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -171,6 +187,17 @@ impl Metrics {
                 service: service.to_owned(),
             })
             .inc();
+    }
+
+    /// The reconciler found a batch stalled and published `items` of its messages again.
+    pub fn batch_stalled(&self, batch_id: &str, items: usize, recounted: bool) {
+        tracing::warn!(
+            batch_id,
+            items,
+            recounted,
+            "Batch stalled: no progress for reconcile.stale_secs; its unfinished items are published again."
+        );
+        self.items_republished.inc_by(items as u64);
     }
 
     /// A webhook attempt ended.

@@ -161,6 +161,32 @@ impl Default for StatusSettings {
     }
 }
 
+/// The reconciler: one dispatcher replica at a time republishes the items of batches that
+/// made no progress for `stale_secs`, whose messages were lost with writes Redis
+/// acknowledged and then forgot (an OS crash under `appendfsync everysec`, a failover to a
+/// replica that lagged, a restore from a snapshot).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReconcileSettings {
+    /// How often running batches are looked at; 0 turns the reconciler off.
+    pub every_secs: u64,
+    /// A batch is stalled when nothing about it changed for this long; then its items that
+    /// are `processing` since before that, and its `pending` items while its queue holds no
+    /// ready message, are published again. Keep it above the workers'
+    /// `item_deadline_secs` × `max_attempts` (120 × 3 by default) with a margin: an item
+    /// still in a worker's hands would run a second time (counted once).
+    pub stale_secs: u64,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            every_secs: 30,
+            stale_secs: 480,
+        }
+    }
+}
+
 /// The dispatcher's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -198,6 +224,8 @@ pub struct DispatcherSettings {
     pub webhook: WebhookSettings,
     /// Status reads from memory.
     pub status: StatusSettings,
+    /// Stalled batches found and resumed.
+    pub reconcile: ReconcileSettings,
     /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
     pub vision: VisionSettings,
 }
@@ -217,6 +245,7 @@ impl Default for DispatcherSettings {
             expansion_queue_per_consumer: 100,
             webhook: WebhookSettings::default(),
             status: StatusSettings::default(),
+            reconcile: ReconcileSettings::default(),
             vision: VisionSettings::default(),
         }
     }
