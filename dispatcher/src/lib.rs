@@ -15,11 +15,11 @@ pub mod directories;
 pub mod error;
 pub mod expansion;
 pub mod http;
+pub mod job_results;
+pub mod processing_results;
 pub mod publisher;
 pub mod reconciler;
 pub mod records;
-pub mod results;
-pub mod runs;
 pub mod state;
 pub mod status_cache;
 pub mod webhook;
@@ -133,7 +133,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
-            get(runs::processing_results),
+            get(processing_results::processing_results),
         )
         .route(
             &format!("{v1}/batch-processing/{{job_id}}/webhook-deliveries"),
@@ -145,8 +145,8 @@ pub fn router(state: AppState) -> Router {
             ),
             post(webhook::api::redeliver),
         )
-        .route("/api/v2/parse/{job_id}", get(results::parse))
-        .route("/api/v2/classify/{job_id}", get(results::classify))
+        .route("/api/v2/parse/{job_id}", get(job_results::parse))
+        .route("/api/v2/classify/{job_id}", get(job_results::classify))
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),

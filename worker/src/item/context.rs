@@ -1,0 +1,119 @@
+//! What a worker knows about one batch: loaded once per batch, not per file.
+
+use std::sync::Arc;
+
+use docfleet_shared::model::JobSpec;
+use serde_json::Value;
+
+use super::{Failure, Processor, BATCH_CACHE};
+use crate::classify::Classifier;
+use crate::embedding::Embedder;
+use crate::isolation::Isolation;
+use crate::parse::{self, ParseRequest};
+use crate::vision::VisionClient;
+
+/// What a worker knows about one batch; loaded once per batch, not per file.
+pub(super) struct BatchContext {
+    pub(super) project_id: String,
+    pub(super) spec: JobSpec,
+    pub(super) classifier: Option<Classifier>,
+    /// The vision endpoint, for MULTIMODAL classify batches.
+    pub(super) vision: Option<VisionClient>,
+    /// The parse memory bound; in-process when `None`.
+    pub(super) isolation: Option<Isolation>,
+}
+
+impl BatchContext {
+    pub(super) fn parse(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        req: &ParseRequest,
+    ) -> Result<parse::Parsed, Failure> {
+        match &self.isolation {
+            Some(i) => i.parse(bytes, name, req),
+            None => parse::parse(bytes, name, req),
+        }
+        .map_err(|e| Failure::Fail(e.to_string()))
+    }
+}
+
+impl Processor {
+    /// The embedding model, loading it on first use; blocking.
+    fn model(
+        slot: &std::sync::OnceLock<Result<Arc<Embedder>, String>>,
+        dir: Option<&std::path::Path>,
+    ) -> Result<Arc<Embedder>, String> {
+        slot.get_or_init(|| {
+            let Some(dir) = dir else {
+                return Err("classify_model_dir (DOCFLEET__CLASSIFY_MODEL_DIR) is not set".into());
+            };
+            let started = std::time::Instant::now();
+            match Embedder::load(dir) {
+                Ok(m) => {
+                    tracing::info!(dir = %dir.display(), ms = started.elapsed().as_millis() as u64, "embedding model loaded");
+                    Ok(Arc::new(m))
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "embedding model unavailable; classify uses lexical evidence only");
+                    Err(format!("model not loaded from {}: {e}", dir.display()))
+                }
+            }
+        })
+        .clone()
+    }
+
+    pub(super) async fn context(&self, batch_id: &str) -> Result<Arc<BatchContext>, Failure> {
+        let cell = {
+            // A poisoned lock only means a panic elsewhere mid-insert; the map is still whole.
+            let mut cache = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= BATCH_CACHE && !cache.contains_key(batch_id) {
+                cache.clear();
+            }
+            cache.entry(batch_id.to_owned()).or_default().clone()
+        };
+        // A failed load leaves the cell empty, so the next item tries again.
+        cell.get_or_try_init(|| self.load_context(batch_id))
+            .await
+            .cloned()
+    }
+
+    async fn load_context(&self, batch_id: &str) -> Result<Arc<BatchContext>, Failure> {
+        let mut con = self.redis.clone();
+        let (project, raw): (Option<String>, Option<String>) = redis::pipe()
+            .hget(self.keys.batch(batch_id), "project_id")
+            .get(self.keys.batch_config(batch_id))
+            .query_async(&mut con)
+            .await?;
+        let (Some(project_id), Some(raw)) = (project, raw) else {
+            return Err(Failure::Fail("batch record or job config missing".into()));
+        };
+        let raw_config: Value = serde_json::from_str(&raw)
+            .map_err(|e| Failure::Fail(format!("stored job config unreadable: {e}")))?;
+        let spec = JobSpec::from_json(&raw_config)
+            .map_err(|e| Failure::Fail(format!("stored job config invalid: {e}")))?;
+        let classifier = match &spec {
+            JobSpec::Classify(c) => {
+                let rules = c.rules.clone();
+                let slot = self.model.clone();
+                let dir = self.settings.classify_model_dir.clone();
+                // Loading the model and embedding the rules are CPU work: off the runtime.
+                let classifier = tokio::task::spawn_blocking(move || {
+                    Classifier::new(&rules, Self::model(&slot, dir.as_deref()))
+                })
+                .await
+                .map_err(|e| Failure::Retry(format!("classifier set-up: {e}")))?;
+                Some(classifier)
+            }
+            JobSpec::Parse(_) => None,
+        };
+        let ctx = Arc::new(BatchContext {
+            project_id,
+            spec,
+            classifier,
+            vision: self.vision.clone(),
+            isolation: self.isolation.clone(),
+        });
+        Ok(ctx)
+    }
+}

@@ -1,0 +1,429 @@
+//! Parse or classify one file's bytes: CPU-bound, on an engine thread.
+
+use docfleet_shared::model::{parse_page_selection, JobSpec};
+use serde_json::{json, Value};
+
+use super::context::BatchContext;
+use super::Failure;
+use crate::classify::Document;
+use crate::parse::{self, ParseRequest};
+use crate::vision::VisionError;
+
+/// Images kept per document with `images_to_save: ["embedded"]`, and the largest kept.
+const EMBEDDED_LIMIT: usize = 200;
+const EMBEDDED_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `images_to_save: ["embedded"]`: the images inside the document, named `embedded-…`
+/// (`embedded-p<page>-<n>.png` for PDFs, the part name for Office files).
+fn embedded_images(
+    parsed: &parse::Parsed,
+    bytes: &[u8],
+) -> Result<Vec<(String, Vec<u8>)>, Failure> {
+    let found = match parsed.format {
+        "pdf" => {
+            let first = parsed.pages.iter().map(|p| p.page_number).min();
+            let last = parsed.pages.iter().map(|p| p.page_number).max();
+            match first.zip(last) {
+                Some((f, l)) => crate::ocr::pdf_images(bytes, f, l, EMBEDDED_LIMIT)
+                    .map_err(|e| Failure::Fail(e.to_string()))?,
+                None => Vec::new(),
+            }
+        }
+        "docx" | "pptx" | "xlsx" => crate::office::media(bytes, EMBEDDED_LIMIT, EMBEDDED_MAX_BYTES),
+        _ => Vec::new(),
+    };
+    // Part names inside a document are arbitrary; store keys take a safe alphabet only.
+    let safe = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    Ok(found
+        .into_iter()
+        .map(|(name, data)| (format!("embedded-{}", safe(&name)), data))
+        .collect())
+}
+
+/// MULTIMODAL: the first pages' images and text to the configured vision model. Runs on the
+/// engine's blocking thread, so it waits on the runtime for the HTTP call.
+fn classify_with_vision(
+    ctx: &BatchContext,
+    rules: &[docfleet_shared::model::ClassifyRule],
+    parsed: &parse::Parsed,
+    text: &str,
+    bytes: &[u8],
+) -> Result<crate::classify::Classification, Failure> {
+    let client = ctx.vision.as_ref().ok_or_else(|| {
+        Failure::Fail("MULTIMODAL batch, but this worker has no vision.url configured".into())
+    })?;
+    let mut images: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    match parsed.format {
+        "pdf" => {
+            for p in parsed.pages.iter().take(client.max_images) {
+                if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
+                    images.push(("image/png", png));
+                }
+            }
+        }
+        "png" => images.push(("image/png", bytes.to_vec())),
+        "jpeg" => images.push(("image/jpeg", bytes.to_vec())),
+        _ => {}
+    }
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| Failure::Retry(format!("no runtime for the vision call: {e}")))?;
+    runtime
+        .block_on(client.classify(rules, text, &images))
+        .map_err(|e| match e {
+            VisionError::Transient(_) => Failure::Retry(e.to_string()),
+            VisionError::Permanent(_) => Failure::Fail(e.to_string()),
+        })
+}
+
+/// Runs an engine call, turning a panic into the item's failure.
+pub(super) fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Failure::Fail(format!("parser crashed: {what}"))
+    })?
+}
+
+/// What the engine produced.
+pub(super) struct EngineOutput {
+    /// Files to store beside the result: (name, bytes), e.g. page screenshots.
+    pub(super) images: Vec<(String, Vec<u8>)>,
+    /// Written to the file store.
+    pub(super) stored: Value,
+    /// Stored on the item itself (classify); parse items point at the file instead.
+    pub(super) summary: Option<Value>,
+    pub(super) pages: usize,
+}
+
+/// `replace_failed_page_mode` and `page_error_tolerance`: what a page that could not be read
+/// becomes, and how many such pages fail the whole file.
+fn apply_failed_pages(
+    parsed: &mut parse::Parsed,
+    params: &docfleet_shared::model::ParseParameters,
+) -> Result<(), Failure> {
+    use docfleet_shared::model::FailPageMode;
+    let failed = parsed.pages.iter().filter(|p| !p.success).count();
+    if failed == 0 {
+        return Ok(());
+    }
+    if let Some(tolerance) = params.page_error_tolerance {
+        let share = failed as f64 / parsed.pages.len().max(1) as f64;
+        if share > tolerance {
+            return Err(Failure::Fail(format!(
+                "{failed} of {} pages could not be read, over page_error_tolerance {tolerance}",
+                parsed.pages.len()
+            )));
+        }
+    }
+    let mode = params
+        .replace_failed_page_mode
+        .unwrap_or(FailPageMode::RawText);
+    for page in parsed.pages.iter_mut().filter(|p| !p.success) {
+        let error = page.error.clone().unwrap_or_default();
+        match mode {
+            FailPageMode::RawText => {}
+            FailPageMode::BlankPage => {
+                page.text.clear();
+                page.md.clear();
+                page.items.clear();
+            }
+            FailPageMode::ErrorMessage => {
+                let text = format!(
+                    "{}{error}{}",
+                    params
+                        .replace_failed_page_with_error_message_prefix
+                        .as_deref()
+                        .unwrap_or(""),
+                    params
+                        .replace_failed_page_with_error_message_suffix
+                        .as_deref()
+                        .unwrap_or("")
+                );
+                page.text = text.clone();
+                page.md = text;
+                page.items.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs parse or classify on one file; CPU-bound, called on a blocking thread.
+pub(super) fn run_engine(
+    ctx: &BatchContext,
+    bytes: &[u8],
+    name: &str,
+) -> Result<EngineOutput, Failure> {
+    #[cfg(feature = "fault-injection")]
+    {
+        if bytes.starts_with(b"DOCFLEET-FAULT:PANIC") {
+            panic!("injected parser panic");
+        }
+        if bytes.starts_with(b"DOCFLEET-FAULT:HANG") {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        // A document that takes its time, then parses as the text it is.
+        if bytes.starts_with(b"DOCFLEET-FAULT:SLOW") {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+        }
+    }
+    match &ctx.spec {
+        JobSpec::Parse(cfg) => {
+            let params = cfg.parameters.clone().unwrap_or_default();
+            let target_pages = match params.target_pages.as_deref() {
+                Some(t) => Some(parse_page_selection(t).map_err(Failure::Fail)?),
+                None => None,
+            };
+            let mut languages = params.languages.clone().unwrap_or_default();
+            if let Some(l) = &params.lang {
+                languages.insert(0, l.clone());
+            }
+            let req = ParseRequest {
+                target_pages,
+                max_pages: params.max_pages,
+                disable_ocr: params.disable_ocr.unwrap_or(false),
+                languages,
+            };
+            let mut parsed = ctx.parse(bytes, name, &req)?;
+            apply_failed_pages(&mut parsed, &params)?;
+            parsed.hide(
+                params.hide_headers.unwrap_or(false),
+                params.hide_footers.unwrap_or(false),
+            );
+            let separator = params
+                .page_separator
+                .clone()
+                .unwrap_or_else(|| "\n\n".into());
+            let wrap = |s: &str, n: u32| {
+                let pre = params
+                    .page_prefix
+                    .as_deref()
+                    .unwrap_or("")
+                    .replace("{pageNumber}", &n.to_string());
+                let suf = params
+                    .page_suffix
+                    .as_deref()
+                    .unwrap_or("")
+                    .replace("{pageNumber}", &n.to_string());
+                format!("{pre}{s}{suf}")
+            };
+            let text_full = parsed
+                .pages
+                .iter()
+                .map(|p| wrap(&p.text, p.page_number))
+                .collect::<Vec<_>>()
+                .join(&separator);
+            let markdown_full = parsed
+                .pages
+                .iter()
+                .map(|p| wrap(&p.md, p.page_number))
+                .collect::<Vec<_>>()
+                .join(&separator);
+            let stored = json!({
+                "pages": parsed.pages,
+                "text_full": text_full,
+                "markdown_full": markdown_full,
+                "metadata": {
+                    "pages": parsed.pages.iter().map(|p| json!({ "page_number": p.page_number })).collect::<Vec<_>>(),
+                    "format": parsed.format,
+                    "page_count": parsed.page_count,
+                    "pages_parsed": parsed.pages.len(),
+                    "title": parsed.title,
+                    "ocr_pages": parsed.ocr_pages,
+                    "language": parsed.language(),
+                    "custom_metadata": params.custom_metadata,
+                },
+            });
+            let mut images = Vec::new();
+            let wants = |kind| {
+                params
+                    .images_to_save
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&kind))
+            };
+            if wants(docfleet_shared::model::ImageKind::Screenshot) && parsed.format == "pdf" {
+                for p in &parsed.pages {
+                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
+                        images.push((format!("page-{}.png", p.page_number), png));
+                    }
+                }
+            }
+            if wants(docfleet_shared::model::ImageKind::Embedded) {
+                images.extend(embedded_images(&parsed, bytes)?);
+            }
+            Ok(EngineOutput {
+                pages: parsed.pages.len(),
+                stored,
+                summary: None,
+                images,
+            })
+        }
+        JobSpec::Classify(cfg) => {
+            let pc = cfg.parsing_configuration.clone().unwrap_or_default();
+            let req = ParseRequest {
+                target_pages: pc.target_pages.clone(),
+                max_pages: Some(pc.max_pages.unwrap_or(5)),
+                disable_ocr: false,
+                languages: pc.lang.clone().into_iter().collect(),
+            };
+            let parsed = ctx.parse(bytes, name, &req)?;
+            let text = parsed.full_text("\n");
+            let c = if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
+                classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes)?
+            } else {
+                let classifier = ctx
+                    .classifier
+                    .as_ref()
+                    .ok_or_else(|| Failure::Fail("classifier missing".into()))?;
+                classifier.classify(&Document {
+                    text: &text,
+                    format: parsed.format,
+                    page_count: parsed.page_count,
+                    title: parsed.title.as_deref(),
+                })
+            };
+            let summary = serde_json::to_value(&c)
+                .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
+            Ok(EngineOutput {
+                pages: parsed.pages.len(),
+                stored: summary.clone(),
+                summary: Some(summary),
+                images: Vec::new(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-page PDF drawing one 2×2 grey image.
+    fn pdf_with_an_image() -> Vec<u8> {
+        let content = b"q 50 0 0 50 10 10 cm /Im1 Do Q";
+        let objects: Vec<Vec<u8>> = vec![
+            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] /Resources << /XObject << /Im1 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
+            [&b"<< /Type /XObject /Subtype /Image /Width 2 /Height 2 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 4 >>\nstream\n"[..], &[0, 255, 255, 0], b"\nendstream"].concat(),
+            [format!("<< /Length {} >>\nstream\n", content.len()).as_bytes(), content, b"\nendstream"].concat(),
+        ];
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            offsets.push(pdf.len());
+            pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+            pdf.extend_from_slice(o);
+            pdf.extend_from_slice(b"\nendobj\n");
+        }
+        let xref = pdf.len();
+        pdf.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for o in offsets {
+            pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+        }
+        pdf.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        pdf
+    }
+
+    #[test]
+    fn embedded_images_come_out_of_pdfs() {
+        let bytes = pdf_with_an_image();
+        let parsed = parse::parse(
+            &bytes,
+            "image.pdf",
+            &ParseRequest {
+                disable_ocr: true,
+                ..ParseRequest::default()
+            },
+        )
+        .expect("parsed");
+        let images = embedded_images(&parsed, &bytes).expect("extracted");
+        assert_eq!(
+            images.len(),
+            1,
+            "{:?}",
+            images.iter().map(|i| &i.0).collect::<Vec<_>>()
+        );
+        assert_eq!(images[0].0, "embedded-p001-000.png");
+        assert!(images[0].1.starts_with(b"\x89PNG"));
+    }
+    use docfleet_shared::model::{FailPageMode, ParseParameters};
+
+    fn doc() -> parse::Parsed {
+        let page = |n: u32, ok: bool| parse::Page {
+            page_number: n,
+            text: format!("raw {n}"),
+            md: format!("raw {n}"),
+            items: Vec::new(),
+            width: 0.0,
+            height: 0.0,
+            success: ok,
+            error: (!ok).then(|| "could not render".to_owned()),
+        };
+        parse::Parsed {
+            pages: vec![page(1, true), page(2, false), page(3, true), page(4, true)],
+            format: "pdf",
+            page_count: 4,
+            title: None,
+            ocr_pages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn failed_pages_follow_the_mode_and_the_tolerance() {
+        let mut p = doc();
+        let params = ParseParameters {
+            replace_failed_page_mode: Some(FailPageMode::ErrorMessage),
+            replace_failed_page_with_error_message_prefix: Some("[".into()),
+            replace_failed_page_with_error_message_suffix: Some("]".into()),
+            ..Default::default()
+        };
+        apply_failed_pages(&mut p, &params).unwrap();
+        assert_eq!(p.pages[1].text, "[could not render]");
+        assert_eq!(p.pages[0].text, "raw 1");
+        let mut p = doc();
+        let blank = ParseParameters {
+            replace_failed_page_mode: Some(FailPageMode::BlankPage),
+            ..Default::default()
+        };
+        apply_failed_pages(&mut p, &blank).unwrap();
+        assert!(p.pages[1].text.is_empty());
+        let mut p = doc();
+        let strict = ParseParameters {
+            page_error_tolerance: Some(0.2),
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply_failed_pages(&mut p, &strict),
+            Err(Failure::Fail(_))
+        ));
+        let mut p = doc();
+        let lenient = ParseParameters {
+            page_error_tolerance: Some(0.25),
+            ..Default::default()
+        };
+        apply_failed_pages(&mut p, &lenient).unwrap();
+        assert_eq!(p.pages[1].text, "raw 2");
+    }
+}

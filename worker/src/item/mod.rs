@@ -1,0 +1,368 @@
+//! One item, from delivery to recorded outcome: the pipeline's steps are `claim` (the
+//! ledger), `context` (what the worker knows of the item's batch), `engine` (parse or
+//! classify the bytes), `output` (where the result goes) and `record` (the ledger again, then
+//! the broker action).
+//!
+//! A failure is typed by what should happen next, and each type maps to exactly one broker
+//! action once the outcome (if any) is durable in Redis:
+//!
+//! | outcome | recorded as | broker action |
+//! |---|---|---|
+//! | success | `completed` | ack |
+//! | [`Failure::Skip`] | `skipped` | ack |
+//! | [`Failure::Fail`] (permanent for this file) | `failed` | reject → dead-letter queue |
+//! | [`Failure::Retry`] (transient) | nothing yet | nack + requeue; `failed` after `max_attempts` |
+//! | poison message | nothing | reject → dead-letter queue |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use docfleet_shared::keys::Keys;
+use docfleet_shared::scripts::{Claim, Outcome, Recorded, Run, Scripts};
+use docfleet_shared::settings::WorkerSettings;
+use docfleet_shared::store::{FileStore, StoreError};
+use docfleet_shared::wire::ItemMessage;
+use redis::AsyncCommands;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::embedding::Embedder;
+use crate::engines::Engines;
+use crate::isolation::Isolation;
+use crate::ledger::{ItemOutcome, Ledger};
+use crate::vision::VisionClient;
+
+mod context;
+mod engine;
+mod output;
+
+use context::BatchContext;
+use engine::{guarded, run_engine};
+use output::{place_output, Output};
+
+/// What went wrong with an item, typed by what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Transient (Redis, file store): try again later.
+    #[error("{0}")]
+    Retry(String),
+    /// Permanent for this file (corrupt, unsupported, too slow).
+    #[error("{0}")]
+    Fail(String),
+    /// Not processed on purpose (over the size limit).
+    #[error("{0}")]
+    Skip(String),
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Retry(format!("state store: {e}"))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) | StoreError::InvalidKey(_) => {
+                Self::Fail(format!("stored file unavailable: {e}"))
+            }
+            StoreError::Io { .. } => Self::Retry(e.to_string()),
+        }
+    }
+}
+
+/// The broker action for a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done with it.
+    Ack,
+    /// Put it back for another try.
+    Requeue,
+    /// Park it in the dead-letter queue.
+    DeadLetter,
+}
+
+/// Processes items; shared by every consumer task of a worker process.
+pub struct Processor {
+    settings: Arc<WorkerSettings>,
+    redis: redis::aio::ConnectionManager,
+    keys: Keys,
+    /// Claims and outcomes, sent to Redis in groups.
+    ledger: Ledger,
+    store: FileStore,
+    /// Per batch, set once by the first item that needs it: the items that arrive together at
+    /// the start of a batch wait for one load (one classifier, one embedding of the rules).
+    batches: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<BatchContext>>>>>,
+    metrics: Arc<docfleet_shared::metrics::Metrics>,
+    /// The engine threads (`cpu_slots` of them): reads, parses and writes.
+    engines: Engines,
+    /// The embedding model, loaded on the first classify batch (a parse-only worker never
+    /// pays its ~90 MB), then shared; `Err` says why it is not available.
+    model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
+    vision: Option<VisionClient>,
+    isolation: Option<Isolation>,
+}
+
+/// Batch contexts kept before the cache is cleared.
+const BATCH_CACHE: usize = 256;
+
+impl Processor {
+    /// A processor over these connections; starts its ledger task, so it must be called
+    /// within a Tokio runtime.
+    pub fn new(
+        settings: Arc<WorkerSettings>,
+        redis: redis::aio::ConnectionManager,
+        metrics: Arc<docfleet_shared::metrics::Metrics>,
+    ) -> Self {
+        let keys = Keys::new(settings.redis.key_prefix.clone());
+        let cpu_slots = settings.cpu_slots;
+        let vision = match VisionClient::new(&settings.vision) {
+            Ok(v) => v,
+            Err(error) => {
+                tracing::error!(%error, "vision endpoint client could not be built; MULTIMODAL items will fail");
+                None
+            }
+        };
+        let isolation = (settings.parse_memory_mb > 0).then(|| Isolation {
+            binary: settings
+                .engine_binary
+                .clone()
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| "docfleet-worker".into()),
+            memory_mb: settings.parse_memory_mb,
+            cpu_secs: settings.item_deadline_secs + 5,
+        });
+        Self {
+            store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
+            ledger: Ledger::start(Scripts::new(keys.clone()), redis.clone(), metrics.clone()),
+            keys,
+            redis,
+            settings,
+            batches: Mutex::default(),
+            metrics,
+            engines: Engines::start(cpu_slots),
+            model: Arc::default(),
+            vision,
+            isolation,
+        }
+    }
+
+    /// Whether Redis answers (readiness).
+    pub async fn redis_ok(&self) -> bool {
+        let mut con = self.redis.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .is_ok()
+    }
+
+    /// Handles one delivery body (delivered for the first time) and says what to do with the
+    /// delivery.
+    pub async fn handle(&self, body: &[u8]) -> Verdict {
+        self.handle_traced(body, &docfleet_shared::wire::Trace::default())
+            .await
+    }
+
+    /// [`Processor::handle`], with the request identifiers the message carried.
+    pub async fn handle_traced(
+        &self,
+        body: &[u8],
+        trace: &docfleet_shared::wire::Trace,
+    ) -> Verdict {
+        let msg = match ItemMessage::decode(body) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "Poison message; dead-lettering it.");
+                return Verdict::DeadLetter;
+            }
+        };
+        let span = tracing::info_span!(
+            "item",
+            batch_id = %msg.batch_id,
+            item_id = %msg.item_id,
+            correlation_id = trace.correlation_id.as_deref(),
+            session_id = trace.session_id.as_deref(),
+        );
+        self.handle_item(&msg).instrument(span).await
+    }
+
+    async fn handle_item(&self, msg: &ItemMessage) -> Verdict {
+        let mut con = self.redis.clone();
+        let run = match self.ledger.claim(&msg.batch_id, &msg.item_id).await {
+            Ok(Claim::Run(run)) => run,
+            Ok(Claim::Done) => {
+                self.metrics.item_settled("unknown", "duplicate", None);
+                return Verdict::Ack;
+            }
+            Ok(Claim::Cancelled) => {
+                self.metrics.item_settled("unknown", "cancelled", None);
+                return Verdict::Ack;
+            }
+            Ok(Claim::Missing) => {
+                tracing::warn!("No such batch or item; dead-lettering the message.");
+                self.metrics.item_settled("unknown", "dead_letter", None);
+                return Verdict::DeadLetter;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not claim the item; requeueing.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Verdict::Requeue;
+            }
+        };
+        let attempt = run.attempt;
+        let max = self.settings.max_attempts;
+        if attempt > max {
+            let last: Option<String> = con
+                .hget(self.keys.item(&msg.batch_id, &msg.item_id), "last_error")
+                .await
+                .ok()
+                .flatten();
+            let error = format!(
+                "gave up after {max} attempts; last error: {}",
+                last.as_deref().unwrap_or("the worker stopped mid-item")
+            );
+            return self.record(msg, Err(Failure::Fail(error))).await;
+        }
+        let result = self.execute(msg, run).await;
+        if let Err(Failure::Retry(error)) = &result {
+            let _: redis::RedisResult<()> = con
+                .hset(
+                    self.keys.item(&msg.batch_id, &msg.item_id),
+                    "last_error",
+                    error,
+                )
+                .await;
+            if attempt < max {
+                tracing::warn!(%error, attempt, "Transient failure; requeueing.");
+                // A short pause so a dependency that just failed is not hammered.
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                return Verdict::Requeue;
+            }
+            let error = format!("gave up after {attempt} attempts; last error: {error}");
+            return self.record(msg, Err(Failure::Fail(error))).await;
+        }
+        self.record(msg, result).await
+    }
+
+    /// Makes the outcome durable, then says how to settle the delivery.
+    async fn record(&self, msg: &ItemMessage, result: Result<Done, Failure>) -> Verdict {
+        let started = std::time::Instant::now();
+        let seconds = result.as_ref().ok().map(|d| d.seconds);
+        let (outcome, verdict) = match result {
+            Ok(done) => (
+                ItemOutcome::new(Outcome::Completed).with_result(done.result, done.pages),
+                Verdict::Ack,
+            ),
+            Err(Failure::Skip(reason)) => (
+                ItemOutcome::new(Outcome::Skipped).with_skip_reason(reason),
+                Verdict::Ack,
+            ),
+            Err(Failure::Fail(error) | Failure::Retry(error)) => (
+                ItemOutcome::new(Outcome::Failed).with_error(error),
+                Verdict::DeadLetter,
+            ),
+        };
+        let kind = outcome.outcome;
+        match self
+            .ledger
+            .finish(&msg.batch_id, &msg.item_id, outcome)
+            .await
+        {
+            Ok(recorded) => {
+                let job_type = self
+                    .batches
+                    .lock()
+                    .ok()
+                    .and_then(|c| {
+                        c.get(&msg.batch_id)
+                            .and_then(|cell| cell.get())
+                            .map(|b| b.spec.job_type().as_str())
+                    })
+                    .unwrap_or("unknown");
+                let label = match (&recorded, kind) {
+                    (Recorded::Duplicate, _) => "duplicate",
+                    (Recorded::Missing, _) => "missing",
+                    (_, Outcome::Completed) => "completed",
+                    (_, Outcome::Failed) => "failed",
+                    (_, Outcome::Skipped) => "skipped",
+                };
+                let secs = seconds.map(|s| s + started.elapsed().as_secs_f64());
+                self.metrics.item_settled(job_type, label, secs);
+                verdict
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Could not record the outcome; requeueing.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Verdict::Requeue
+            }
+        }
+    }
+
+    async fn execute(&self, msg: &ItemMessage, run: Run) -> Result<Done, Failure> {
+        let began = std::time::Instant::now();
+        let ctx = self.context(&msg.batch_id).await?;
+        let file: Value = run
+            .file
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .ok_or_else(|| Failure::Fail("directory file record missing".into()))?;
+        let job_id = ctx.spec.job_type().job_id(&msg.batch_id, run.order);
+        let size = file["size_bytes"].as_u64().unwrap_or(0);
+        if size > self.settings.max_file_bytes {
+            return Err(Failure::Skip(format!(
+                "size limit exceeded: {size} bytes, limit {}",
+                self.settings.max_file_bytes
+            )));
+        }
+        let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
+        let name = file["display_name"].as_str().unwrap_or_default().to_owned();
+        let output_key =
+            docfleet_shared::store::result_key(&ctx.project_id, &msg.batch_id, &job_id);
+        let placed = self
+            .run_blocking(&ctx, storage_key, name, output_key.clone())
+            .await?;
+        Ok(output::done(placed, &output_key, began))
+    }
+
+    /// Reads the file, runs the engine and places the output, on a blocking thread under the
+    /// per-item deadline; a file is synced before this returns.
+    async fn run_blocking(
+        &self,
+        ctx: &Arc<BatchContext>,
+        storage_key: String,
+        name: String,
+        key: String,
+    ) -> Result<Output, Failure> {
+        let deadline = Duration::from_secs(self.settings.item_deadline_secs);
+        let (ctx, store) = (ctx.clone(), self.store.clone());
+        let inline_max = self.settings.store.inline_max_bytes;
+        // Read, engine and write in one job: the hops between threads cost more than the work
+        // for small files.
+        let placed = self
+            .engines
+            .run(deadline, move || {
+                let bytes = store.get_blocking(&storage_key)?;
+                let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+                place_output(&store, &key, output, inline_max)
+            })
+            .await
+            .map_err(|e| Failure::Fail(e.to_string()))??;
+        if let Output::File { .. } = placed {
+            // Waiting for the shared sync uses no CPU: off the engine threads, so the next
+            // item's engine starts, and more items join this sync round.
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.sync_blocking())
+                .await
+                .map_err(|e| Failure::Retry(format!("store sync task failed: {e}")))??;
+        }
+        Ok(placed)
+    }
+}
+
+/// A successful item, ready to record.
+struct Done {
+    result: String,
+    pages: usize,
+    /// Time spent producing it.
+    seconds: f64,
+}
