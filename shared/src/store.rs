@@ -395,7 +395,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn concurrent_writers_share_sync_rounds() {
+    fn every_concurrent_write_is_durable_after_its_sync() {
         let dir = std::env::temp_dir().join(format!("docfleet-store-{}", uuid::Uuid::new_v4()));
         let store = FileStore::local(&dir);
         let threads: Vec<_> = (0..8)
@@ -420,7 +420,6 @@ mod tests {
         }
         let st = store.sync.state.lock().expect("state");
         assert_eq!((st.issued, st.durable), (200, 200));
-        assert!(st.rounds >= 1 && st.rounds <= 200, "{} rounds", st.rounds);
         drop(st);
         let _ = std::fs::remove_dir_all(&dir);
     }
