@@ -68,66 +68,79 @@ fn validate_job(raw: &Value, vision: &VisionSettings) -> Result<ValidJob, ApiErr
     };
     if obj.contains_key("rules") {
         let cfg: ClassifyJobConfig = parse_json(&bytes).map_err(prefix)?;
-        if cfg.rules.is_empty() {
-            return Err(ApiError::field(
-                "job_config.rules",
-                "at least one rule is required",
-            ));
-        }
-        if cfg.rules.len() > MAX_RULES {
-            return Err(ApiError::field(
-                "job_config.rules",
-                format!("at most {MAX_RULES} rules"),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (i, r) in cfg.rules.iter().enumerate() {
-            let t = r.kind.trim();
-            if t.is_empty() || t.len() > 200 {
-                return Err(ApiError::field(
-                    &format!("job_config.rules[{i}].type"),
-                    "must be 1 to 200 characters",
-                ));
-            }
-            if !seen.insert(t.to_owned()) {
-                return Err(ApiError::field(
-                    &format!("job_config.rules[{i}].type"),
-                    format!("duplicate type {t:?}"),
-                ));
-            }
-            let d = r.description.trim();
-            if d.is_empty() || d.chars().count() > MAX_RULE_DESCRIPTION {
-                return Err(ApiError::field(
-                    &format!("job_config.rules[{i}].description"),
-                    format!("must be 1 to {MAX_RULE_DESCRIPTION} characters"),
-                ));
-            }
-        }
-        if cfg.mode == Some(ClassifyMode::Multimodal) && !vision.configured() {
-            return Err(ApiError::field(
-                "job_config.mode",
-                "MULTIMODAL needs a vision model endpoint, and none is configured: set vision.url \
-                 and vision.model (DOCFLEET__VISION__URL, DOCFLEET__VISION__MODEL, and \
-                 DOCFLEET__VISION__API_KEY if it needs one) on the dispatcher and the workers, \
-                 or use FAST",
-            ));
-        }
-        if let Some(p) = &cfg.parsing_configuration {
-            if p.max_pages == Some(0) {
-                return Err(ApiError::field(
-                    "job_config.parsing_configuration.max_pages",
-                    "must be at least 1",
-                ));
-            }
-        }
-        return Ok(ValidJob {
-            job_type: JobType::Classify,
-            priority: docfleet_shared::model::Priority::Medium.amqp(),
-            correlation_id: None,
-            session_id: None,
-        });
+        return validate_classify(&cfg, vision);
     }
     let cfg: ParseJobConfig = parse_json(&bytes).map_err(prefix)?;
+    validate_parse(&cfg)
+}
+
+/// A classify job's rules and settings.
+fn validate_classify(
+    cfg: &ClassifyJobConfig,
+    vision: &VisionSettings,
+) -> Result<ValidJob, ApiError> {
+    if cfg.rules.is_empty() {
+        return Err(ApiError::field(
+            "job_config.rules",
+            "at least one rule is required",
+        ));
+    }
+    if cfg.rules.len() > MAX_RULES {
+        return Err(ApiError::field(
+            "job_config.rules",
+            format!("at most {MAX_RULES} rules"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, r) in cfg.rules.iter().enumerate() {
+        let t = r.kind.trim();
+        if t.is_empty() || t.len() > 200 {
+            return Err(ApiError::field(
+                &format!("job_config.rules[{i}].type"),
+                "must be 1 to 200 characters",
+            ));
+        }
+        if !seen.insert(t.to_owned()) {
+            return Err(ApiError::field(
+                &format!("job_config.rules[{i}].type"),
+                format!("duplicate type {t:?}"),
+            ));
+        }
+        let d = r.description.trim();
+        if d.is_empty() || d.chars().count() > MAX_RULE_DESCRIPTION {
+            return Err(ApiError::field(
+                &format!("job_config.rules[{i}].description"),
+                format!("must be 1 to {MAX_RULE_DESCRIPTION} characters"),
+            ));
+        }
+    }
+    if cfg.mode == Some(ClassifyMode::Multimodal) && !vision.configured() {
+        return Err(ApiError::field(
+            "job_config.mode",
+            "MULTIMODAL needs a vision model endpoint, and none is configured: set vision.url \
+             and vision.model (DOCFLEET__VISION__URL, DOCFLEET__VISION__MODEL, and \
+             DOCFLEET__VISION__API_KEY if it needs one) on the dispatcher and the workers, \
+             or use FAST",
+        ));
+    }
+    if let Some(p) = &cfg.parsing_configuration {
+        if p.max_pages == Some(0) {
+            return Err(ApiError::field(
+                "job_config.parsing_configuration.max_pages",
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(ValidJob {
+        job_type: JobType::Classify,
+        priority: docfleet_shared::model::Priority::Medium.amqp(),
+        correlation_id: None,
+        session_id: None,
+    })
+}
+
+/// A parse job's name, type and parameters.
+fn validate_parse(cfg: &ParseJobConfig) -> Result<ValidJob, ApiError> {
     if let Some(n) = cfg.job_name.as_deref() {
         if n != "parse_raw_file_job" {
             return Err(ApiError::field(
@@ -219,7 +232,7 @@ async fn create_batch(
     let mut con = st.redis.clone();
     let batch_id = format!("{BATCH_ID_PREFIX}{}", uuid::Uuid::new_v4());
     let now = now_rfc3339();
-    let mut fields: Vec<(&str, String)> = vec![
+    let mut fields: Vec<(&'static str, String)> = vec![
         ("id", batch_id.clone()),
         ("project_id", project.to_owned()),
         ("job_type", job.job_type.as_str().into()),
@@ -243,55 +256,16 @@ async fn create_batch(
     }
     let mut pipe = redis::pipe();
     pipe.atomic();
-    match (&body.directory_id, &body.item_ids) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "directory_id, item_ids: give exactly one of them, not both".into(),
-            ))
-        }
-        (None, None) => {
-            return Err(ApiError::BadRequest(
-                "directory_id, item_ids: one of them is required".into(),
-            ))
-        }
-        (Some(dir_id), None) => {
-            let dir = crate::directories::load(st, project, dir_id)
-                .await
-                .map_err(|e| match e {
-                    ApiError::NotFound(_) => {
-                        ApiError::field("directory_id", format!("no directory {dir_id:?}"))
-                    }
-                    other => other,
-                })?;
-            // The batch covers the files present now: a snapshot by insertion sequence.
-            let snapshot: i64 = con
-                .get::<_, Option<i64>>(st.keys.dir_seq(&dir.id))
-                .await?
-                .unwrap_or(0);
-            let total: u64 = con
-                .zcount(st.keys.dir_files(&dir.id), "-inf", snapshot)
-                .await?;
-            fields.push(("source", "directory".into()));
-            fields.push(("directory_id", dir.id.clone()));
-            fields.push(("snapshot", snapshot.to_string()));
-            fields.push(("total", total.to_string()));
-        }
-        (None, Some(ids)) => {
-            if ids.is_empty() {
-                return Err(ApiError::field("item_ids", "must not be empty"));
-            }
-            if ids.len() > st.settings.max_item_ids {
-                return Err(ApiError::field(
-                    "item_ids",
-                    format!("at most {} ids per batch", st.settings.max_item_ids),
-                ));
-            }
-            let input = expansion::input_list(ids)?;
-            fields.push(("source", "items".into()));
-            fields.push(("total", input.count.to_string()));
-            pipe.set(st.keys.batch_input(&batch_id), input.bytes);
-        }
-    }
+    add_source(
+        st,
+        &mut con,
+        project,
+        &body,
+        &batch_id,
+        &mut fields,
+        &mut pipe,
+    )
+    .await?;
     pipe.hset_multiple(st.keys.batch(&batch_id), &fields)
         .set(
             st.keys.batch_config(&batch_id),
@@ -319,6 +293,68 @@ async fn create_batch(
     st.expansion_wake.notify_one();
     tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");
     Ok(Json(created))
+}
+
+/// What the batch covers, as its fields: a directory's files present now (a snapshot by
+/// insertion sequence), or the distinct `item_ids`, stored as the batch's input by `pipe`.
+async fn add_source(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    project: &str,
+    body: &CreateBatch<'_>,
+    batch_id: &str,
+    fields: &mut Vec<(&'static str, String)>,
+    pipe: &mut redis::Pipeline,
+) -> Result<(), ApiError> {
+    match (&body.directory_id, &body.item_ids) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "directory_id, item_ids: give exactly one of them, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "directory_id, item_ids: one of them is required".into(),
+            ))
+        }
+        (Some(dir_id), None) => {
+            let dir = crate::directories::load(st, project, dir_id)
+                .await
+                .map_err(|e| match e {
+                    ApiError::NotFound(_) => {
+                        ApiError::field("directory_id", format!("no directory {dir_id:?}"))
+                    }
+                    other => other,
+                })?;
+            let snapshot: i64 = con
+                .get::<_, Option<i64>>(st.keys.dir_seq(&dir.id))
+                .await?
+                .unwrap_or(0);
+            let total: u64 = con
+                .zcount(st.keys.dir_files(&dir.id), "-inf", snapshot)
+                .await?;
+            fields.push(("source", "directory".into()));
+            fields.push(("directory_id", dir.id.clone()));
+            fields.push(("snapshot", snapshot.to_string()));
+            fields.push(("total", total.to_string()));
+        }
+        (None, Some(ids)) => {
+            if ids.is_empty() {
+                return Err(ApiError::field("item_ids", "must not be empty"));
+            }
+            if ids.len() > st.settings.max_item_ids {
+                return Err(ApiError::field(
+                    "item_ids",
+                    format!("at most {} ids per batch", st.settings.max_item_ids),
+                ));
+            }
+            let input = expansion::input_list(ids)?;
+            fields.push(("source", "items".into()));
+            fields.push(("total", input.count.to_string()));
+            pipe.set(st.keys.batch_input(batch_id), input.bytes);
+        }
+    }
+    Ok(())
 }
 
 /// Loads a batch of `project`, or 404.

@@ -396,22 +396,18 @@ async fn forget(
         .await
 }
 
-/// Reads the page at `cursor` (the stored one if `None`) and registers its items.
-async fn prepare(
+/// The ids of the page at `cursor` with their orders, and the cursor past them: `page_size`
+/// files of a directory batch (up to its snapshot), or the ids of a 64 KiB window of an
+/// `item_ids` batch's input.
+async fn read_page(
     st: &AppState,
     con: &mut redis::aio::ConnectionManager,
     batch_id: &str,
-    cursor: Option<i64>,
-) -> Result<Step, ExpansionError> {
-    let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
+    h: &HashMap<String, String>,
+    cursor: i64,
+) -> redis::RedisResult<(Vec<String>, Vec<i64>, i64)> {
     let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
-    let status = BatchStatus::parse(get("status"));
-    if h.is_empty() || status.is_none_or(BatchStatus::is_terminal) || get("expanded") == "1" {
-        forget(st, con, batch_id).await?;
-        return Ok(Step::Stopped);
-    }
-    let cursor: i64 = cursor.unwrap_or_else(|| get("cursor").parse().unwrap_or(0));
-    let (ids, orders, next_cursor): (Vec<String>, Vec<i64>, i64) = if get("source") == "directory" {
+    Ok(if get("source") == "directory" {
         // Directory mode reads the directory `page_size` files at a time, as asked.
         let page_size: i64 = get("page_size").parse().unwrap_or(100);
         let snapshot: i64 = get("snapshot").parse().unwrap_or(0);
@@ -439,7 +435,25 @@ async fn prepare(
         let (page, consumed) = input_page(&window, cursor, ITEM_PAGE as usize);
         let (ids, orders) = page.into_iter().unzip();
         (ids, orders, cursor + consumed as i64)
-    };
+    })
+}
+
+/// Reads the page at `cursor` (the stored one if `None`) and registers its items.
+async fn prepare(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    batch_id: &str,
+    cursor: Option<i64>,
+) -> Result<Step, ExpansionError> {
+    let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
+    let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
+    let status = BatchStatus::parse(get("status"));
+    if h.is_empty() || status.is_none_or(BatchStatus::is_terminal) || get("expanded") == "1" {
+        forget(st, con, batch_id).await?;
+        return Ok(Step::Stopped);
+    }
+    let cursor: i64 = cursor.unwrap_or_else(|| get("cursor").parse().unwrap_or(0));
+    let (ids, orders, next_cursor) = read_page(st, con, batch_id, &h, cursor).await?;
     if ids.is_empty() {
         return Ok(Step::Exhausted);
     }
