@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::lease::Lease;
 use crate::state::AppState;
 
 /// Items registered and published per page of an `item_ids` batch.
@@ -123,20 +124,6 @@ const MAX_EXPANSIONS: usize = 256;
 /// they are read, so a higher priority still wins.
 const TURNS: usize = 2;
 
-/// Renews a lease only if this replica still holds it.
-pub(crate) const RENEW_LEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0";
-
-/// Releases a lease only if this replica holds it.
-pub(crate) const RELEASE_LEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0";
-
 /// Why one expansion step stopped early.
 #[derive(Debug, thiserror::Error)]
 enum ExpansionError {
@@ -196,15 +183,12 @@ async fn pick(
                 continue;
             }
         }
-        let got: Option<String> = redis::cmd("SET")
-            .arg(st.keys.batch_lease(&batch_id))
-            .arg(&*st.replica_id)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease_ms)
-            .query_async(&mut con)
-            .await?;
-        if got.is_none() {
+        let lease = Lease::new(
+            st.keys.batch_lease(&batch_id),
+            st.replica_id.clone(),
+            lease_ms,
+        );
+        if !lease.take(&mut con).await? {
             continue;
         }
         active.lock().await.insert(batch_id.clone());
@@ -213,15 +197,13 @@ async fn pick(
         let span = tracing::info_span!("expansion", batch_id = %batch_id);
         tasks.spawn(
             async move {
-                if let Err(error) = expand(&st, &batch_id, &turnstile, &active, &shutdown).await {
+                if let Err(error) =
+                    expand(&st, &batch_id, &lease, &turnstile, &active, &shutdown).await
+                {
                     tracing::warn!(%error, "Expansion interrupted; it will resume.");
                 }
                 let mut con = st.background.clone();
-                let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LEASE)
-                    .key(st.keys.batch_lease(&batch_id))
-                    .arg(&*st.replica_id)
-                    .invoke_async(&mut con)
-                    .await;
+                let _ = lease.release(&mut con).await;
                 active.lock().await.remove(&batch_id);
             }
             .instrument(span),
@@ -234,15 +216,12 @@ async fn pick(
 async fn expand(
     st: &AppState,
     batch_id: &str,
+    lease: &Lease,
     turnstile: &tokio::sync::Semaphore,
     active: &Mutex<HashSet<String>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), ExpansionError> {
     let mut con = st.background.clone();
-    let lease = Lease {
-        script: redis::Script::new(RENEW_LEASE),
-        ms: st.settings.expansion_lease_secs * 1000,
-    };
     // The page published last, whose confirms are awaited after the next page is sent.
     let mut in_flight: Option<Page> = None;
     // Messages that may still go out before the queue is looked at again (`hold_back`).
@@ -251,7 +230,7 @@ async fn expand(
     loop {
         if *shutdown.borrow() {
             if let Some(page) = in_flight.take() {
-                page.advance(st, &mut con, batch_id, &lease).await?;
+                page.advance(st, &mut con, batch_id, lease).await?;
             }
             return Ok(());
         }
@@ -260,7 +239,7 @@ async fn expand(
             Step::Ready(ready) => ready,
             Step::Exhausted => {
                 if let Some(page) = in_flight.take() {
-                    if !page.advance(st, &mut con, batch_id, &lease).await? {
+                    if !page.advance(st, &mut con, batch_id, lease).await? {
                         return Ok(());
                     }
                 }
@@ -271,7 +250,7 @@ async fn expand(
             }
         };
         if headroom <= 0 {
-            match hold_back(st, &mut con, batch_id, ready.priority, &lease, shutdown).await? {
+            match hold_back(st, &mut con, ready.priority, lease, shutdown).await? {
                 // The room is shared with the other batches expanding here, so together they
                 // keep the queue as short as one would.
                 Some(room) => headroom = room / active.lock().await.len().max(1) as i64,
@@ -297,7 +276,7 @@ async fn expand(
             cursor: ready.cursor,
         };
         if let Some(page) = in_flight.replace(sent) {
-            if !page.advance(st, &mut con, batch_id, &lease).await? {
+            if !page.advance(st, &mut con, batch_id, lease).await? {
                 return Ok(());
             }
         }
@@ -329,7 +308,6 @@ fn hold_limit(settings: &DispatcherSettings, consumers: u32) -> u32 {
 async fn hold_back(
     st: &AppState,
     con: &mut redis::aio::ConnectionManager,
-    batch_id: &str,
     priority: Priority,
     lease: &Lease,
     shutdown: &watch::Receiver<bool>,
@@ -355,7 +333,7 @@ async fn hold_back(
             break;
         }
         if renewed.elapsed() >= renew_every {
-            if !lease.renew(st, con, batch_id).await? {
+            if !renew(lease, con).await? {
                 return Ok(None);
             }
             renewed = tokio::time::Instant::now();
@@ -540,12 +518,6 @@ struct FileFacts {
     directory_id: String,
 }
 
-/// The expansion lease and how long each renewal holds it.
-struct Lease {
-    script: redis::Script,
-    ms: u64,
-}
-
 /// A published page whose confirms may still be coming.
 struct Page {
     confirms: crate::publisher::Confirms,
@@ -569,30 +541,17 @@ impl Page {
         let _: () = con
             .hset(st.keys.batch(batch_id), "cursor", self.cursor)
             .await?;
-        Ok(lease.renew(st, con, batch_id).await?)
+        Ok(renew(lease, con).await?)
     }
 }
 
-impl Lease {
-    /// Extends this replica's lease; false if another replica holds it now.
-    async fn renew(
-        &self,
-        st: &AppState,
-        con: &mut redis::aio::ConnectionManager,
-        batch_id: &str,
-    ) -> redis::RedisResult<bool> {
-        let held: i64 = self
-            .script
-            .key(st.keys.batch_lease(batch_id))
-            .arg(&*st.replica_id)
-            .arg(self.ms)
-            .invoke_async(con)
-            .await?;
-        if held == 0 {
-            tracing::warn!("Expansion lease lost to another replica; stopping here.");
-        }
-        Ok(held != 0)
+/// Extends the batch's lease; false, with a warning, if another replica holds it now.
+async fn renew(lease: &Lease, con: &mut redis::aio::ConnectionManager) -> redis::RedisResult<bool> {
+    let held = lease.renew(con).await?;
+    if !held {
+        tracing::warn!("Expansion lease lost to another replica; stopping here.");
     }
+    Ok(held)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod expansion;
 pub mod http;
 pub mod job_results;
+pub mod lease;
 pub mod processing_results;
 pub mod publisher;
 pub mod reconciler;

@@ -25,6 +25,7 @@ use docfleet_shared::wire::{ItemMessage, Trace};
 use redis::AsyncCommands;
 use tokio::sync::watch;
 
+use crate::lease::Lease;
 use crate::state::AppState;
 
 /// Batches looked at per round trip.
@@ -47,7 +48,12 @@ pub async fn run(st: AppState, mut shutdown: watch::Receiver<bool>) {
     if every == 0 {
         return;
     }
-    let lease_ms = every * 3 * 1000;
+    let lease = Lease::new(
+        st.keys.reconciler_lease(),
+        st.replica_id.clone(),
+        every * 3 * 1000,
+    );
+    let mut con = st.background.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(every)) => {}
@@ -56,7 +62,12 @@ pub async fn run(st: AppState, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        match hold_lease(&st, lease_ms).await {
+        let held = match lease.renew(&mut con).await {
+            Ok(true) => Ok(true),
+            Ok(false) => lease.take(&mut con).await,
+            Err(e) => Err(e),
+        };
+        match held {
             Ok(true) => {
                 if let Err(error) = round(&st, &shutdown).await {
                     tracing::warn!(%error, "Reconciler round interrupted; the next one resumes.");
@@ -66,35 +77,7 @@ pub async fn run(st: AppState, mut shutdown: watch::Receiver<bool>) {
             Err(error) => tracing::warn!(%error, "Reconciler lease unavailable."),
         }
     }
-    let mut con = st.background.clone();
-    let _: redis::RedisResult<i64> = redis::Script::new(crate::expansion::RELEASE_LEASE)
-        .key(st.keys.reconciler_lease())
-        .arg(&*st.replica_id)
-        .invoke_async(&mut con)
-        .await;
-}
-
-/// Takes the lease, or renews it if this replica holds it.
-async fn hold_lease(st: &AppState, lease_ms: u64) -> redis::RedisResult<bool> {
-    let mut con = st.background.clone();
-    let renewed: i64 = redis::Script::new(crate::expansion::RENEW_LEASE)
-        .key(st.keys.reconciler_lease())
-        .arg(&*st.replica_id)
-        .arg(lease_ms)
-        .invoke_async(&mut con)
-        .await?;
-    if renewed != 0 {
-        return Ok(true);
-    }
-    let got: Option<String> = redis::cmd("SET")
-        .arg(st.keys.reconciler_lease())
-        .arg(&*st.replica_id)
-        .arg("NX")
-        .arg("PX")
-        .arg(lease_ms)
-        .query_async(&mut con)
-        .await?;
-    Ok(got.is_some())
+    let _ = lease.release(&mut con).await;
 }
 
 /// One look at every active batch.

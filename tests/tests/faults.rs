@@ -249,11 +249,8 @@ async fn kill_workers(f: &Fleet, ids: &[String]) -> Row {
     )
 }
 
-async fn restart_rabbitmq(f: &Fleet, ids: &[String]) -> Row {
-    let mut w = spawn_workers(f, WORKERS).await;
-    let t = Instant::now();
-    let id = create(f, parse_job(ids)).await;
-    wait_processed(f, &id, 400).await;
+/// `rabbitmqctl stop_app`, then `start_app`.
+fn restart_broker() {
     for cmd in ["stop_app", "start_app"] {
         let ok = std::process::Command::new("rabbitmqctl")
             .arg(cmd)
@@ -262,6 +259,14 @@ async fn restart_rabbitmq(f: &Fleet, ids: &[String]) -> Row {
             .unwrap_or(false);
         assert!(ok, "rabbitmqctl {cmd} failed");
     }
+}
+
+async fn restart_rabbitmq(f: &Fleet, ids: &[String]) -> Row {
+    let mut w = spawn_workers(f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(f, parse_job(ids)).await;
+    wait_processed(f, &id, 400).await;
+    restart_broker();
     let (lost, double, stuck, note) = audit(f, &id, ids.len(), &mut w, 0).await;
     row(
         "2 RabbitMQ restart",
@@ -382,11 +387,16 @@ async fn restart_redis() -> Row {
         (lost, double, stuck, note),
         t,
     );
-    f.shutdown().await;
-    // Dropping `restarted` stops the server and removes its folder; `redis` has nothing left to do.
-    drop(restarted);
-    std::mem::forget(redis);
+    end_on_own_redis(f, redis, restarted).await;
     row
+}
+
+/// Ends a fleet on a Redis of its own, started twice: dropping the restarted server stops it
+/// and removes its folder; the first has nothing left to do.
+async fn end_on_own_redis(f: Fleet, first: TestRedis, restarted: TestRedis) {
+    f.shutdown().await;
+    drop(restarted);
+    std::mem::forget(first);
 }
 
 /// RabbitMQ restarted while the dispatcher has nothing to publish: it must become ready again
@@ -394,14 +404,7 @@ async fn restart_redis() -> Row {
 /// and a batch created afterwards completes.
 async fn restart_rabbitmq_idle(f: &Fleet, ids: &[String]) -> Row {
     let t = Instant::now();
-    for cmd in ["stop_app", "start_app"] {
-        let ok = std::process::Command::new("rabbitmqctl")
-            .arg(cmd)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(ok, "rabbitmqctl {cmd} failed");
-    }
+    restart_broker();
     let back = Instant::now();
     let mut ready = false;
     while back.elapsed() < Duration::from_secs(10) {
@@ -487,9 +490,7 @@ async fn redis_loses_writes() -> Row {
         (lost, double, stuck, note),
         t,
     );
-    f.shutdown().await;
-    drop(restarted);
-    std::mem::forget(redis);
+    end_on_own_redis(f, redis, restarted).await;
     row
 }
 
