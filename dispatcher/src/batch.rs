@@ -484,8 +484,10 @@ pub async fn cancel(
     load(&st, &project, &batch_id).await?;
     let mut con = st.redis.clone();
     let reason = body.reason.unwrap_or_default();
-    match st.scripts.cancel(&mut con, &batch_id, &reason).await? {
-        CancelOutcome::Cancelled => {}
+    let again = match st.scripts.cancel(&mut con, &batch_id, &reason).await? {
+        CancelOutcome::Cancelled => false,
+        // A cancel whose sweep was cut short (its dispatcher died) is finished by another.
+        CancelOutcome::Terminal(s) if s == BatchStatus::Cancelled.as_str() => true,
         CancelOutcome::Terminal(s) => {
             // 400, not 409: the SDK retries 409.
             return Err(ApiError::BadRequest(format!(
@@ -493,14 +495,18 @@ pub async fn cancel(
             )));
         }
         CancelOutcome::Missing => return Err(ApiError::not_found("batch", &batch_id)),
-    }
+    };
     while st.scripts.sweep(&mut con, &batch_id, 1000).await? > 0 {}
     st.status_cache.forget(&batch_id);
     tracing::info!(batch_id = %batch_id, "Batch cancelled.");
     let rec = load(&st, &project, &batch_id).await?;
     Ok(Json(json!({
         "job_id": batch_id,
-        "message": if reason.is_empty() { "Batch cancelled.".to_owned() } else { format!("Batch cancelled: {reason}") },
+        "message": match (again, reason.is_empty()) {
+            (true, _) => "Batch was already cancelled; its pending items are cancelled.".to_owned(),
+            (false, true) => "Batch cancelled.".to_owned(),
+            (false, false) => format!("Batch cancelled: {reason}"),
+        },
         "processed_items": rec.processed(),
         "status": rec.status().as_str(),
     })))

@@ -15,7 +15,8 @@
 //!   finishes it if every item is terminal.
 //!
 //! Either way the batch is stamped `reconciled_at`, so it is looked at again only after
-//! another `stale_secs` without progress. Terminal batches leave `P:active`.
+//! another `stale_secs` without progress. A cancelled batch that still has pending items (its
+//! cancel's sweep was cut short) is swept; terminal batches then leave `P:active`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -107,6 +108,8 @@ async fn round(st: &AppState, shutdown: &watch::Receiver<bool>) -> Result<(), Re
             let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
             match BatchStatus::parse(get("status")) {
                 Some(s) if !s.is_terminal() => {}
+                // A cancel whose sweep was cut short (its dispatcher died): finish it.
+                Some(BatchStatus::Cancelled) if swept(st, &mut con, id).await? > 0 => continue,
                 // Gone or finished: nothing more to watch.
                 _ => {
                     let _: () = con.zrem(st.keys.active(), id).await?;
@@ -133,6 +136,31 @@ async fn round(st: &AppState, shutdown: &watch::Receiver<bool>) -> Result<(), Re
     }
     st.metrics.batches_stalled.set(stalled);
     Ok(())
+}
+
+/// Cancels what is still pending in a cancelled batch; how many.
+async fn swept(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    batch_id: &str,
+) -> redis::RedisResult<u64> {
+    let mut n = 0;
+    loop {
+        let k = st.scripts.sweep(con, batch_id, 1000).await?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    if n > 0 {
+        st.status_cache.forget(batch_id);
+        tracing::warn!(
+            batch_id,
+            items = n,
+            "A cancelled batch still had pending items; they are cancelled now."
+        );
+    }
+    Ok(n)
 }
 
 /// Publishes a stalled batch's unfinished items again, or recounts it if it has none.

@@ -398,6 +398,13 @@ async fn job_ids_resolve_without_a_key_per_item() {
             assert!(r["detail"].as_str().unwrap().contains("job"), "{r}");
         }
     }
+    // Cancelling a completed batch is a 400 with a detail, never a 409 (the SDK retries 409).
+    let (s, e) = f.post(&format!("{BATCH}/{batch}/cancel"), &json!({})).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("already completed"),
+        "{e}"
+    );
 
     f.shutdown().await;
 }

@@ -590,10 +590,15 @@ async fn cancel_mid_batch_stops_new_work() {
         .get(&format!("{BATCH}/{id}/items?status=completed&limit=100"))
         .await;
     assert_eq!(after["total_size"].as_u64().unwrap() as usize, completed);
-    // Cancelling a terminal batch is a 400 with a detail, never a 409.
+    // Cancelling a cancelled batch again sweeps it again (a cancel cut short is finished so),
+    // and changes no count.
     let (s, e) = f.post(&format!("{BATCH}/{id}/cancel"), &json!({})).await;
-    assert_eq!(s, 400, "{e}");
-    assert!(e["detail"].as_str().unwrap().contains("already cancelled"));
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(e["status"], "cancelled", "{e}");
+    assert_eq!(
+        e["processed_items"], status["job"]["processed_items"],
+        "{e}"
+    );
     assert_eq!(
         f.events(&id)
             .await
@@ -1103,4 +1108,45 @@ async fn work_queues_are_version_2() {
         "{refused:?}"
     );
     cleaned.expect("clean-up");
+}
+
+/// A cancel cut short after the batch turned cancelled and before its sweep (its dispatcher
+/// died in between) is finished by the reconciler: every item ends cancelled, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_cut_short_is_swept_by_the_reconciler() {
+    let mut f = Fleet::start(0).await;
+    f.dispatcher_settings.reconcile.every_secs = 1;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let dir = f.create_dir(&f.api_key, "cut").await;
+    let ids = f.upload_texts(&dir, "c", 20).await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "item_ids": ids }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    f.wait_status(&id, "dispatched").await;
+    // All a dying dispatcher got to do of the cancel.
+    let scripts = docfleet_shared::scripts::Scripts::new(f.keys.clone());
+    let mut con = f.redis.clone();
+    scripts.cancel(&mut con, &id, "").await.unwrap();
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        items = f.items(&id).await;
+        if items.iter().all(|i| i["status"] == "cancelled") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        items.iter().all(|i| i["status"] == "cancelled"),
+        "{items:?}"
+    );
+    let (_, status) = f.get(&format!("{BATCH}/{id}")).await;
+    assert_eq!(status["job"]["status"], "cancelled", "{status}");
+    assert_exact_accounting(&status, &items);
+    f.shutdown().await;
 }
