@@ -112,10 +112,12 @@ with tempfile.TemporaryDirectory() as tmp:
                 res = c.get("resources", {})
                 if not res.get("requests") or not res.get("limits"):
                     problem(f"{name}: {d['metadata']['name']}/{c['name']} lacks resource requests or limits")
-                if d["metadata"]["name"].startswith("docfleet-"):
-                    for probe in ("readinessProbe", "livenessProbe"):
-                        if probe not in c:
-                            problem(f"{name}: {d['metadata']['name']} lacks a {probe}")
+                # docfleet's own pods and the services the dev overlay runs beside them.
+                for probe in ("readinessProbe", "livenessProbe"):
+                    if probe not in c:
+                        problem(f"{name}: {d['metadata']['name']} lacks a {probe}")
+            if "terminationGracePeriodSeconds" not in d["spec"]["template"]["spec"]:
+                problem(f"{name}: {d['metadata']['name']} sets no termination grace period")
         for pdb in ("docfleet-dispatcher", "docfleet-worker"):
             if ("PodDisruptionBudget", pdb) not in by:
                 problem(f"{name}: no PodDisruptionBudget {pdb}")
