@@ -64,7 +64,8 @@ pub enum DispatcherError {
 /// Connects to Redis and RabbitMQ and builds the shared state.
 pub async fn connect(settings: DispatcherSettings) -> Result<AppState, DispatcherError> {
     let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
-    let background = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    let mut background = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    docfleet_shared::services::log_durability(&mut background).await;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let topology = Topology::new(settings.broker.queue_prefix.clone());
     let publisher = publisher::Publisher::connect(&settings.broker.url, topology).await?;

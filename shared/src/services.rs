@@ -30,3 +30,109 @@ pub async fn connect_redis(url: &str) -> redis::RedisResult<redis::aio::Connecti
         .set_number_of_retries(6);
     client.get_connection_manager_with_config(config).await
 }
+
+/// What Redis's persistence settings promise about an outcome it acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// AOF synced on every write: an acknowledged write survives a crash of the host.
+    AofAlways,
+    /// AOF synced each second: a crash of the host can lose up to a second of writes.
+    AofEverySec,
+    /// AOF left to the OS to sync: a crash of the host can lose tens of seconds of writes.
+    AofNo,
+    /// Snapshots only: a crash loses what was written since the last snapshot.
+    Snapshots,
+    /// Nothing on disk: a restart loses everything.
+    None,
+    /// Redis does not say (`CONFIG` is refused, as on some managed services).
+    Unknown,
+}
+
+impl Durability {
+    /// From `appendonly`, `appendfsync` and `save`.
+    pub fn from_config(appendonly: &str, appendfsync: &str, save: &str) -> Self {
+        match (appendonly, appendfsync) {
+            ("yes", "always") => Self::AofAlways,
+            ("yes", "everysec") => Self::AofEverySec,
+            ("yes", _) => Self::AofNo,
+            _ if !save.trim().is_empty() => Self::Snapshots,
+            _ => Self::None,
+        }
+    }
+
+    /// What it means for docfleet's batches.
+    pub fn meaning(&self) -> &'static str {
+        match self {
+            Self::AofAlways => "AOF fsync always: a recorded outcome survives a crash",
+            Self::AofEverySec => {
+                "AOF fsync everysec: a host crash can forget up to a second of recorded outcomes; \
+                 the reconciler publishes those items again"
+            }
+            Self::AofNo => {
+                "AOF without fsync: a host crash can forget the outcomes of the last tens of \
+                 seconds; the reconciler publishes those items again"
+            }
+            Self::Snapshots => {
+                "snapshots only: a crash forgets what changed since the last snapshot; the \
+                 reconciler publishes those items again"
+            }
+            Self::None => "no persistence: a Redis restart loses every batch; development only",
+            Self::Unknown => "persistence unknown: CONFIG GET is not allowed on this Redis",
+        }
+    }
+}
+
+/// Reads Redis's persistence settings and logs what they guarantee, once at start-up.
+pub async fn log_durability(con: &mut redis::aio::ConnectionManager) -> Durability {
+    let read = |name: &'static str| {
+        let mut con = con.clone();
+        async move {
+            let pair: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut con)
+                .await;
+            pair.ok().and_then(|p| p.get(1).cloned())
+        }
+    };
+    let durability = match (
+        read("appendonly").await,
+        read("appendfsync").await,
+        read("save").await,
+    ) {
+        (Some(a), Some(f), Some(s)) => Durability::from_config(&a, &f, &s),
+        _ => Durability::Unknown,
+    };
+    if durability == Durability::None {
+        tracing::warn!(durability = ?durability, "Redis: {}.", durability.meaning());
+    } else {
+        tracing::info!(durability = ?durability, "Redis: {}.", durability.meaning());
+    }
+    durability
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persistence_settings_say_what_survives() {
+        assert_eq!(
+            Durability::from_config("yes", "always", ""),
+            Durability::AofAlways
+        );
+        assert_eq!(
+            Durability::from_config("yes", "everysec", "3600 1"),
+            Durability::AofEverySec
+        );
+        assert_eq!(Durability::from_config("yes", "no", ""), Durability::AofNo);
+        assert_eq!(
+            Durability::from_config("no", "everysec", "3600 1 300 100"),
+            Durability::Snapshots
+        );
+        assert_eq!(
+            Durability::from_config("no", "everysec", ""),
+            Durability::None
+        );
+    }
+}

@@ -51,7 +51,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let settings = Arc::new(settings);
-    let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    let mut redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    docfleet_shared::services::log_durability(&mut redis).await;
     let metrics = Arc::new(docfleet_shared::metrics::Metrics::default());
     let processor = Arc::new(item::Processor::new(
         settings.clone(),
