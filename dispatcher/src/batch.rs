@@ -496,7 +496,7 @@ pub async fn cancel(
         }
         CancelOutcome::Missing => return Err(ApiError::not_found("batch", &batch_id)),
     };
-    while st.scripts.sweep(&mut con, &batch_id, 1000).await? > 0 {}
+    st.scripts.sweep_all(&mut con, &batch_id).await?;
     st.status_cache.forget(&batch_id);
     tracing::info!(batch_id = %batch_id, "Batch cancelled.");
     let rec = load(&st, &project, &batch_id).await?;

@@ -361,6 +361,23 @@ struct Ready {
     cursor: i64,
 }
 
+/// The work queue's priority of a batch, from its record.
+pub(crate) fn priority_of(batch: &HashMap<String, String>) -> Priority {
+    batch
+        .get("priority")
+        .and_then(|p| p.parse().ok())
+        .map(Priority::from_amqp)
+        .unwrap_or_default()
+}
+
+/// The request identifiers every message of a batch carries, from its record.
+pub(crate) fn trace_of(batch: &HashMap<String, String>) -> docfleet_shared::wire::Trace {
+    docfleet_shared::wire::Trace {
+        correlation_id: batch.get("correlation_id").cloned(),
+        session_id: batch.get("session_id").cloned(),
+    }
+}
+
 /// Drops a batch from the expansion set, with its input list.
 async fn forget(
     st: &AppState,
@@ -498,14 +515,8 @@ async fn prepare(
             .filter(|i| i.refusal.is_none())
             .map(|i| ItemMessage::new(batch_id, &i.item_id).encode())
             .collect(),
-        priority: get("priority")
-            .parse()
-            .map(Priority::from_amqp)
-            .unwrap_or_default(),
-        trace: docfleet_shared::wire::Trace {
-            correlation_id: h.get("correlation_id").cloned(),
-            session_id: h.get("session_id").cloned(),
-        },
+        priority: priority_of(&h),
+        trace: trace_of(&h),
         cursor: next_cursor,
     }))
 }

@@ -66,22 +66,22 @@ impl Publisher {
         })
     }
 
+    /// The link, opened anew when the current one is gone or failed (here or while its
+    /// confirms were awaited): a failed channel is never reused.
+    async fn usable<'a>(&self, link: &'a mut Option<Link>) -> Result<&'a Link, PublishError> {
+        if !healthy(link) {
+            *link = None;
+            *link = Some(self.open().await?);
+            tracing::info!("Broker link opened.");
+        }
+        link.as_ref().ok_or(PublishError::Nacked(0))
+    }
+
     /// Opens a new link when the current one is gone; true when the link is usable after.
     pub async fn heal(&self) -> bool {
         let mut guard = self.link.lock().await;
-        if guard
-            .as_ref()
-            .is_some_and(|l| l.channel.status().connected())
-        {
-            return true;
-        }
-        *guard = None;
-        match self.open().await {
-            Ok(link) => {
-                *guard = Some(link);
-                tracing::info!("Broker connection re-opened.");
-                true
-            }
+        match self.usable(&mut guard).await {
+            Ok(_) => true,
             Err(error) => {
                 tracing::warn!(%error, "Broker unavailable; retrying.");
                 false
@@ -113,11 +113,7 @@ impl Publisher {
 
     /// Whether the channel is usable now (readiness).
     pub async fn is_connected(&self) -> bool {
-        let guard = self.link.lock().await;
-        guard
-            .as_ref()
-            .map(|l| l.channel.status().connected())
-            .unwrap_or(false)
+        healthy(&*self.link.lock().await)
     }
 
     /// Messages ready in all work queues together, if the broker answers.
@@ -175,18 +171,7 @@ impl Publisher {
         trace: &Trace,
     ) -> Result<Confirms, PublishError> {
         let mut guard = self.link.lock().await;
-        // A channel that failed (here or while its confirms were awaited) is not reused.
-        let healthy = guard
-            .as_ref()
-            .map(|l| l.channel.status().connected())
-            .unwrap_or(false);
-        if !healthy {
-            *guard = None;
-            *guard = Some(self.open().await?);
-        }
-        let Some(link) = guard.as_ref() else {
-            return Err(PublishError::Nacked(bodies.len()));
-        };
+        let link = self.usable(&mut guard).await?;
         let queue = self.topology.priority_queue(priority);
         let mut headers = lapin::types::FieldTable::default();
         for (name, value) in [
@@ -233,6 +218,12 @@ impl Publisher {
         }
         Ok(Confirms(confirms))
     }
+}
+
+/// Whether a link is there and its channel open.
+fn healthy(link: &Option<Link>) -> bool {
+    link.as_ref()
+        .is_some_and(|l| l.channel.status().connected())
 }
 
 /// The broker's answers to one [`Publisher::send`], still to come.

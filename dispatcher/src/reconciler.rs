@@ -122,9 +122,8 @@ async fn round(st: &AppState, shutdown: &watch::Receiver<bool>) -> Result<(), Re
                 continue;
             }
             let last = [get("updated_at"), get("reconciled_at")]
-                .iter()
-                .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp_millis())
+                .into_iter()
+                .filter_map(millis)
                 .max()
                 .unwrap_or(0);
             if now - last < stale_ms {
@@ -138,20 +137,20 @@ async fn round(st: &AppState, shutdown: &watch::Receiver<bool>) -> Result<(), Re
     Ok(())
 }
 
+/// A record's RFC 3339 time in ms since the epoch.
+fn millis(t: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 /// Cancels what is still pending in a cancelled batch; how many.
 async fn swept(
     st: &AppState,
     con: &mut redis::aio::ConnectionManager,
     batch_id: &str,
 ) -> redis::RedisResult<u64> {
-    let mut n = 0;
-    loop {
-        let k = st.scripts.sweep(con, batch_id, 1000).await?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
+    let n = st.scripts.sweep_all(con, batch_id).await?;
     if n > 0 {
         st.status_cache.forget(batch_id);
         tracing::warn!(
@@ -171,15 +170,10 @@ async fn resume(
     h: &HashMap<String, String>,
     stale_before_ms: i64,
 ) -> Result<(), ReconcileError> {
-    let priority = h
-        .get("priority")
-        .and_then(|p| p.parse().ok())
-        .map(Priority::from_amqp)
-        .unwrap_or_default();
-    let trace = Trace {
-        correlation_id: h.get("correlation_id").cloned(),
-        session_id: h.get("session_id").cloned(),
-    };
+    let (priority, trace) = (
+        crate::expansion::priority_of(h),
+        crate::expansion::trace_of(h),
+    );
     let mut stale = Vec::new();
     let processing: Vec<String> = con
         .zrange(
@@ -195,9 +189,7 @@ async fn resume(
         }
         let touched: Vec<Option<String>> = pipe.query_async(con).await?;
         for (item, at) in processing.into_iter().zip(touched) {
-            let at = at
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                .map_or(0, |t| t.timestamp_millis());
+            let at = at.as_deref().and_then(millis).unwrap_or(0);
             if at < stale_before_ms {
                 stale.push(item);
             }

@@ -118,6 +118,9 @@ pub struct Finished<'a> {
     pub fields: OutcomeFields<'a>,
 }
 
+/// Pending items cancelled by one sweep call.
+const SWEEP_PAGE: usize = 1000;
+
 /// Items registered by one script call.
 const REGISTER_CHUNK: usize = 25;
 
@@ -303,6 +306,22 @@ impl Scripts {
             Some("terminal") => CancelOutcome::Terminal(reply.get(1).cloned().unwrap_or_default()),
             _ => CancelOutcome::Missing,
         })
+    }
+
+    /// Cancels every pending item of a cancelled batch, `SWEEP_PAGE` per script run so that
+    /// no run holds Redis long; returns how many.
+    pub async fn sweep_all<C: ConnectionLike + Send>(
+        &self,
+        con: &mut C,
+        batch_id: &str,
+    ) -> redis::RedisResult<u64> {
+        let mut swept = 0;
+        loop {
+            match self.sweep(con, batch_id, SWEEP_PAGE).await? {
+                0 => return Ok(swept),
+                n => swept += n,
+            }
+        }
     }
 
     /// Cancels up to `limit` pending items of a cancelled batch; returns how many.
