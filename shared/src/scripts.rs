@@ -336,14 +336,14 @@ impl Scripts {
         inv.invoke_async(con).await
     }
 
-    /// Rebuilds a batch's counters and status sets from its item hashes, e.g. after a Redis
-    /// failover lost writes. Returns the tally in [`crate::model::ItemStatus::ALL`] order.
+    /// Rebuilds a batch's status sets from its item hashes, then its counters from the sets,
+    /// e.g. after a Redis failover lost writes. Correct while outcomes keep landing: see
+    /// `recount.lua`. Returns the tally in [`crate::model::ItemStatus::ALL`] order.
     pub async fn recount<C: ConnectionLike + Send>(
         &self,
         con: &mut C,
         batch_id: &str,
     ) -> redis::RedisResult<[u64; 6]> {
-        let mut tally = [0u64; 6];
         let mut offset = 0isize;
         loop {
             let ids: Vec<String> = redis::cmd("ZRANGE")
@@ -360,14 +360,16 @@ impl Scripts {
             for id in &ids {
                 inv.arg(id);
             }
-            let part: Vec<u64> = inv.invoke_async(con).await?;
-            for (t, p) in tally.iter_mut().zip(part) {
-                *t += p;
-            }
+            let _: i64 = inv.invoke_async(con).await?;
         }
-        let mut inv = self.invocation(&self.set_counts, batch_id);
-        inv.arg(tally[2]).arg(tally[3]).arg(tally[4]).arg(tally[5]);
-        let _: i64 = inv.invoke_async(con).await?;
+        let sizes: Vec<u64> = self
+            .invocation(&self.set_counts, batch_id)
+            .invoke_async(con)
+            .await?;
+        let mut tally = [0u64; 6];
+        for (t, n) in tally.iter_mut().zip(sizes) {
+            *t = n;
+        }
         Ok(tally)
     }
 }

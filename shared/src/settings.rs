@@ -116,6 +116,9 @@ pub struct WebhookSettings {
     /// Networks that may be targeted although they are loopback/private/link-local
     /// (e.g. `127.0.0.0/8` for a developer's receiver). Empty: public addresses only.
     pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// Outbox events stay this long after every replica is done with them, for inspection;
+    /// then they are trimmed. An event not yet handled is never trimmed.
+    pub events_kept_secs: u64,
 }
 
 impl Default for WebhookSettings {
@@ -129,6 +132,7 @@ impl Default for WebhookSettings {
             concurrency: 128,
             per_host_concurrency: 32,
             allow_cidrs: Vec::new(),
+            events_kept_secs: 3600,
         }
     }
 }

@@ -798,6 +798,46 @@ async fn recount_rebuilds_counters_and_failed_items_can_be_rerun() {
     f.shutdown().await;
 }
 
+/// A recount while outcomes keep landing counts each of them once: the batch still completes,
+/// with exact counts. Its 1,200 items take two of recount's chunks, so outcomes land between
+/// them; a recount that tallied chunks and then wrote the tally would lose those and leave
+/// the batch running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recount_while_outcomes_land_counts_each_once() {
+    let f = Fleet::start(2).await;
+    let dir = f.create_dir(&f.api_key, "recount-live").await;
+    let ids = f.upload_texts(&dir, "l", 1_200).await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "item_ids": ids }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    // Recounts while the first three quarters land; then none, so a count lost by one is
+    // never repaired by a later one.
+    let mut recounts = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, r) = f.post(&format!("{BATCH}/{id}/recount"), &json!({})).await;
+        assert_eq!(s, 200, "{r}");
+        recounts += 1;
+        let processed = r["job"]["processed_items"].as_u64().unwrap();
+        if processed >= 900 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    assert!(
+        recounts > 1,
+        "the batch was done before a recount overlapped it"
+    );
+    let st = f.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(st["job"]["processed_items"], 1_200, "{st}");
+    assert_exact_accounting(&st, &f.items(&id).await);
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlation_and_session_ids_travel_in_message_headers() {
     let f = Fleet::start(0).await;

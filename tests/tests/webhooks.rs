@@ -464,3 +464,33 @@ async fn the_outbox_holds_only_events_some_endpoint_wants() {
         .await;
     f.shutdown().await;
 }
+
+/// Handled events leave the outbox once kept for `webhook.events_kept_secs` (0 here): the
+/// stream does not grow with every event ever sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handled_events_are_trimmed_from_the_outbox() {
+    let mut f = Fleet::start(1).await;
+    f.dispatcher_settings.webhook.events_kept_secs = 0;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let r = Receiver::start().await;
+    let ids = files(&f, 3).await;
+    let batch = create(
+        &f,
+        &ids,
+        json!([{ "webhook_url": r.url(), "webhook_events": ["parse.success", "batch.success"] }]),
+    )
+    .await;
+    f.wait_terminal(&batch, Duration::from_secs(30)).await;
+    r.wait_for(Duration::from_secs(10), |got| got.len() == 4)
+        .await;
+    // A reclaim pass, which trims, runs every 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let mut left = f.events(&batch).await;
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = f.events(&batch).await;
+    }
+    assert_eq!(left, Vec::<(String, String)>::new());
+    f.shutdown().await;
+}

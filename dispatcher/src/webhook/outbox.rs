@@ -57,6 +57,7 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
     let consumer = st.replica_id.to_string();
     let mut cache: HashMap<String, Arc<Vec<Endpoint>>> = HashMap::new();
     let mut last_reclaim = tokio::time::Instant::now() - Duration::from_secs(3600);
+    let mut reclaim_from = String::from("0-0");
     while !*stop.borrow() {
         let step = async {
             // No MKSTREAM: the first event creates the stream, and a group starting at "0"
@@ -80,19 +81,34 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             let mut entries: Vec<StreamId> = Vec::new();
-            if last_reclaim.elapsed() > Duration::from_millis(RECLAIM_IDLE_MS / 3) {
+            // A reclaim pass walks the pending list from `reclaim_from` to its end, a page per
+            // step, then trims what the group has read and acknowledged.
+            if reclaim_from != "0-0"
+                || last_reclaim.elapsed() > Duration::from_millis(RECLAIM_IDLE_MS / 3)
+            {
                 last_reclaim = tokio::time::Instant::now();
                 let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                     .arg(st.keys.events())
                     .arg(GROUP)
                     .arg(&consumer)
                     .arg(RECLAIM_IDLE_MS)
-                    .arg("0-0")
+                    .arg(&reclaim_from)
                     .arg("COUNT")
                     .arg(200)
                     .query_async(&mut reader)
                     .await?;
                 entries.extend(claimed.claimed);
+                // Pending entries already trimmed (by an operator) can never be handled.
+                if !claimed.deleted_ids.is_empty() {
+                    let _: i64 = reader
+                        .xack(st.keys.events(), GROUP, &claimed.deleted_ids)
+                        .await?;
+                }
+                reclaim_from = claimed.next_stream_id;
+                if reclaim_from == "0-0" {
+                    let kept = Duration::from_secs(st.settings.webhook.events_kept_secs);
+                    trim(&mut reader, &st.keys.events(), kept).await?;
+                }
             }
             if entries.is_empty() {
                 let opts = StreamReadOptions::default()
@@ -125,6 +141,45 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => {}
         }
     }
+}
+
+/// Deletes the events the group has read and acknowledged more than `kept` ago: those below
+/// its oldest pending entry, the last one it was handed and the ids of `kept` ago (a stream
+/// id starts with its time in ms). An entry not yet handled is never trimmed.
+async fn trim(
+    reader: &mut redis::aio::ConnectionManager,
+    key: &str,
+    kept: Duration,
+) -> redis::RedisResult<()> {
+    let groups: redis::streams::StreamInfoGroupsReply = reader.xinfo_groups(key).await?;
+    let Some(group) = groups.groups.into_iter().find(|g| g.name == GROUP) else {
+        return Ok(());
+    };
+    let pending: redis::streams::StreamPendingReply = reader.xpending(key, GROUP).await?;
+    let id = |s: &str| -> (u64, u64) {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    // The oldest entry still to keep: the oldest pending one, or the one after the last handed.
+    let handled = match pending {
+        redis::streams::StreamPendingReply::Data(p) => id(&p.start_id),
+        _ => {
+            let (ms, seq) = id(&group.last_delivered_id);
+            (ms, seq + 1)
+        }
+    };
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(kept);
+    let floor = handled.min((since.as_millis() as u64, 0));
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(key)
+        .arg("MINID")
+        .arg(format!("{}-{}", floor.0, floor.1))
+        .query_async(reader)
+        .await?;
+    Ok(())
 }
 
 /// An event some endpoint wants.

@@ -16,13 +16,14 @@ end
 -- Appends an event to the outbox with the batch's next sequence number, if an endpoint of the
 -- batch wants its type: `hooks` is '*' or the wanted types between spaces, set at create.
 -- Without subscribers nothing is written; that is most batches, and the stream would cost
--- two entries per item.
+-- two entries per item. No MAXLEN: the outbox trims what its group has acknowledged, and a
+-- length cap would drop events no replica has read yet.
 local function emit(batch_key, events_key, etype, bid, iid, status, now)
   local hooks = batch_fixed(batch_key).hooks
   if not hooks then return end
   if hooks ~= '*' and not string.find(hooks, ' ' .. etype .. ' ', 1, true) then return end
   local seq = redis.call('HINCRBY', batch_key, 'seq', '1')
-  redis.call('XADD', events_key, 'MAXLEN', '~', 1000000, '*',
+  redis.call('XADD', events_key, '*',
     'type', etype, 'batch_id', bid, 'item_id', iid, 'status', status, 'seq', seq, 'at', now)
 end
 
