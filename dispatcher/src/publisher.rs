@@ -1,11 +1,14 @@
 //! Publishing item messages with publisher confirms, reconnecting when the channel dies.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use docfleet_shared::model::Priority;
 use docfleet_shared::topology::Topology;
 use docfleet_shared::wire::Trace;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use tokio::sync::Mutex;
 
@@ -15,14 +18,17 @@ pub enum PublishError {
     /// The connection or channel failed.
     #[error("broker unavailable: {0}")]
     Broker(#[from] lapin::Error),
-    /// The broker refused a message (nack).
-    #[error("broker did not confirm {0} message(s)")]
+    /// The broker refused messages (nack), or returned them because no queue took them (the
+    /// work queue was deleted): the link is reopened, which declares the queues again.
+    #[error("broker did not take {0} message(s) (nacked or unroutable)")]
     Nacked(usize),
 }
 
 struct Link {
     _connection: Connection,
     channel: Channel,
+    /// Set when a message came back unroutable: the topology must be declared again.
+    returned: Arc<AtomicBool>,
 }
 
 /// How often the link is checked while it is up.
@@ -63,6 +69,7 @@ impl Publisher {
         Ok(Link {
             _connection: connection,
             channel,
+            returned: Arc::default(),
         })
     }
 
@@ -185,7 +192,9 @@ impl Publisher {
                 );
             }
         }
-        // The queue is the priority; a header table is sent only when it holds something.
+        // Mandatory: a message no queue takes comes back instead of being confirmed into
+        // nothing. The queue is the priority; a header table is sent only when it holds
+        // something.
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
@@ -200,7 +209,10 @@ impl Publisher {
             link.channel.basic_publish(
                 "".into(),
                 queue.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 body,
                 props.clone(),
             )
@@ -216,27 +228,39 @@ impl Publisher {
                 }
             }
         }
-        Ok(Confirms(confirms))
+        Ok(Confirms {
+            confirms,
+            returned: link.returned.clone(),
+        })
     }
 }
 
-/// Whether a link is there and its channel open.
+/// Whether a link is there, its channel open and its queues still there.
 fn healthy(link: &Option<Link>) -> bool {
     link.as_ref()
-        .is_some_and(|l| l.channel.status().connected())
+        .is_some_and(|l| l.channel.status().connected() && !l.returned.load(Ordering::Relaxed))
 }
 
 /// The broker's answers to one [`Publisher::send`], still to come.
 #[must_use = "a page counts as published only once its confirms are awaited"]
-pub struct Confirms(Vec<PublisherConfirm>);
+pub struct Confirms {
+    confirms: Vec<PublisherConfirm>,
+    returned: Arc<AtomicBool>,
+}
 
 impl Confirms {
-    /// Waits for every confirm; an error if the channel failed or any message was nacked.
+    /// Waits for every confirm; an error if the channel failed or any message was nacked or
+    /// returned.
     pub async fn wait(self) -> Result<(), PublishError> {
         let mut nacked = 0;
-        for c in self.0 {
-            if !c.await?.is_ack() {
-                nacked += 1;
+        for c in self.confirms {
+            match c.await? {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_)) => {
+                    self.returned.store(true, Ordering::Relaxed);
+                    nacked += 1;
+                }
+                _ => nacked += 1,
             }
         }
         if nacked > 0 {

@@ -1184,3 +1184,63 @@ async fn a_cancel_cut_short_is_swept_by_the_reconciler() {
     assert_exact_accounting(&status, &items);
     f.shutdown().await;
 }
+
+/// A message no queue takes is not confirmed into nothing: with its work queue deleted under
+/// a running dispatcher (an operator, a broker that lost its definitions), a publish comes
+/// back, the dispatcher declares its queues again and publishes the page again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_a_deleted_queue_is_published_again() {
+    use docfleet_shared::model::Priority;
+    use docfleet_shared::topology::Topology;
+
+    let mut f = Fleet::start(0).await;
+    // Expansion that never looks at the queue before it publishes.
+    f.dispatcher_settings.expansion_queue_limit = 0;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let dir = f.create_dir(&f.api_key, "returned").await;
+    let ids = f.upload_texts(&dir, "r", 3).await;
+    let queue = Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
+        .priority_queue(Priority::Medium);
+    let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": parse_config(), "item_ids": ids }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let mut ready = 0;
+    for _ in 0..100 {
+        // A passive declare of a missing queue closes its channel: one channel per look.
+        let ch = conn.create_channel().await.unwrap();
+        if let Ok(q) = ch
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+        {
+            ready = q.message_count();
+            if ready == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 3, "the page never reached a queue");
+    f.start_worker().await;
+    let st = f.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(st["job"]["status"], "completed", "{st}");
+    assert_exact_accounting(&st, &f.items(&id).await);
+    let _ = conn.close(200, "".into()).await;
+    f.shutdown().await;
+}
