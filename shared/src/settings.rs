@@ -26,6 +26,11 @@ pub struct BrokerSettings {
     pub url: String,
     /// Prefix of every exchange and queue name, so several fleets (or tests) share a vhost.
     pub queue_prefix: String,
+    /// The broker's `consumer_timeout` in ms (rabbitmq.conf; RabbitMQ's default is 30 minutes),
+    /// which AMQP cannot read: a delivery unacked for longer closes the worker's channel and
+    /// is redelivered. A worker refuses settings under which a prefetched delivery could
+    /// wait that long.
+    pub consumer_timeout_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -33,6 +38,7 @@ impl Default for BrokerSettings {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue_prefix: "docfleet".into(),
+            consumer_timeout_ms: 1_800_000,
         }
     }
 }
@@ -485,6 +491,15 @@ impl Validate for WorkerSettings {
         if self.item_deadline_secs == 0 {
             return Err("item_deadline_secs must be at least 1".into());
         }
+        // The last of a queue's prefetched deliveries waits for the ones before it, each up
+        // to the deadline, `cpu_slots` at a time.
+        let wait = u64::from(self.prefetch) * self.item_deadline_secs / self.cpu_slots as u64;
+        if wait.saturating_mul(1000) >= self.broker.consumer_timeout_ms {
+            return Err(format!(
+                "prefetch ({}) × item_deadline_secs ({}) ÷ cpu_slots ({}) = {wait} s reaches broker.consumer_timeout_ms ({}): a prefetched delivery could wait past the broker's consumer_timeout, which closes the channel; lower prefetch or item_deadline_secs, or raise the broker's consumer_timeout and this setting with it",
+                self.prefetch, self.item_deadline_secs, self.cpu_slots, self.broker.consumer_timeout_ms
+            ));
+        }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
         }
@@ -564,5 +579,34 @@ impl HasLog for DispatcherSettings {
 impl HasLog for WorkerSettings {
     fn log(&self) -> &LogSettings {
         &self.log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefetch_that_could_outwait_the_consumer_timeout_is_refused() {
+        let mut w = WorkerSettings {
+            cpu_slots: 2,
+            concurrency: 4,
+            prefetch: 4,
+            ..WorkerSettings::default()
+        };
+        assert_eq!(w.validate(), Ok(()));
+        // The tiny-item tuning with a document's deadline: 256 × 120 ÷ 2 = 15,360 s.
+        w.concurrency = 64;
+        w.prefetch = 256;
+        let refused = w.validate().unwrap_err();
+        assert!(
+            refused.contains("prefetch (256)") && refused.contains("consumer_timeout_ms (1800000)"),
+            "{refused}"
+        );
+        // ... and with a deadline for items that take milliseconds.
+        w.item_deadline_secs = 5;
+        assert_eq!(w.validate(), Ok(()));
+        w.broker.consumer_timeout_ms = 600_000;
+        assert!(w.validate().is_err());
     }
 }

@@ -99,6 +99,7 @@ impl Fleet {
             broker: BrokerSettings {
                 url: amqp_url(),
                 queue_prefix: prefix.clone(),
+                ..BrokerSettings::default()
             },
             redis: RedisSettings {
                 url: redis_url.to_owned(),
