@@ -501,6 +501,8 @@ async fn prepare(
                 .arg(ms)
                 .arg(batch_id)
                 .ignore();
+            // Retention takes the batch off these lists again.
+            pipe.sadd(st.keys.batch_dirs(batch_id), d).ignore();
         }
         pipe.query_async::<()>(con).await?;
     }

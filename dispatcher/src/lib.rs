@@ -3,11 +3,14 @@
 //! # Layout
 //! - [`http`], [`error`], [`auth`]: request plumbing: JSON `detail` errors, bearer keys.
 //! - [`directories`]: directories and uploads into the file store.
-//! - [`batch`]: create, list, status, cancel, items; [`runs`]: a file's processing results.
+//! - [`batch`]: create, list, status, cancel, items; [`processing_results`]: a file's
+//!   processing results.
 //! - [`status_cache`]: snapshots of polled batches, refreshed together, for `get_status`.
-//! - [`results`]: per-file parse and classify results.
+//! - [`job_results`]: per-file parse and classify results.
 //! - [`expansion`]: the background loop that publishes one message per file.
 //! - [`publisher`]: confirmed publishing with reconnection.
+//! - [`reconciler`]: stalled batches resumed; [`retention`]: finished batches forgotten.
+//! - [`lease`]: which replica runs an expansion or the reconciler.
 
 pub mod auth;
 pub mod batch;
@@ -21,6 +24,7 @@ pub mod processing_results;
 pub mod publisher;
 pub mod reconciler;
 pub mod records;
+pub mod retention;
 pub mod state;
 pub mod status_cache;
 pub mod webhook;

@@ -16,7 +16,8 @@
 //!
 //! Either way the batch is stamped `reconciled_at`, so it is looked at again only after
 //! another `stale_secs` without progress. A cancelled batch that still has pending items (its
-//! cancel's sweep was cut short) is swept; terminal batches then leave `P:active`.
+//! cancel's sweep was cut short) is swept; terminal batches then leave `P:active` for
+//! `P:finished`, where retention (`retention.rs`) forgets them in time.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +42,8 @@ enum ReconcileError {
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     Publish(#[from] crate::publisher::PublishError),
+    #[error(transparent)]
+    Retention(#[from] crate::retention::RetentionError),
 }
 
 /// Runs rounds until `shutdown`, whenever this replica holds the lease.
@@ -110,9 +113,14 @@ async fn round(st: &AppState, shutdown: &watch::Receiver<bool>) -> Result<(), Re
                 Some(s) if !s.is_terminal() => {}
                 // A cancel whose sweep was cut short (its dispatcher died): finish it.
                 Some(BatchStatus::Cancelled) if swept(st, &mut con, id).await? > 0 => continue,
-                // Gone or finished: nothing more to watch.
-                _ => {
-                    let _: () = con.zrem(st.keys.active(), id).await?;
+                // Finished: retention's to forget in time. Gone: nothing more to watch.
+                status => {
+                    let mut pipe = redis::pipe();
+                    pipe.atomic().zrem(st.keys.active(), id).ignore();
+                    if status.is_some() {
+                        pipe.zadd(st.keys.finished(), id, now).ignore();
+                    }
+                    pipe.query_async::<()>(&mut con).await?;
                     offset -= 1;
                     continue;
                 }
@@ -134,6 +142,7 @@ async fn round(st: &AppState, shutdown: &watch::Receiver<bool>) -> Result<(), Re
         }
     }
     st.metrics.batches_stalled.set(stalled);
+    crate::retention::expire(st, now).await?;
     Ok(())
 }
 

@@ -20,8 +20,10 @@
 //! | `P:batch:{<id>}:item:<item_id>` | hash | item state from its claim on: status, order, attempts, times, error |
 //! | `P:batch:{<id>}:results` | hash | item id → its result (JSON): inline output or where the output is stored |
 //! | `P:batch:{<id>}:lease` | string | which dispatcher expands the batch, with a TTL |
+//! | `P:batch:{<id>}:dirs` | set | directories whose files the batch registered |
 //! | `P:expansion` | zset | batches whose expansion has not finished |
 //! | `P:active` | zset | batches not known to be terminal, by creation (ms): the reconciler's round |
+//! | `P:finished` | zset | terminal batches, by when the reconciler found them so (ms): retention |
 //! | `P:reconciler` | string | which dispatcher runs the reconciler, with a TTL |
 //! | `P:events` | stream | outbox of status events, written by the same scripts as the transitions |
 //! | `P:whd:<delivery_id>` | hash | one webhook delivery: endpoint, body, attempts, status |
@@ -126,6 +128,11 @@ impl Keys {
         format!("{}:item:{item_id}", self.batch(batch_id))
     }
 
+    /// Directories whose files a batch registered: which `dir_batches` list it.
+    pub fn batch_dirs(&self, batch_id: &str) -> String {
+        format!("{}:dirs", self.batch(batch_id))
+    }
+
     /// Expansion lease of a batch.
     pub fn batch_lease(&self, batch_id: &str) -> String {
         format!("{}:lease", self.batch(batch_id))
@@ -135,6 +142,11 @@ impl Keys {
     /// a batch; the reconciler drops it once it finds it terminal.
     pub fn active(&self) -> String {
         format!("{}:active", self.prefix)
+    }
+
+    /// Terminal batches by when the reconciler found them so (ms): what retention forgets.
+    pub fn finished(&self) -> String {
+        format!("{}:finished", self.prefix)
     }
 
     /// The reconciler's lease: which dispatcher replica runs it.

@@ -186,6 +186,9 @@ pub struct ReconcileSettings {
     /// `item_deadline_secs` × `max_attempts` (120 × 3 by default) with a margin: an item
     /// still in a worker's hands would run a second time (counted once).
     pub stale_secs: u64,
+    /// A finished batch is forgotten this long after it finished: its record, items,
+    /// results, result files and webhook deliveries. 0 keeps everything.
+    pub retention_secs: u64,
 }
 
 impl Default for ReconcileSettings {
@@ -193,6 +196,7 @@ impl Default for ReconcileSettings {
         Self {
             every_secs: 30,
             stale_secs: 480,
+            retention_secs: 30 * 24 * 3600,
         }
     }
 }

@@ -197,6 +197,15 @@ impl FileStore {
         self.path(key)
     }
 
+    /// Removes every object under the folder `dir`; a folder that is not there is fine.
+    pub async fn remove_dir(&self, dir: &str) -> Result<(), StoreError> {
+        let path = self.path(dir)?;
+        match tokio::fs::remove_dir_all(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(map_io(dir, e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Starts writing an object.
     pub async fn stage(&self, key: &str) -> Result<Staged, StoreError> {
         let dest = self.path(key)?;
@@ -334,9 +343,8 @@ fn read_without_atime(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// Where an uploaded directory file of `project` is kept. The dispatcher stores uploads there
-/// and a worker may read a file there straight from an item message (see
-/// [`crate::wire::ItemHint`]): the key follows from the batch's project and the item id, so a
-/// message cannot point a worker at another project's bytes.
+/// and a worker reads them there: the key follows from the batch's project and the item id,
+/// so a message cannot point a worker at another project's bytes.
 pub fn file_key(project: &str, file_id: &str) -> String {
     sharded_key(&format!("projects/{project}/files"), file_id, "")
 }
@@ -344,11 +352,12 @@ pub fn file_key(project: &str, file_id: &str) -> String {
 /// Where the output of the per-file job `job_id` of a batch of `project` is kept when it does
 /// not fit the item's result: the worker writes it there and the dispatcher finds it there.
 pub fn result_key(project: &str, batch_id: &str, job_id: &str) -> String {
-    sharded_key(
-        &format!("projects/{project}/results/{batch_id}"),
-        job_id,
-        ".json",
-    )
+    sharded_key(&results_dir(project, batch_id), job_id, ".json")
+}
+
+/// The folder of every output of one batch (and nothing else): retention removes it whole.
+pub fn results_dir(project: &str, batch_id: &str) -> String {
+    format!("projects/{project}/results/{batch_id}")
 }
 
 /// `dir/<xy>/name`: objects fan out over 256 sub-folders by the last two characters of their

@@ -1244,3 +1244,77 @@ async fn a_publish_to_a_deleted_queue_is_published_again() {
     let _ = conn.close(200, "".into()).await;
     f.shutdown().await;
 }
+
+/// Keys of the fleet's prefix, by SCAN.
+async fn fleet_keys(f: &Fleet) -> std::collections::BTreeSet<String> {
+    let mut con = f.redis.clone();
+    let mut iter: redis::AsyncIter<String> =
+        redis::AsyncCommands::scan_match(&mut con, format!("{}:*", f.keys.prefix()))
+            .await
+            .unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    while let Some(k) = iter.next_item().await {
+        keys.insert(k.unwrap());
+    }
+    keys
+}
+
+/// Past its retention a finished batch is gone: its status is a 404, a file's processing
+/// results no longer list it, and Redis holds nothing of it (the keys are those from before
+/// it, besides the fleet's own stream, lease and schedule). Its directory and files stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_batch_is_forgotten_after_its_retention() {
+    let mut f = Fleet::start(1).await;
+    f.dispatcher_settings.reconcile.every_secs = 1;
+    f.dispatcher_settings.reconcile.retention_secs = 2;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let dir = f.create_dir(&f.api_key, "retention").await;
+    let ids = f.upload_texts(&dir, "k", 3).await;
+    let before = fleet_keys(&f).await;
+    let (s, b) = f
+        .post(
+            BATCH,
+            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let id = b["id"].as_str().unwrap().to_owned();
+    let done = f.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["job"]["status"], "completed", "{done}");
+    let runs = |item: String| {
+        let f = &f;
+        async move {
+            let (s, pr) = f
+                .get(&format!("{BATCH}/items/{item}/processing-results"))
+                .await;
+            assert_eq!(s, 200, "{pr}");
+            pr["processing_results"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(runs(ids[0].clone()).await, 1);
+    let mut status = 200;
+    for _ in 0..100 {
+        status = f.get(&format!("{BATCH}/{id}")).await.0;
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 404, "the batch outlived its retention");
+    assert_eq!(runs(ids[0].clone()).await, 0);
+    let fleet_wide = [":events", ":reconciler", ":webhook:due"];
+    let left: Vec<String> = fleet_keys(&f)
+        .await
+        .difference(&before)
+        .filter(|k| !fleet_wide.iter().any(|w| k.ends_with(w)))
+        .cloned()
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    let (s, files) = f
+        .get(&format!("/api/v1/beta/directories/{dir}/files"))
+        .await;
+    assert_eq!(s, 200, "{files}");
+    assert_eq!(files["items"].as_array().map(Vec::len), Some(3), "{files}");
+    f.shutdown().await;
+}
