@@ -328,3 +328,108 @@ pub async fn list_files(
     let token = next_token(offset, page.len(), size);
     Ok(Json(json!({ "items": page, "next_page_token": token })))
 }
+
+/// Loads a file of a directory of `project`, or 404.
+async fn load_file(
+    st: &AppState,
+    project: &str,
+    dir_id: &str,
+    file_id: &str,
+) -> Result<DirectoryFile, ApiError> {
+    load(st, project, dir_id).await?;
+    let mut con = st.redis.clone();
+    let raw: Option<String> = con.get(st.keys.dfile(file_id)).await?;
+    match raw.map(|r| serde_json::from_str::<DirectoryFile>(&r)) {
+        Some(Ok(f)) if f.directory_id == dir_id && f.project_id == project => Ok(f),
+        Some(Err(e)) => Err(e.into()),
+        _ => Err(ApiError::not_found("directory file", file_id)),
+    }
+}
+
+/// Gets a file of a directory.
+pub async fn get_file(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path((dir_id, file_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        load_file(&st, &project, &dir_id, &file_id).await?.to_api(),
+    ))
+}
+
+/// Forgets files: their records, their place in the directory and their bytes. An item of a
+/// batch still to run fails as "stored file unavailable"; its batch's counts stay exact.
+async fn remove_files(
+    st: &AppState,
+    dir_id: &str,
+    files: &[DirectoryFile],
+) -> Result<(), ApiError> {
+    let mut con = st.redis.clone();
+    let records: Vec<String> = files.iter().map(|f| st.keys.dfile(&f.id)).collect();
+    let ids: Vec<&str> = files.iter().map(|f| f.id.as_str()).collect();
+    redis::pipe()
+        .atomic()
+        .zrem(st.keys.dir_files(dir_id), &ids)
+        .ignore()
+        .unlink(&records)
+        .ignore()
+        .query_async::<()>(&mut con)
+        .await?;
+    for f in files {
+        st.store.remove(&f.storage_key).await?;
+    }
+    Ok(())
+}
+
+/// Deletes a file of a directory (`beta.directories.files.delete`): 204, no body.
+pub async fn delete_file(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path((dir_id, file_id)): Path<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let file = load_file(&st, &project, &dir_id, &file_id).await?;
+    remove_files(&st, &dir_id, &[file]).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Deletes a directory with its files (`beta.directories.delete`): 204, no body. The
+/// directory leaves the project's list first, so a retry after a failure finds it again and
+/// finishes. Batches that ran on it keep their own records until their retention.
+pub async fn delete(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(dir_id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    load(&st, &project, &dir_id).await?;
+    let mut con = st.redis.clone();
+    loop {
+        let ids: Vec<String> = con.zrange(st.keys.dir_files(&dir_id), 0, 499).await?;
+        if ids.is_empty() {
+            break;
+        }
+        let raws: Vec<Option<String>> = con
+            .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
+            .await?;
+        let mut files = Vec::with_capacity(ids.len());
+        for raw in raws.into_iter().flatten() {
+            files.push(serde_json::from_str::<DirectoryFile>(&raw)?);
+        }
+        // A listed id without a record: drop it from the list all the same.
+        let _: () = con.zrem(st.keys.dir_files(&dir_id), &ids).await?;
+        remove_files(&st, &dir_id, &files).await?;
+    }
+    redis::pipe()
+        .atomic()
+        .zrem(st.keys.project_dirs(&project), &dir_id)
+        .ignore()
+        .unlink(&[
+            st.keys.dir(&dir_id),
+            st.keys.dir_files(&dir_id),
+            st.keys.dir_seq(&dir_id),
+            st.keys.dir_batches(&dir_id),
+        ])
+        .ignore()
+        .query_async::<()>(&mut con)
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

@@ -103,7 +103,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             &format!("{v1}/directories/{{directory_id}}"),
-            get(directories::get),
+            get(directories::get).delete(directories::delete),
+        )
+        .route(
+            &format!("{v1}/directories/{{directory_id}}/files/{{directory_file_id}}"),
+            get(directories::get_file).delete(directories::delete_file),
         )
         .route(
             &format!("{v1}/directories/{{directory_id}}/files/upload"),

@@ -197,6 +197,14 @@ impl FileStore {
         self.path(key)
     }
 
+    /// Removes one object; one that is not there is fine.
+    pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        match tokio::fs::remove_file(self.path(key)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(map_io(key, e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes every object under the folder `dir`; a folder that is not there is fine.
     pub async fn remove_dir(&self, dir: &str) -> Result<(), StoreError> {
         let path = self.path(dir)?;

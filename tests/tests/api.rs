@@ -548,3 +548,113 @@ async fn polls_of_a_running_batch_are_answered_from_memory_until_it_changes_here
     assert_eq!(status_reads(&f, "memory").await, from_memory);
     f.shutdown().await;
 }
+
+/// `DELETE` of a directory file and of a directory (`directories.files.delete`,
+/// `directories.delete`): 204 with no body, then 404s; the stored bytes go too; another
+/// project's key deletes nothing; a batch's item whose file was deleted fails and the counts
+/// stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_and_their_files_can_be_deleted() {
+    let mut f = Fleet::start(0).await;
+    let other = f.new_key("proj-b").await;
+    let dir = f.create_dir(&f.api_key, "doomed").await;
+    let ids = f.upload_texts(&dir, "d", 3).await;
+    let dirs = format!("/api/v1/beta/directories/{dir}");
+    let file = |id: &str| format!("{dirs}/files/{id}");
+    let (s, got) = f.get(&file(&ids[0])).await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["id"], ids[0].as_str());
+    let stored = walk(&f.dispatcher_settings.store.root);
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert_eq!(delete(&f, &other, file(&ids[0])).await.0, 404);
+    assert_eq!(delete(&f, &other, dirs.clone()).await.0, 404);
+    assert_eq!(
+        delete(&f, &f.api_key, file(&ids[0])).await,
+        (204, String::new())
+    );
+    assert_eq!(f.get(&file(&ids[0])).await.0, 404);
+    assert_eq!(delete(&f, &f.api_key, file(&ids[0])).await.0, 404);
+    let (_, listed) = f.get(&format!("{dirs}/files")).await;
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert_eq!(walk(&f.dispatcher_settings.store.root).len(), 2);
+
+    // A batch over a deleted file: its item fails, the others run.
+    let (s, b) = f
+        .post(
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let batch = b["id"].as_str().unwrap().to_owned();
+    f.start_worker().await;
+    let done = f
+        .wait_terminal(&batch, std::time::Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        (
+            &done["job"]["processed_items"],
+            &done["job"]["failed_items"]
+        ),
+        (&json!(3), &json!(1)),
+        "{done}"
+    );
+
+    assert_eq!(
+        delete(&f, &f.api_key, dirs.clone()).await,
+        (204, String::new())
+    );
+    assert_eq!(f.get(&dirs).await.0, 404);
+    assert_eq!(f.get(&file(&ids[1])).await.0, 404);
+    let (_, all) = f.get("/api/v1/beta/directories").await;
+    assert!(
+        !all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == dir.as_str()),
+        "{all}"
+    );
+    assert_eq!(
+        walk(&f.dispatcher_settings.store.root),
+        Vec::<std::path::PathBuf>::new()
+    );
+    // The batch that ran on it keeps its own records.
+    assert_eq!(f.get(&format!("{BATCH}/{batch}")).await.0, 200);
+    f.shutdown().await;
+}
+
+/// DELETE with a key: status and body text.
+async fn delete(f: &Fleet, key: &str, path: String) -> (u16, String) {
+    let r = f
+        .http
+        .delete(format!("{}{path}", f.base_url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Every stored object (uploads) under `root`, results excluded.
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if !p.ends_with("results") {
+                    stack.push(p);
+                }
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
