@@ -67,6 +67,15 @@ impl IntoResponse for ApiError {
 
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
+        // Redis at `maxmemory` under `noeviction` refuses writes; a script or transaction
+        // refused so wrote nothing, and one that started writing was let finish.
+        // (In a transaction the refusal comes as the reply of each queued command.)
+        if e.code() == Some("OOM") || e.to_string().contains("OOM") {
+            return Self::Unavailable(
+                "state store is full (Redis maxmemory reached): nothing was written; retry once it has room"
+                    .into(),
+            );
+        }
         Self::Unavailable(format!("state store unavailable: {e}"))
     }
 }

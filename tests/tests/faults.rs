@@ -348,6 +348,18 @@ impl TestRedis {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// `used_memory` of INFO, in bytes.
+    fn used_memory(&self) -> u64 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "info", "memory"])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
+            .expect("used_memory")
+    }
+
     fn wait_down(&self) {
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -388,6 +400,67 @@ async fn restart_redis() -> Row {
         t,
     );
     end_on_own_redis(f, redis, restarted).await;
+    row
+}
+
+/// Redis at `maxmemory` with `noeviction` mid-batch: writes are refused for a few seconds.
+/// A create gets a 503 that says so, scripts refused write nothing (the counts stay exact),
+/// and the batch finishes once memory is freed.
+async fn redis_full() -> Row {
+    let port = Fleet::free_port().await;
+    let dir = std::env::temp_dir().join(format!("docfleet-redis-{port}"));
+    let redis = TestRedis::start(port, dir);
+    let f = Fleet::start_on_redis(0, &format!("redis://127.0.0.1:{port}/0")).await;
+    let (_, ids) = upload(&f, ITEMS).await;
+    let mut w = spawn_workers(&f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(&f, parse_job(&ids)).await;
+    wait_processed(&f, &id, 500).await;
+    let limit = redis.used_memory().saturating_sub(1).to_string();
+    assert!(
+        redis.cli(&["config", "set", "maxmemory-policy", "noeviction"])
+            && redis.cli(&["config", "set", "maxmemory", &limit]),
+        "config set failed"
+    );
+    let refused = f
+        .http
+        .post(format!("{}{BATCH}", f.base_url))
+        .bearer_auth(&f.api_key)
+        .json(&parse_job(&ids[..1]))
+        .send()
+        .await
+        .expect("create");
+    let (code, body) = (
+        refused.status().as_u16(),
+        refused.text().await.unwrap_or_default(),
+    );
+    let stalled_at = processed(&f, &id).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stalled_after = processed(&f, &id).await;
+    assert!(
+        redis.cli(&["config", "set", "maxmemory", "0"]),
+        "config set failed"
+    );
+    let (lost, double, mut stuck, mut note) = audit(&f, &id, ids.len(), &mut w, 0).await;
+    note = format!(
+        "create while full: {code} {body}; processed {stalled_at} → {stalled_after} while full; {note}"
+    );
+    if code != 503 || !body.contains("full") {
+        note.push_str(" no clear 503!");
+        stuck += 1;
+    }
+    if stalled_after > stalled_at + 50 {
+        note.push_str(" (Redis took writes while full?)");
+    }
+    let row = row(
+        "13 Redis at maxmemory (noeviction) for 3 s",
+        ids.len(),
+        1,
+        (lost, double, stuck, note),
+        t,
+    );
+    f.shutdown().await;
+    drop(redis);
     row
 }
 
@@ -670,7 +743,13 @@ async fn kill_dispatcher_mid_cancel(f: &mut Fleet, ids: &[String]) -> Row {
             .json(&json!({}));
         tokio::spawn(req.send())
     };
-    tokio::time::sleep(Duration::from_millis(3)).await;
+    // The moment the cancel script has run, before its sweep is through.
+    let asked = Instant::now();
+    while f.batch_field(&id, "status").await.as_deref() != Some("cancelled")
+        && asked.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     d.kill().await;
     let answered = matches!(cancel.await, Ok(Ok(r)) if r.status().is_success());
     let cancelled = f.batch_field(&id, "status").await.as_deref() == Some("cancelled");
@@ -889,6 +968,7 @@ async fn fault_suite() {
     rows.push(rolling_restart(&f, &ids).await);
     rows.push(close_connections_mid_expansion(&f, &ids).await);
     rows.push(kill_dispatcher_mid_cancel(&mut f, &ids).await);
+    rows.push(redis_full().await);
     println!("\n| scenario | items | faults injected | lost | double-counted | stuck | seconds |");
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
