@@ -54,6 +54,9 @@ pub enum DispatcherError {
     /// Redis is unreachable.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis keeps nothing on disk, and that was not allowed.
+    #[error(transparent)]
+    NoPersistence(#[from] docfleet_shared::services::NoPersistence),
     /// RabbitMQ is unreachable.
     #[error("rabbitmq: {0}")]
     Broker(#[from] publisher::PublishError),
@@ -69,7 +72,11 @@ pub enum DispatcherError {
 pub async fn connect(settings: DispatcherSettings) -> Result<AppState, DispatcherError> {
     let redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
     let mut background = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
-    docfleet_shared::services::log_durability(&mut background).await;
+    docfleet_shared::services::check_durability(
+        &mut background,
+        settings.redis.allow_no_persistence,
+    )
+    .await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let topology = Topology::new(settings.broker.queue_prefix.clone());
     let publisher = publisher::Publisher::connect(&settings.broker.url, topology).await?;

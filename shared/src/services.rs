@@ -82,8 +82,22 @@ impl Durability {
     }
 }
 
-/// Reads Redis's persistence settings and logs what they guarantee, once at start-up.
-pub async fn log_durability(con: &mut redis::aio::ConnectionManager) -> Durability {
+/// A Redis without persistence, which the settings do not allow.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Redis has no persistence (appendonly no, no snapshots): a restart loses every batch. \
+     Turn on AOF (appendonly yes) or snapshots, or set redis.allow_no_persistence = true \
+     (DOCFLEET__REDIS__ALLOW_NO_PERSISTENCE=true) for a development setup"
+)]
+pub struct NoPersistence;
+
+/// Reads Redis's persistence settings and logs what they guarantee, once at start-up; refuses
+/// a Redis without persistence unless `allow_none` (a development setup). A Redis that does
+/// not say (`CONFIG` refused) is taken with a warning.
+pub async fn check_durability(
+    con: &mut redis::aio::ConnectionManager,
+    allow_none: bool,
+) -> Result<Durability, NoPersistence> {
     let read = |name: &'static str| {
         let mut con = con.clone();
         async move {
@@ -103,12 +117,14 @@ pub async fn log_durability(con: &mut redis::aio::ConnectionManager) -> Durabili
         (Some(a), Some(f), Some(s)) => Durability::from_config(&a, &f, &s),
         _ => Durability::Unknown,
     };
-    if durability == Durability::None {
-        tracing::warn!(durability = ?durability, "Redis: {}.", durability.meaning());
-    } else {
-        tracing::info!(durability = ?durability, "Redis: {}.", durability.meaning());
+    match durability {
+        Durability::None if !allow_none => return Err(NoPersistence),
+        Durability::None | Durability::Unknown => {
+            tracing::warn!(durability = ?durability, "Redis: {}.", durability.meaning())
+        }
+        _ => tracing::info!(durability = ?durability, "Redis: {}.", durability.meaning()),
     }
-    durability
+    Ok(durability)
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub struct RedisSettings {
     pub url: String,
     /// Prefix of every key, so several fleets (or tests) share a database.
     pub key_prefix: String,
+    /// A development setup: start on a Redis without persistence (no AOF, no snapshots),
+    /// whose restart loses every batch. Without it a process refuses such a Redis.
+    pub allow_no_persistence: bool,
 }
 
 impl Default for RedisSettings {
@@ -58,6 +61,7 @@ impl Default for RedisSettings {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
             key_prefix: "docfleet".into(),
+            allow_no_persistence: false,
         }
     }
 }

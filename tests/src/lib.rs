@@ -101,9 +101,11 @@ impl Fleet {
                 queue_prefix: prefix.clone(),
                 ..BrokerSettings::default()
             },
+            // The machine's Redis keeps nothing on disk (`--save "" --appendonly no`).
             redis: RedisSettings {
                 url: redis_url.to_owned(),
                 key_prefix: prefix.clone(),
+                allow_no_persistence: true,
             },
             store: StoreSettings {
                 root: std::env::temp_dir().join(&prefix),
@@ -616,6 +618,10 @@ impl Fleet {
             .env("DOCFLEET__BROKER__QUEUE_PREFIX", &d.broker.queue_prefix)
             .env("DOCFLEET__REDIS__URL", &d.redis.url)
             .env("DOCFLEET__REDIS__KEY_PREFIX", &d.redis.key_prefix)
+            .env(
+                "DOCFLEET__REDIS__ALLOW_NO_PERSISTENCE",
+                d.redis.allow_no_persistence.to_string(),
+            )
             .env("DOCFLEET__STORE__ROOT", &d.store.root)
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())

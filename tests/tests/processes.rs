@@ -350,3 +350,41 @@ async fn started_worker(f: &Fleet) -> docfleet_tests::Process {
     );
     w
 }
+
+/// On a Redis that keeps nothing on disk (the machine's, started with `--save ""
+/// --appendonly no`), both binaries refuse to start unless told it is a development setup,
+/// and say how to fix it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_without_persistence_is_refused_outside_development() {
+    let f = Fleet::start(0).await;
+    for bin in ["docfleet-worker", "docfleet-dispatcher"] {
+        let port = Fleet::free_port().await;
+        let out = tokio::process::Command::new(docfleet_tests::bin_dir().join(bin))
+            .env("DOCFLEET__BROKER__URL", &f.dispatcher_settings.broker.url)
+            .env(
+                "DOCFLEET__BROKER__QUEUE_PREFIX",
+                &f.dispatcher_settings.broker.queue_prefix,
+            )
+            .env("DOCFLEET__REDIS__URL", &f.dispatcher_settings.redis.url)
+            .env(
+                "DOCFLEET__REDIS__KEY_PREFIX",
+                &f.dispatcher_settings.redis.key_prefix,
+            )
+            .env("DOCFLEET__STORE__ROOT", &f.dispatcher_settings.store.root)
+            .env("DOCFLEET__LISTEN", format!("127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(30), out)
+            .await
+            .expect("still running on a Redis without persistence")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bin} started: {stderr}");
+        assert!(
+            stderr.contains("no persistence") && stderr.contains("allow_no_persistence"),
+            "{bin}: {stderr}"
+        );
+    }
+    f.shutdown().await;
+}

@@ -39,6 +39,9 @@ pub enum WorkerError {
     /// Redis is unreachable.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis keeps nothing on disk, and that was not allowed.
+    #[error(transparent)]
+    NoPersistence(#[from] docfleet_shared::services::NoPersistence),
     /// The health endpoint could not bind.
     #[error("health endpoint: {0}")]
     Health(#[from] std::io::Error),
@@ -52,7 +55,8 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let settings = Arc::new(settings);
     let mut redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
-    docfleet_shared::services::log_durability(&mut redis).await;
+    docfleet_shared::services::check_durability(&mut redis, settings.redis.allow_no_persistence)
+        .await?;
     let metrics = Arc::new(docfleet_shared::metrics::Metrics::default());
     let processor = Arc::new(item::Processor::new(
         settings.clone(),
