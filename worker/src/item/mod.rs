@@ -10,9 +10,12 @@
 //! |---|---|---|
 //! | success | `completed` | ack |
 //! | [`Failure::Skip`] | `skipped` | ack |
-//! | [`Failure::Fail`] (permanent for this file) | `failed` | reject → dead-letter queue |
+//! | [`Failure::Fail`] (permanent for this file) | `failed` | ack |
 //! | [`Failure::Retry`] (transient) | nothing yet | nack + requeue; `failed` after `max_attempts` |
-//! | poison message | nothing | reject → dead-letter queue |
+//! | poison message, unknown batch or item | nothing | reject → dead-letter queue |
+//!
+//! A failed item is acked: its record holds the error and `retry-failed` runs it again, so a
+//! copy in the dead-letter queue would only grow it. The queue holds what no record explains.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -260,7 +263,7 @@ impl Processor {
             ),
             Err(Failure::Fail(error) | Failure::Retry(error)) => (
                 ItemOutcome::new(Outcome::Failed).with_error(error),
-                Verdict::DeadLetter,
+                Verdict::Ack,
             ),
         };
         let kind = outcome.outcome;
