@@ -11,9 +11,11 @@
 //! - [`publisher`]: confirmed publishing with reconnection.
 //! - [`reconciler`]: stalled batches resumed; [`retention`]: finished batches forgotten.
 //! - [`lease`]: which replica runs an expansion or the reconciler.
+//! - [`dead_letters`]: the operator's view of the dead-letter queue, and replay.
 
 pub mod auth;
 pub mod batch;
+pub mod dead_letters;
 pub mod directories;
 pub mod error;
 pub mod expansion;

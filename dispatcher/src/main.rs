@@ -31,6 +31,16 @@ enum Command {
         /// e.g. http://127.0.0.1:8080/readyz
         url: String,
     },
+    /// List the dead-letter queue's messages, one JSON line each (they stay parked), or with
+    /// `--replay` publish them back to the queues they died in.
+    DeadLetters {
+        /// Publish them back instead of listing them.
+        #[arg(long)]
+        replay: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
     /// Create an API key for a project and print it.
     CreateKey {
         /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
@@ -94,6 +104,20 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
                 "{batch}: pending {} processing {} completed {} failed {} skipped {} cancelled {}",
                 t[0], t[1], t[2], t[3], t[4], t[5]
             );
+            Ok(())
+        }
+        Command::DeadLetters { replay, limit } => {
+            let topology =
+                docfleet_shared::topology::Topology::new(settings.broker.queue_prefix.clone());
+            let url = &settings.broker.url;
+            if replay {
+                let n = docfleet_dispatcher::dead_letters::replay(url, &topology, limit).await?;
+                println!("replayed {n}");
+            } else {
+                for m in docfleet_dispatcher::dead_letters::list(url, &topology, limit).await? {
+                    println!("{m}");
+                }
+            }
             Ok(())
         }
         Command::Probe { .. } => Ok(()),

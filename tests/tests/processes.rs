@@ -388,3 +388,86 @@ async fn a_redis_without_persistence_is_refused_outside_development() {
     }
     f.shutdown().await;
 }
+
+/// `docfleet-dispatcher dead-letters` lists what workers parked (a message that is not an
+/// item message, one of an unknown batch), leaves it parked, and `--replay` puts each back
+/// into the queue it died in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed() {
+    use docfleet_shared::model::Priority;
+    use docfleet_shared::topology::Topology;
+
+    let mut f = Fleet::start(0).await;
+    let queue = Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
+        .priority_queue(Priority::Medium);
+    let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let unknown = docfleet_shared::wire::ItemMessage::new("bjb-gone", "dfl-gone").encode();
+    for body in [b"not an item".to_vec(), unknown] {
+        ch.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            Default::default(),
+            &body,
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    f.start_worker().await;
+    let mut depths = (0, 0);
+    for _ in 0..100 {
+        depths = f.queue_depths().await;
+        if depths == (0, 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depths, (0, 2), "both parked");
+    f.stop_workers().await;
+    let cli = |args: &[&str]| {
+        let mut cmd =
+            tokio::process::Command::new(docfleet_tests::bin_dir().join("docfleet-dispatcher"));
+        cmd.args(args)
+            .env("DOCFLEET__BROKER__URL", &f.dispatcher_settings.broker.url)
+            .env(
+                "DOCFLEET__BROKER__QUEUE_PREFIX",
+                &f.dispatcher_settings.broker.queue_prefix,
+            )
+            .stdin(std::process::Stdio::null());
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let listed: Vec<serde_json::Value> = cli(&["dead-letters"])
+        .await
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["body"], "not an item");
+    assert_eq!(listed[1]["item_id"], "dfl-gone");
+    assert_eq!(listed[1]["batch_id"], "bjb-gone");
+    for m in &listed {
+        assert_eq!(m["queue"], queue.as_str(), "{m}");
+        assert_eq!(m["reason"], "rejected", "{m}");
+    }
+    assert_eq!(f.queue_depths().await, (0, 2), "listing leaves them parked");
+    assert_eq!(
+        cli(&["dead-letters", "--replay"]).await.trim(),
+        "replayed 2"
+    );
+    assert_eq!(f.queue_depths().await, (2, 0));
+    let _ = conn.close(200, "".into()).await;
+    f.shutdown().await;
+}
