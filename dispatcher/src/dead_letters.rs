@@ -16,6 +16,9 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel};
 use serde_json::{json, Value};
 
+/// A read that leaves the message unacked: it goes back if not acked.
+const GET: BasicGetOptions = BasicGetOptions { no_ack: false };
+
 /// Why listing or replaying stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
@@ -74,15 +77,10 @@ async fn open(
 /// Up to `limit` parked messages, oldest first; they stay parked.
 pub async fn list(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Value>, lapin::Error> {
     let (conn, ch, parked) = open(url, topology).await?;
+    let dead = topology.dead_queue();
     let mut out = Vec::new();
     for _ in 0..parked.min(limit) {
-        let Some(m) = ch
-            .basic_get(
-                topology.dead_queue().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?
-        else {
+        let Some(m) = ch.basic_get(dead.as_str().into(), GET).await? else {
             break;
         };
         out.push(describe(&m.delivery.data, &m.delivery.properties));
@@ -100,15 +98,10 @@ pub async fn list(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Valu
 pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<u32, DeadLetterError> {
     let (conn, ch, parked) = open(url, topology).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let dead = topology.dead_queue();
     let mut replayed = 0;
     for _ in 0..parked.min(limit) {
-        let Some(m) = ch
-            .basic_get(
-                topology.dead_queue().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await?
-        else {
+        let Some(m) = ch.basic_get(dead.as_str().into(), GET).await? else {
             break;
         };
         let d = &m.delivery;

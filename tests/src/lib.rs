@@ -330,6 +330,19 @@ impl Fleet {
         self.post_as(&self.api_key, path, body).await
     }
 
+    /// Creates a batch with the fleet's key, asserting it was accepted; its id.
+    pub async fn create_batch(&self, body: &Value) -> String {
+        let (s, b) = self.post("/api/v1/beta/batch-processing", body).await;
+        assert_eq!(s, 200, "{b}");
+        b["id"].as_str().expect("batch id").to_owned()
+    }
+
+    /// The work queue of the default priority (`medium`).
+    pub fn default_queue(&self) -> String {
+        Topology::new(self.dispatcher_settings.broker.queue_prefix.clone())
+            .priority_queue(docfleet_shared::model::Priority::Medium)
+    }
+
     /// Creates a directory and returns its id.
     pub async fn create_dir(&self, key: &str, name: &str) -> String {
         let (s, b) = self

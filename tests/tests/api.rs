@@ -583,14 +583,9 @@ async fn directories_and_their_files_can_be_deleted() {
     assert_eq!(walk(&f.dispatcher_settings.store.root).len(), 2);
 
     // A batch over a deleted file: its item fails, the others run.
-    let (s, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
-        )
+    let batch = f
+        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": ids }))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let batch = b["id"].as_str().unwrap().to_owned();
     f.start_worker().await;
     let done = f
         .wait_terminal(&batch, std::time::Duration::from_secs(30))

@@ -650,9 +650,7 @@ fn close_all_connections() {
 
 /// Waits until `n` consumers are attached to the default priority's queue.
 async fn wait_consumers(f: &Fleet, n: u32) {
-    let queue =
-        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-            .priority_queue(docfleet_shared::model::Priority::Medium);
+    let queue = f.default_queue();
     let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
         .await
         .expect("amqp");

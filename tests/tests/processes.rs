@@ -300,14 +300,9 @@ async fn a_worker_started_late_gets_work_at_once() {
         }
     };
     let mut first = started_worker(&f).await;
-    let (s, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
-        )
+    let id = f
+        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": ids }))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
     let t0 = std::time::Instant::now();
     while processing(id.clone()).await < held {
         assert!(
@@ -394,12 +389,8 @@ async fn a_redis_without_persistence_is_refused_outside_development() {
 /// into the queue it died in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed() {
-    use docfleet_shared::model::Priority;
-    use docfleet_shared::topology::Topology;
-
     let mut f = Fleet::start(0).await;
-    let queue = Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-        .priority_queue(Priority::Medium);
+    let queue = f.default_queue();
     let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
         .await
         .unwrap();

@@ -808,14 +808,9 @@ async fn recount_while_outcomes_land_counts_each_once() {
     let f = Fleet::start(2).await;
     let dir = f.create_dir(&f.api_key, "recount-live").await;
     let ids = f.upload_texts(&dir, "l", 1_200).await;
-    let (s, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": parse_config(), "item_ids": ids }),
-        )
+    let id = f
+        .create_batch(&json!({ "job_config": parse_config(), "item_ids": ids }))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
     // Recounts while the first three quarters land; then none, so a count lost by one is
     // never repaired by a later one.
     let mut recounts = 0;
@@ -1155,14 +1150,9 @@ async fn a_cancel_cut_short_is_swept_by_the_reconciler() {
     f.start_dispatcher().await;
     let dir = f.create_dir(&f.api_key, "cut").await;
     let ids = f.upload_texts(&dir, "c", 20).await;
-    let (s, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": parse_config(), "item_ids": ids }),
-        )
+    let id = f
+        .create_batch(&json!({ "job_config": parse_config(), "item_ids": ids }))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
     f.wait_status(&id, "dispatched").await;
     // All a dying dispatcher got to do of the cancel.
     let scripts = docfleet_shared::scripts::Scripts::new(f.keys.clone());
@@ -1191,9 +1181,6 @@ async fn a_cancel_cut_short_is_swept_by_the_reconciler() {
 /// back, the dispatcher declares its queues again and publishes the page again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_to_a_deleted_queue_is_published_again() {
-    use docfleet_shared::model::Priority;
-    use docfleet_shared::topology::Topology;
-
     let mut f = Fleet::start(0).await;
     // Expansion that never looks at the queue before it publishes.
     f.dispatcher_settings.expansion_queue_limit = 0;
@@ -1201,8 +1188,7 @@ async fn a_publish_to_a_deleted_queue_is_published_again() {
     f.start_dispatcher().await;
     let dir = f.create_dir(&f.api_key, "returned").await;
     let ids = f.upload_texts(&dir, "r", 3).await;
-    let queue = Topology::new(f.dispatcher_settings.broker.queue_prefix.clone())
-        .priority_queue(Priority::Medium);
+    let queue = f.default_queue();
     let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
         .await
         .unwrap();
@@ -1210,14 +1196,9 @@ async fn a_publish_to_a_deleted_queue_is_published_again() {
     ch.queue_delete(queue.as_str().into(), Default::default())
         .await
         .unwrap();
-    let (s, b) = f
-        .post(
-            BATCH,
-            &json!({ "job_config": parse_config(), "item_ids": ids }),
-        )
+    let id = f
+        .create_batch(&json!({ "job_config": parse_config(), "item_ids": ids }))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
     let passive = lapin::options::QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -1273,14 +1254,9 @@ async fn a_finished_batch_is_forgotten_after_its_retention() {
     let dir = f.create_dir(&f.api_key, "retention").await;
     let ids = f.upload_texts(&dir, "k", 3).await;
     let before = fleet_keys(&f).await;
-    let (s, b) = f
-        .post(
-            BATCH,
-            &f.watched(json!({ "job_config": parse_config(), "item_ids": ids })),
-        )
+    let id = f
+        .create_batch(&f.watched(json!({ "job_config": parse_config(), "item_ids": ids })))
         .await;
-    assert_eq!(s, 200, "{b}");
-    let id = b["id"].as_str().unwrap().to_owned();
     let done = f.wait_terminal(&id, Duration::from_secs(30)).await;
     assert_eq!(done["job"]["status"], "completed", "{done}");
     let runs = |item: String| {
