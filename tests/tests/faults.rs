@@ -348,16 +348,17 @@ impl TestRedis {
             .is_ok_and(|o| o.status.success())
     }
 
-    /// `used_memory` of INFO, in bytes.
-    fn used_memory(&self) -> u64 {
+    /// A field of INFO (`used_memory`, `master_link_status`, …).
+    fn info(&self, field: &str) -> String {
         let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "info", "memory"])
+            .args(["-p", &self.port.to_string(), "info"])
             .output()
             .expect("redis-cli");
+        let prefix = format!("{field}:");
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok())
-            .expect("used_memory")
+            .find_map(|l| l.strip_prefix(prefix.as_str()).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
     }
 
     fn wait_down(&self) {
@@ -416,7 +417,8 @@ async fn redis_full() -> Row {
     let t = Instant::now();
     let id = create(&f, parse_job(&ids)).await;
     wait_processed(&f, &id, 500).await;
-    let limit = redis.used_memory().saturating_sub(1).to_string();
+    let used: u64 = redis.info("used_memory").parse().expect("used_memory");
+    let limit = used.saturating_sub(1).to_string();
     assert!(
         redis.cli(&["config", "set", "maxmemory-policy", "noeviction"])
             && redis.cli(&["config", "set", "maxmemory", &limit]),
@@ -578,6 +580,99 @@ async fn redis_loses_writes() -> Row {
         t,
     );
     end_on_own_redis(f, redis, restarted).await;
+    row
+}
+
+/// Redis fails over to a replica that lagged: the replica is cut off from its primary while
+/// the workers record outcomes there, the primary is killed a second later, the replica is
+/// promoted, and the fleet's processes move to it (what Sentinel or a DNS switch does).
+/// What the replica never got has no message left; the reconciler brings it back.
+async fn replica_promoted() -> Row {
+    let (pport, rport) = (Fleet::free_port().await, Fleet::free_port().await);
+    let tmp = std::env::temp_dir();
+    let primary = TestRedis::start_with(
+        pport,
+        tmp.join(format!("docfleet-redis-{pport}")),
+        &["--appendonly", "no", "--repl-diskless-sync-delay", "0"],
+    );
+    let replica = TestRedis::start_with(
+        rport,
+        tmp.join(format!("docfleet-redis-{rport}")),
+        &[
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &pport.to_string(),
+        ],
+    );
+    let synced = Instant::now();
+    while replica.info("master_link_status") != "up" {
+        assert!(
+            synced.elapsed() < Duration::from_secs(30),
+            "replica never synced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut f = Fleet::start_on_redis(0, &format!("redis://127.0.0.1:{pport}/0")).await;
+    f.dispatcher_settings.reconcile.every_secs = 1;
+    f.dispatcher_settings.reconcile.stale_secs = 3;
+    f.dispatcher_settings.expansion_queue_limit = 0;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let (_, ids) = upload(&f, ITEMS).await;
+    let mut w = spawn_workers(&f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(&f, parse_job(&ids)).await;
+    wait_processed(&f, &id, (ITEMS * 3 / 10) as u64).await;
+    while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
+        assert!(t.elapsed() < Duration::from_secs(60), "never expanded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The replica is cut off (a partition): it keeps what it had, the primary goes on taking
+    // outcomes for a second, then dies, and the stale replica is promoted.
+    assert!(replica.cli(&["replicaof", "no", "one"]), "promotion failed");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let forgotten = processed(&f, &id).await;
+    primary.crash();
+    // The fleet moves to the promoted replica.
+    for p in w.iter_mut() {
+        p.kill().await;
+    }
+    f.stop_dispatcher().await;
+    let url = format!("redis://127.0.0.1:{rport}/0");
+    f.dispatcher_settings.redis.url = url.clone();
+    f.worker_settings.redis.url = url.clone();
+    f.redis = docfleet_shared::services::connect_redis(&url)
+        .await
+        .expect("replica");
+    f.start_dispatcher().await;
+    let mut w = spawn_workers(&f, WORKERS).await;
+    let kept = f
+        .batch_field(&id, "processed")
+        .await
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let (lost, mut double, stuck, mut note) = audit(&f, &id, ids.len(), &mut w, 0).await;
+    let republished = metrics_value(&f, "docfleet_items_republished_total").await;
+    note = format!(
+        "processed {forgotten} on the primary, {kept} on the promoted replica, \
+         {republished} items republished; {note}"
+    );
+    if kept >= forgotten || republished < 1.0 {
+        note.push_str(" nothing was lost, or nothing republished!");
+        double += 1;
+    }
+    let row = row(
+        "10b Redis fails over to a replica that lagged",
+        ids.len(),
+        1,
+        (lost, double, stuck, note),
+        t,
+    );
+    let primary_dir = primary.dir.clone();
+    end_on_own_redis(f, primary, replica).await;
+    let _ = std::fs::remove_dir_all(primary_dir);
     row
 }
 
@@ -960,6 +1055,7 @@ async fn fault_suite() {
     rows.push(restart_redis().await);
     rows.push(restart_rabbitmq_idle(&f, &ids).await);
     rows.push(redis_loses_writes().await);
+    rows.push(replica_promoted().await);
     rows.push(kill_dispatcher(&mut f, &ids).await);
     rows.push(duplicates(&f, &ids).await);
     rows.push(poison(&f, &ids).await);
