@@ -5,7 +5,8 @@
 //! `many` (20 batches of 1,000 created together), `fair` (another project's 10-file batch
 //! behind a running `--items` batch), `status`, `webhooks`, `parse`, `scale`, `create`
 //! (create latency alone), `million` (status and memory through one batch of `--million`
-//! files, 1,000,000 unless told);
+//! files, 1,000,000 unless told), `retention` (Redis bytes per item of an `--items` batch,
+//! and Redis's memory once retention has forgotten it);
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes. `ceiling`, `fleet`
 //! and `python` run in `--runs` rounds, one run of each per round, and their ratios are the
@@ -153,6 +154,77 @@ async fn upload_many_as(f: &Fleet, key: &str, n: usize) -> (String, Vec<String>)
         .collect()
         .await;
     (dir, ids)
+}
+
+/// Redis's `used_memory`, once lazy frees have settled (two equal reads 200 ms apart).
+async fn redis_used_memory(f: &Fleet) -> f64 {
+    let read = || async {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut f.redis.clone())
+            .await
+            .expect("info");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:")?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut last = read().await;
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = read().await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+/// What one batch of `--items` tiny files holds in Redis once completed (bytes per item over
+/// the uploads' baseline), and what is left once retention (2 s here) has forgotten it.
+async fn retention(rep: &mut Report, a: &Args) {
+    eprintln!("retention: one batch of {} tiny files", a.items);
+    let mut f = Fleet::start(0).await;
+    f.dispatcher_settings.reconcile.every_secs = 1;
+    f.dispatcher_settings.reconcile.retention_secs = 2;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let (_, ids) = upload_many(&f, a.items).await;
+    let mut workers = vec![
+        f.spawn_worker_process(TINY_ITEMS).await,
+        f.spawn_worker_process(TINY_ITEMS).await,
+    ];
+    let base = redis_used_memory(&f).await;
+    let (id, _, _) = create_timed(
+        &f,
+        &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
+    )
+    .await;
+    wait_done(&f, &id).await;
+    let held = redis_used_memory(&f).await;
+    let t = Instant::now();
+    while f.get(&format!("{BATCH}/{id}")).await.0 != 404 && t.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let forgotten_after = t.elapsed().as_secs_f64();
+    let after = redis_used_memory(&f).await;
+    let n = a.items as f64;
+    rep.add(
+        "retention_redis_bytes_per_item",
+        (held - base) / n,
+        "bytes",
+        json!({ "baseline_bytes": base, "completed_bytes": held, "items": a.items }),
+    );
+    rep.add(
+        "retention_redis_bytes_left_per_item",
+        (after - base) / n,
+        "bytes",
+        json!({ "after_bytes": after, "forgotten_after_s": forgotten_after }),
+    );
+    for w in &mut workers {
+        w.terminate().await;
+    }
+    f.shutdown().await;
 }
 
 async fn wait_done(f: &Fleet, id: &str) -> Value {
@@ -1629,6 +1701,7 @@ async fn scenario(name: &str, rep: &mut Report, a: &Args) {
         "million" => million(rep, a).await,
         "many" => many(rep, a).await,
         "fair" => fair(rep, a).await,
+        "retention" => retention(rep, a).await,
         "python" => python_queues(rep, a),
         other => eprintln!("unknown scenario {other}"),
     }
