@@ -107,8 +107,7 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
             Ok(())
         }
         Command::DeadLetters { replay, limit } => {
-            let topology =
-                docfleet_shared::topology::Topology::new(settings.broker.queue_prefix.clone());
+            let topology = docfleet_shared::topology::Topology::for_broker(&settings.broker);
             let url = &settings.broker.url;
             if replay {
                 let n = docfleet_dispatcher::dead_letters::replay(url, &topology, limit).await?;

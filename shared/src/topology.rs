@@ -13,9 +13,14 @@
 //! (`CONSUME_ORDER`), so a critical batch overtakes a low one's backlog. A platform team
 //! publishing by hand picks the queue of the priority it wants.
 //!
-//! The queues are classic queues of storage version 2 (`x-queue-version`), which RabbitMQ
+//! Classic queues are of storage version 2 (`x-queue-version`), which RabbitMQ
 //! 3.10-3.12 use only when told: the broker spent 73 rather than 76 µs of CPU per item of
 //! the fleet (medians of 4 interleaved benchmark pairs).
+//!
+//! By default (`broker.queue_type = "quorum"`) the work queues are quorum queues instead:
+//! replicated over the cluster's nodes, with a delivery limit ([`DELIVERY_LIMIT`]) and the
+//! same dead-letter target. On one 2-vCPU node the fleet ran 1-2% slower on them
+//! (BENCHMARKS.md, stop 39).
 //!
 //! Whoever connects first declares it; declarations are idempotent as long as the arguments
 //! match, which is why they are defined only here.
@@ -27,6 +32,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::model::Priority;
+use crate::settings::{BrokerSettings, QueueType};
 
 /// The classic-queue storage version of the per-priority queues.
 pub const QUEUE_VERSION: i32 = 2;
@@ -39,17 +45,32 @@ pub const CONSUME_ORDER: [Priority; 4] = [
     Priority::Low,
 ];
 
-/// Names derived from `broker.queue_prefix`.
+/// Deliveries of one message a quorum queue allows before it dead-letters it: a net under
+/// a message that kills every worker that takes it. Well above `max_attempts`, which the
+/// workers count in Redis and which fails such an item first.
+pub const DELIVERY_LIMIT: i32 = 20;
+
+/// Names derived from `broker.queue_prefix`, and the kind of work queue.
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
+    queue_type: QueueType,
 }
 
 impl Topology {
-    /// Topology under `prefix`.
+    /// Topology under `prefix`, with classic work queues.
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            queue_type: QueueType::Classic,
+        }
+    }
+
+    /// The topology a process declares: `broker.queue_prefix` and `broker.queue_type`.
+    pub fn for_broker(broker: &BrokerSettings) -> Self {
+        Self {
+            prefix: broker.queue_prefix.clone(),
+            queue_type: broker.queue_type,
         }
     }
 
@@ -133,10 +154,24 @@ impl Topology {
             ShortString::from("x-dead-letter-exchange"),
             AMQPValue::LongString(self.dead_letter_exchange().into()),
         );
-        args.insert(
-            ShortString::from("x-queue-version"),
-            AMQPValue::LongInt(QUEUE_VERSION),
-        );
+        match self.queue_type {
+            QueueType::Classic => {
+                args.insert(
+                    ShortString::from("x-queue-version"),
+                    AMQPValue::LongInt(QUEUE_VERSION),
+                );
+            }
+            QueueType::Quorum => {
+                args.insert(
+                    ShortString::from("x-queue-type"),
+                    AMQPValue::LongString("quorum".into()),
+                );
+                args.insert(
+                    ShortString::from("x-delivery-limit"),
+                    AMQPValue::LongInt(DELIVERY_LIMIT),
+                );
+            }
+        }
         args
     }
 
@@ -191,5 +226,17 @@ mod tests {
             args.inner().get("x-dead-letter-exchange"),
             Some(&AMQPValue::LongString("df.dlx".into()))
         );
+        let quorum = Topology::for_broker(&BrokerSettings {
+            queue_prefix: "df".into(),
+            queue_type: QueueType::Quorum,
+            ..BrokerSettings::default()
+        });
+        let args = quorum.priority_queue_arguments();
+        assert_eq!(
+            args.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(args.inner().get("x-queue-version"), None);
+        assert!(args.inner().contains_key("x-dead-letter-exchange"));
     }
 }

@@ -632,6 +632,13 @@ impl Fleet {
             .env("DOCFLEET__REDIS__URL", &d.redis.url)
             .env("DOCFLEET__REDIS__KEY_PREFIX", &d.redis.key_prefix)
             .env(
+                "DOCFLEET__BROKER__QUEUE_TYPE",
+                match d.broker.queue_type {
+                    docfleet_shared::settings::QueueType::Classic => "classic",
+                    docfleet_shared::settings::QueueType::Quorum => "quorum",
+                },
+            )
+            .env(
                 "DOCFLEET__REDIS__ALLOW_NO_PERSISTENCE",
                 d.redis.allow_no_persistence.to_string(),
             )

@@ -894,7 +894,7 @@ async fn kill_dispatcher_mid_cancel(f: &mut Fleet, ids: &[String]) -> Row {
 async fn republish(f: &Fleet, batch: &str, items: &[String]) {
     let p = docfleet_dispatcher::publisher::Publisher::connect(
         &docfleet_tests::amqp_url(),
-        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
+        docfleet_shared::topology::Topology::for_broker(&f.dispatcher_settings.broker),
     )
     .await
     .unwrap();
@@ -933,7 +933,7 @@ async fn poison(f: &Fleet, ids: &[String]) -> Row {
     wait_processed(f, &id, 200).await;
     let p = docfleet_dispatcher::publisher::Publisher::connect(
         &docfleet_tests::amqp_url(),
-        docfleet_shared::topology::Topology::new(f.dispatcher_settings.broker.queue_prefix.clone()),
+        docfleet_shared::topology::Topology::for_broker(&f.dispatcher_settings.broker),
     )
     .await
     .unwrap();

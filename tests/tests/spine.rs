@@ -1295,3 +1295,33 @@ async fn a_finished_batch_is_forgotten_after_its_retention() {
     assert_eq!(files["items"].as_array().map(Vec::len), Some(3), "{files}");
     f.shutdown().await;
 }
+
+/// By default (`broker.queue_type = "quorum"`) the fleet declares quorum work queues (the
+/// broker says so), and a batch runs through them, a worker process included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_queues_are_quorum_queues() {
+    let f = Fleet::start(0).await;
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "name", "type"])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let queue = f.default_queue();
+    let line = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(queue.as_str()))
+        .unwrap_or_default();
+    assert!(line.ends_with("quorum"), "{queue}: {listing}");
+    let dir = f.create_dir(&f.api_key, "quorum").await;
+    let ids = f.upload_texts(&dir, "q", 20).await;
+    let id = f
+        .create_batch(&json!({ "job_config": parse_config(), "item_ids": ids }))
+        .await;
+    let mut w = f.spawn_worker_process(&[]).await;
+    let st = f.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(st["job"]["status"], "completed", "{st}");
+    assert_exact_accounting(&st, &f.items(&id).await);
+    assert_eq!(f.queue_depths().await, (0, 0));
+    w.terminate().await;
+    f.shutdown().await;
+}

@@ -65,7 +65,7 @@ async fn consume(
     connected: &std::sync::atomic::AtomicBool,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConsumeError> {
-    let topology = Topology::new(settings.broker.queue_prefix.clone());
+    let topology = Topology::for_broker(&settings.broker);
     let conn =
         docfleet_shared::services::connect_amqp(&settings.broker.url, Duration::from_secs(5))
             .await?;

@@ -397,11 +397,31 @@ async fn fleet(rep: &mut Report, a: &Args) {
         setting("DOCFLEET__EXPANSION_QUEUE_LIMIT"),
         setting("DOCFLEET__EXPANSION_QUEUE_PER_CONSUMER"),
     );
-    if limit.is_some() || per_consumer.is_some() {
+    // The work queues' type, as `broker.queue_type` says (the workers are told it too).
+    let queue_type = match std::env::var("DOCFLEET__BROKER__QUEUE_TYPE").as_deref() {
+        Ok("classic") => Some(docfleet_shared::settings::QueueType::Classic),
+        Ok("quorum") => Some(docfleet_shared::settings::QueueType::Quorum),
+        _ => None,
+    };
+    if limit.is_some() || per_consumer.is_some() || queue_type.is_some() {
         let d = &mut f.dispatcher_settings;
         d.expansion_queue_limit = limit.unwrap_or(d.expansion_queue_limit);
         d.expansion_queue_per_consumer = per_consumer.unwrap_or(d.expansion_queue_per_consumer);
         f.stop_dispatcher().await;
+        if let Some(t) = queue_type {
+            // A queue keeps the type it was declared with.
+            let conn = lapin::Connection::connect(&docfleet_tests::amqp_url(), Default::default())
+                .await
+                .expect("amqp");
+            let ch = conn.create_channel().await.expect("channel");
+            docfleet_shared::topology::Topology::new(
+                f.dispatcher_settings.broker.queue_prefix.clone(),
+            )
+            .delete(&ch)
+            .await
+            .expect("delete the queues");
+            f.dispatcher_settings.broker.queue_type = t;
+        }
         f.start_dispatcher().await;
     }
     let (dir, ids) = upload_many(&f, a.items).await;
