@@ -509,6 +509,53 @@ async fn restart_rabbitmq_idle(f: &Fleet, ids: &[String]) -> Row {
     )
 }
 
+/// A fleet on the Redis at `port` whose reconciler looks every second and takes 3 s without
+/// progress for lost messages (tiny items never take long), and a batch of `ITEMS` at 30%,
+/// with every message published: a restored or promoted Redis then has no expansion left to
+/// publish anything again, so what it forgot only the reconciler can bring back. (Before,
+/// a held-back expansion restored to an early cursor published most of it again, and the
+/// scenario proved nothing in some runs.)
+async fn batch_for_lost_writes(port: u16) -> (Fleet, Vec<String>, Vec<Process>, String, Instant) {
+    let mut f = Fleet::start_on_redis(0, &format!("redis://127.0.0.1:{port}/0")).await;
+    f.dispatcher_settings.reconcile.every_secs = 1;
+    f.dispatcher_settings.reconcile.stale_secs = 3;
+    // Expansion publishes everything at once (it would hold back behind the workers).
+    f.dispatcher_settings.expansion_queue_limit = 0;
+    f.stop_dispatcher().await;
+    f.start_dispatcher().await;
+    let (_, ids) = upload(&f, ITEMS).await;
+    let w = spawn_workers(&f, WORKERS).await;
+    let t = Instant::now();
+    let id = create(&f, parse_job(&ids)).await;
+    wait_processed(&f, &id, (ITEMS * 3 / 10) as u64).await;
+    while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
+        assert!(t.elapsed() < Duration::from_secs(60), "never expanded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (f, ids, w, id, t)
+}
+
+/// The row of a scenario where Redis forgot outcomes: `processed` before the loss, and what
+/// the surviving Redis `kept` (`where` it was kept). Unless writes were really lost and the
+/// reconciler published items again, the scenario proved nothing, and the row says so.
+async fn judge_lost_writes(
+    scenario: &'static str,
+    (f, id, n, w): (&Fleet, &str, usize, &mut Vec<Process>),
+    (processed, kept, place): (u64, u64, &str),
+    t: Instant,
+) -> Row {
+    let (lost, mut double, stuck, mut note) = audit(f, id, n, w, 0).await;
+    let republished = metrics_value(f, "docfleet_items_republished_total").await;
+    note = format!(
+        "processed {processed} before, {kept} {place}, {republished} items republished; {note}"
+    );
+    if kept >= processed || republished < 1.0 {
+        note.push_str(" nothing was lost, or nothing republished!");
+        double += 1;
+    }
+    row(scenario, n, 1, (lost, double, stuck, note), t)
+}
+
 /// Redis forgets writes it acknowledged: restarted from a snapshot taken at 30% of the batch,
 /// after the workers recorded (and acked) up to 60%. The items recorded in between have no
 /// message left; the reconciler finds the batch stalled and publishes them again.
@@ -517,31 +564,7 @@ async fn redis_loses_writes() -> Row {
     let dir = std::env::temp_dir().join(format!("docfleet-redis-{port}"));
     let snapshot = ["--appendonly", "no", "--dbfilename", "dump.rdb"];
     let redis = TestRedis::start_with(port, dir.clone(), &snapshot);
-    let mut f = Fleet::start_on_redis(0, &format!("redis://127.0.0.1:{port}/0")).await;
-    // Tiny items never take long: a batch without progress for 3 s has lost its messages.
-    f.dispatcher_settings.reconcile.every_secs = 1;
-    f.dispatcher_settings.reconcile.stale_secs = 3;
-    // Expansion publishes everything at once (it would hold back behind the workers).
-    f.dispatcher_settings.expansion_queue_limit = 0;
-    f.stop_dispatcher().await;
-    f.start_dispatcher().await;
-    let (_, ids) = upload(&f, ITEMS).await;
-    let mut w = spawn_workers(&f, WORKERS).await;
-    let t = Instant::now();
-    let id = create(&f, parse_job(&ids)).await;
-    wait_processed(&f, &id, (ITEMS * 3 / 10) as u64).await;
-    // Every message is out before the snapshot, so a restored expansion publishes nothing
-    // again: what the snapshot forgets only the reconciler can bring back. (Before, a
-    // held-back expansion restored to an early cursor published most of it again, and the
-    // scenario proved nothing in some runs.)
-    let t_expanded = Instant::now();
-    while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
-        assert!(
-            t_expanded.elapsed() < Duration::from_secs(60),
-            "never expanded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (f, ids, mut w, id, t) = batch_for_lost_writes(port).await;
     assert!(redis.cli(&["save"]), "snapshot failed");
     wait_processed(&f, &id, (ITEMS * 6 / 10) as u64).await;
     let forgotten = processed(&f, &id).await;
@@ -560,25 +583,13 @@ async fn redis_loses_writes() -> Row {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let restored = restored.unwrap_or(u64::MAX);
-    let (lost, mut double, stuck, mut note) = audit(&f, &id, ids.len(), &mut w, 0).await;
-    let republished = metrics_value(&f, "docfleet_items_republished_total").await;
-    note = format!(
-        "processed {forgotten} before the crash, {restored} in the snapshot restored, \
-         {republished} items republished; {note}"
-    );
-    // Unless writes were really lost and the reconciler resumed the batch, this scenario
-    // proved nothing.
-    if restored >= forgotten || republished < 1.0 {
-        note.push_str(" nothing was lost, or nothing republished!");
-        double += 1;
-    }
-    let row = row(
+    let row = judge_lost_writes(
         "10 Redis loses acknowledged writes (snapshot restore)",
-        ids.len(),
-        1,
-        (lost, double, stuck, note),
+        (&f, &id, ids.len(), &mut w),
+        (forgotten, restored, "in the snapshot restored"),
         t,
-    );
+    )
+    .await;
     end_on_own_redis(f, redis, restarted).await;
     row
 }
@@ -614,21 +625,7 @@ async fn replica_promoted() -> Row {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut f = Fleet::start_on_redis(0, &format!("redis://127.0.0.1:{pport}/0")).await;
-    f.dispatcher_settings.reconcile.every_secs = 1;
-    f.dispatcher_settings.reconcile.stale_secs = 3;
-    f.dispatcher_settings.expansion_queue_limit = 0;
-    f.stop_dispatcher().await;
-    f.start_dispatcher().await;
-    let (_, ids) = upload(&f, ITEMS).await;
-    let mut w = spawn_workers(&f, WORKERS).await;
-    let t = Instant::now();
-    let id = create(&f, parse_job(&ids)).await;
-    wait_processed(&f, &id, (ITEMS * 3 / 10) as u64).await;
-    while f.batch_field(&id, "expanded").await.as_deref() != Some("1") {
-        assert!(t.elapsed() < Duration::from_secs(60), "never expanded");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (mut f, ids, mut w, id, t) = batch_for_lost_writes(pport).await;
     // The replica is cut off (a partition): it keeps what it had, the primary goes on taking
     // outcomes for a second, then dies, and the stale replica is promoted.
     assert!(replica.cli(&["replicaof", "no", "one"]), "promotion failed");
@@ -653,23 +650,13 @@ async fn replica_promoted() -> Row {
         .await
         .and_then(|p| p.parse::<u64>().ok())
         .unwrap_or(u64::MAX);
-    let (lost, mut double, stuck, mut note) = audit(&f, &id, ids.len(), &mut w, 0).await;
-    let republished = metrics_value(&f, "docfleet_items_republished_total").await;
-    note = format!(
-        "processed {forgotten} on the primary, {kept} on the promoted replica, \
-         {republished} items republished; {note}"
-    );
-    if kept >= forgotten || republished < 1.0 {
-        note.push_str(" nothing was lost, or nothing republished!");
-        double += 1;
-    }
-    let row = row(
+    let row = judge_lost_writes(
         "10b Redis fails over to a replica that lagged",
-        ids.len(),
-        1,
-        (lost, double, stuck, note),
+        (&f, &id, ids.len(), &mut w),
+        (forgotten, kept, "on the promoted replica"),
         t,
-    );
+    )
+    .await;
     let primary_dir = primary.dir.clone();
     end_on_own_redis(f, primary, replica).await;
     let _ = std::fs::remove_dir_all(primary_dir);
