@@ -11,12 +11,16 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// A target address that policy forbids.
+/// A target that policy forbids, named as the client wrote it: the address a name resolved
+/// to stays out of the message, which the client reads, so a refusal does not map the
+/// operator's network.
 #[derive(Debug, thiserror::Error)]
-#[error("webhook target {0} is a loopback, private, link-local or otherwise internal address")]
+#[error("webhook target {0} is or resolves to a loopback, private, link-local or otherwise internal address")]
 pub struct ForbiddenTarget(pub String);
 
-/// Whether `ip` is internal (loopback, private, link-local, CGNAT, unspecified, multicast…).
+/// Whether `ip` is internal (loopback, private, link-local, CGNAT, benchmarking, unspecified,
+/// multicast…). IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64's well-known
+/// prefix, 6to4) are judged by that address.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -30,10 +34,11 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || o[0] == 0
                 || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT
                 || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking, 198.18.0.0/15
                 || o[0] >= 240
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return is_internal(IpAddr::V4(v4));
             }
             let s = v6.segments();
@@ -42,7 +47,29 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // unique local
                 || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated)
+                || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 0x0001) // local-use NAT64
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address stands for: `::ffff:a.b.c.d` (mapped), `::a.b.c.d`
+/// (compatible, deprecated), `64:ff9b::a.b.c.d` (NAT64's well-known prefix) and
+/// `2002:aabb:ccdd::/48` (6to4).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let tail = |hi: u16, lo: u16| {
+        std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(tail(hi, lo)),
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(tail(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(tail(hi, lo)),
+        _ => None,
     }
 }
 
@@ -88,9 +115,8 @@ impl Resolve for TargetPolicy {
                 .filter(|a| policy.permits(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let shown = addrs.first().map(|a| a.ip().to_string()).unwrap_or(host);
                 return Err(
-                    Box::new(ForbiddenTarget(shown)) as Box<dyn std::error::Error + Send + Sync>
+                    Box::new(ForbiddenTarget(host)) as Box<dyn std::error::Error + Send + Sync>
                 );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
@@ -117,10 +143,26 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            // IPv4 inside IPv6: NAT64 (well-known and local-use), compatible, 6to4.
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "::10.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "fec0::1",
         ] {
             assert!(!p.permits(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["93.184.216.34", "2606:2800:220:1::1"] {
+        for good in [
+            "93.184.216.34",
+            "2606:2800:220:1::1",
+            "64:ff9b::5db8:d822",
+            "2002:5db8:d822::1",
+            "198.20.0.1",
+        ] {
             assert!(p.permits(good.parse().unwrap()), "{good}");
         }
         let dev = TargetPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
