@@ -357,27 +357,28 @@ pub async fn get_file(
     ))
 }
 
-/// Forgets files: their records, their place in the directory and their bytes. An item of a
+/// Forgets files `ids` of a directory: their bytes (`stored`), then their records and their
+/// place in the directory, so a retry after a failure still finds what is left. An item of a
 /// batch still to run fails as "stored file unavailable"; its batch's counts stay exact.
 async fn remove_files(
     st: &AppState,
     dir_id: &str,
-    files: &[DirectoryFile],
+    ids: &[String],
+    stored: &[String],
 ) -> Result<(), ApiError> {
+    for key in stored {
+        st.store.remove(key).await?;
+    }
+    let records: Vec<String> = ids.iter().map(|id| st.keys.dfile(id)).collect();
     let mut con = st.redis.clone();
-    let records: Vec<String> = files.iter().map(|f| st.keys.dfile(&f.id)).collect();
-    let ids: Vec<&str> = files.iter().map(|f| f.id.as_str()).collect();
     redis::pipe()
         .atomic()
-        .zrem(st.keys.dir_files(dir_id), &ids)
+        .zrem(st.keys.dir_files(dir_id), ids)
         .ignore()
         .unlink(&records)
         .ignore()
         .query_async::<()>(&mut con)
         .await?;
-    for f in files {
-        st.store.remove(&f.storage_key).await?;
-    }
     Ok(())
 }
 
@@ -388,13 +389,12 @@ pub async fn delete_file(
     Path((dir_id, file_id)): Path<(String, String)>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let file = load_file(&st, &project, &dir_id, &file_id).await?;
-    remove_files(&st, &dir_id, &[file]).await?;
+    remove_files(&st, &dir_id, &[file.id], &[file.storage_key]).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
-/// Deletes a directory with its files (`beta.directories.delete`): 204, no body. The
-/// directory leaves the project's list first, so a retry after a failure finds it again and
-/// finishes. Batches that ran on it keep their own records until their retention.
+/// Deletes a directory with its files (`beta.directories.delete`): 204, no body. Its files
+/// go first and the directory last, so a retry after a failure finds it again and finishes. Batches that ran on it keep their own records until their retention.
 pub async fn delete(
     State(st): State<AppState>,
     Project(project): Project,
@@ -410,13 +410,12 @@ pub async fn delete(
         let raws: Vec<Option<String>> = con
             .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
             .await?;
-        let mut files = Vec::with_capacity(ids.len());
+        // A listed id without a record leaves the list all the same.
+        let mut stored = Vec::with_capacity(ids.len());
         for raw in raws.into_iter().flatten() {
-            files.push(serde_json::from_str::<DirectoryFile>(&raw)?);
+            stored.push(serde_json::from_str::<DirectoryFile>(&raw)?.storage_key);
         }
-        // A listed id without a record: drop it from the list all the same.
-        let _: () = con.zrem(st.keys.dir_files(&dir_id), &ids).await?;
-        remove_files(&st, &dir_id, &files).await?;
+        remove_files(&st, &dir_id, &ids, &stored).await?;
     }
     redis::pipe()
         .atomic()

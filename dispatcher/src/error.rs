@@ -69,8 +69,9 @@ impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
         // Redis at `maxmemory` under `noeviction` refuses writes; a script or transaction
         // refused so wrote nothing, and one that started writing was let finish.
-        // (In a transaction the refusal comes as the reply of each queued command.)
-        if e.code() == Some("OOM") || e.to_string().contains("OOM") {
+        // The refusal is the error's code, or in a transaction the reply of each queued
+        // command, so it is looked for in the whole text.
+        if e.to_string().contains("OOM") {
             return Self::Unavailable(
                 "state store is full (Redis maxmemory reached): nothing was written; retry once it has room"
                     .into(),

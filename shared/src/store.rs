@@ -199,19 +199,12 @@ impl FileStore {
 
     /// Removes one object; one that is not there is fine.
     pub async fn remove(&self, key: &str) -> Result<(), StoreError> {
-        match tokio::fs::remove_file(self.path(key)?).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(map_io(key, e)),
-            _ => Ok(()),
-        }
+        gone_is_fine(key, tokio::fs::remove_file(self.path(key)?).await)
     }
 
     /// Removes every object under the folder `dir`; a folder that is not there is fine.
     pub async fn remove_dir(&self, dir: &str) -> Result<(), StoreError> {
-        let path = self.path(dir)?;
-        match tokio::fs::remove_dir_all(&path).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(map_io(dir, e)),
-            _ => Ok(()),
-        }
+        gone_is_fine(dir, tokio::fs::remove_dir_all(self.path(dir)?).await)
     }
 
     /// Starts writing an object.
@@ -386,6 +379,14 @@ pub fn sharded_key(dir: &str, id: &str, suffix: &str) -> String {
         tail
     };
     format!("{dir}/{shard}/{id}{suffix}")
+}
+
+/// A removal whose object was not there has nothing left to do.
+fn gone_is_fine(key: &str, removed: std::io::Result<()>) -> Result<(), StoreError> {
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(map_io(key, e)),
+        _ => Ok(()),
+    }
 }
 
 fn map_io(key: &str, source: std::io::Error) -> StoreError {

@@ -168,11 +168,8 @@ async fn trim(
             (ms, seq + 1)
         }
     };
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_sub(kept);
-    let floor = handled.min((since.as_millis() as u64, 0));
+    let since = (docfleet_shared::now_millis() as u64).saturating_sub(kept.as_millis() as u64);
+    let floor = handled.min((since, 0));
     let _: i64 = redis::cmd("XTRIM")
         .arg(key)
         .arg("MINID")
