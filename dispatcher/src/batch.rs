@@ -46,6 +46,29 @@ pub struct CreateBatch<'a> {
     continue_as_new_threshold: Option<i64>,
     #[serde(default)]
     webhook_configurations: Option<Value>,
+    /// Fields of the batch record beyond the request's: how another API view created it.
+    #[serde(skip)]
+    view: Vec<(&'static str, String)>,
+}
+
+impl CreateBatch<'static> {
+    /// A batch over a directory's files, as a view other than this one creates it.
+    pub fn over_directory(
+        job_config: Value,
+        directory_id: String,
+        webhook_configurations: Vec<Value>,
+        view: Vec<(&'static str, String)>,
+    ) -> Self {
+        Self {
+            job_config,
+            directory_id: Some(directory_id),
+            item_ids: None,
+            page_size: None,
+            continue_as_new_threshold: None,
+            webhook_configurations: Some(Value::Array(webhook_configurations)),
+            view,
+        }
+    }
 }
 
 /// A validated job config.
@@ -206,14 +229,15 @@ pub async fn create(
     RawBody(bytes): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     let body: CreateBatch = parse_json(RawBody::json(&bytes))?;
-    create_batch(&st, &project, body).await
+    Ok(Json(create_batch(&st, &project, body).await?.to_api()))
 }
 
-async fn create_batch(
+/// Validates and stores a batch, and wakes expansion; the record written is returned.
+pub async fn create_batch(
     st: &AppState,
     project: &str,
     body: CreateBatch<'_>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<BatchRecord, ApiError> {
     let job = validate_job(&body.job_config, &st.settings.vision)?;
     let webhooks = crate::webhook::subscription::from_request(
         &body.job_config,
@@ -254,6 +278,7 @@ async fn create_batch(
     if let Some(c) = job.session_id {
         fields.push(("session_id", c));
     }
+    fields.extend(body.view.iter().cloned());
     let mut pipe = redis::pipe();
     pipe.atomic();
     add_source(
@@ -288,11 +313,10 @@ async fn create_batch(
     let _: () = pipe.query_async(&mut con).await?;
     // The answer is the record just written, not a read of it: a round trip less, and none
     // taken after expansion has woken and the workers are busy on the same cores.
-    let created =
-        BatchRecord(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()).to_api();
+    let created = BatchRecord(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect());
     st.expansion_wake.notify_one();
     tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");
-    Ok(Json(created))
+    Ok(created)
 }
 
 /// What the batch covers, as its fields: a directory's files present now (a snapshot by
@@ -359,6 +383,9 @@ async fn add_source(
 
 /// Loads a batch of `project`, or 404.
 pub async fn load(st: &AppState, project: &str, batch_id: &str) -> Result<BatchRecord, ApiError> {
+    if !crate::catalog::well_formed(BATCH_ID_PREFIX, batch_id) {
+        return Err(ApiError::not_found("batch", batch_id));
+    }
     let mut con = st.redis.clone();
     let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
     let rec = BatchRecord(h);
@@ -481,25 +508,8 @@ pub async fn cancel(
     Path(batch_id): Path<String>,
     JsonBody(body): JsonBody<CancelBody>,
 ) -> Result<Json<Value>, ApiError> {
-    load(&st, &project, &batch_id).await?;
-    let mut con = st.redis.clone();
     let reason = body.reason.unwrap_or_default();
-    let again = match st.scripts.cancel(&mut con, &batch_id, &reason).await? {
-        CancelOutcome::Cancelled => false,
-        // A cancel whose sweep was cut short (its dispatcher died) is finished by another.
-        CancelOutcome::Terminal(s) if s == BatchStatus::Cancelled.as_str() => true,
-        CancelOutcome::Terminal(s) => {
-            // 400, not 409: the SDK retries 409.
-            return Err(ApiError::BadRequest(format!(
-                "batch {batch_id} is already {s} and cannot be cancelled"
-            )));
-        }
-        CancelOutcome::Missing => return Err(ApiError::not_found("batch", &batch_id)),
-    };
-    st.scripts.sweep_all(&mut con, &batch_id).await?;
-    st.status_cache.forget(&batch_id);
-    tracing::info!(batch_id = %batch_id, "Batch cancelled.");
-    let rec = load(&st, &project, &batch_id).await?;
+    let (again, rec) = cancel_batch(&st, &project, &batch_id, &reason).await?;
     Ok(Json(json!({
         "job_id": batch_id,
         "message": match (again, reason.is_empty()) {
@@ -510,6 +520,34 @@ pub async fn cancel(
         "processed_items": rec.processed(),
         "status": rec.status().as_str(),
     })))
+}
+
+/// Cancels a batch of `project` and sweeps its pending items; whether it had been cancelled
+/// already, and the record after. A batch that ended otherwise is a 400.
+pub async fn cancel_batch(
+    st: &AppState,
+    project: &str,
+    batch_id: &str,
+    reason: &str,
+) -> Result<(bool, BatchRecord), ApiError> {
+    load(st, project, batch_id).await?;
+    let mut con = st.redis.clone();
+    let again = match st.scripts.cancel(&mut con, batch_id, reason).await? {
+        CancelOutcome::Cancelled => false,
+        // A cancel whose sweep was cut short (its dispatcher died) is finished by another.
+        CancelOutcome::Terminal(s) if s == BatchStatus::Cancelled.as_str() => true,
+        CancelOutcome::Terminal(s) => {
+            // 400, not 409: the SDK retries 409.
+            return Err(ApiError::BadRequest(format!(
+                "batch {batch_id} is already {s} and cannot be cancelled"
+            )));
+        }
+        CancelOutcome::Missing => return Err(ApiError::not_found("batch", batch_id)),
+    };
+    st.scripts.sweep_all(&mut con, batch_id).await?;
+    st.status_cache.forget(batch_id);
+    tracing::info!(batch_id = %batch_id, "Batch cancelled.");
+    Ok((again, load(st, project, batch_id).await?))
 }
 
 /// The items of a batch, optionally by status, with offset paging.
@@ -625,5 +663,9 @@ pub async fn retry_failed(
         }
     }
     let bytes = serde_json::to_vec(&body)?;
-    create_batch(&st, &project, parse_json(&bytes)?).await
+    Ok(Json(
+        create_batch(&st, &project, parse_json(&bytes)?)
+            .await?
+            .to_api(),
+    ))
 }

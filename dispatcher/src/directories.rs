@@ -9,8 +9,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Project;
+use crate::catalog::well_formed;
 use crate::error::ApiError;
-use crate::http::{JsonBody, QueryParams};
+use crate::files;
+use crate::http::{Cursor, JsonBody, QueryParams};
 use crate::records::{Directory, DirectoryFile};
 use crate::state::AppState;
 
@@ -76,6 +78,9 @@ pub async fn create(
 
 /// Loads a directory of `project`, or 404.
 pub async fn load(st: &AppState, project: &str, dir_id: &str) -> Result<Directory, ApiError> {
+    if !well_formed("dir-", dir_id) {
+        return Err(ApiError::not_found("directory", dir_id));
+    }
     let mut con = st.redis.clone();
     let raw: Option<String> = con.get(st.keys.dir(dir_id)).await?;
     let dir: Directory = match raw {
@@ -99,35 +104,13 @@ pub async fn get(
     )?))
 }
 
-/// Cursor paging over a sorted set: the token is the offset of the next page.
-fn page_window(q: &QueryParams) -> Result<(isize, isize), ApiError> {
-    let size = q.int("page_size", 50, 1, 1000)? as isize;
-    let offset = match q.get("page_token") {
-        None => 0,
-        Some(t) => t
-            .parse::<isize>()
-            .ok()
-            .filter(|o| *o >= 0)
-            .ok_or_else(|| ApiError::field("page_token", "not a token this server issued"))?,
-    };
-    Ok((offset, size))
-}
-
-fn next_token(offset: isize, got: usize, size: isize) -> Value {
-    if got as isize == size {
-        json!((offset + size).to_string())
-    } else {
-        Value::Null
-    }
-}
-
 /// Lists the project's directories, oldest first.
 pub async fn list(
     State(st): State<AppState>,
     Project(project): Project,
     q: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
-    let (offset, size) = page_window(&q)?;
+    let cursor = Cursor::from_query(&q)?;
     let name = q.get("name");
     let types = q.all("types");
     let kind = q.get("type");
@@ -150,19 +133,11 @@ pub async fn list(
         }
         dirs.push(serde_json::to_value(d)?);
     }
-    let total = dirs.len();
-    let page: Vec<Value> = dirs
-        .into_iter()
-        .skip(offset as usize)
-        .take(size as usize)
-        .collect();
-    let token = next_token(offset, page.len(), size);
-    Ok(Json(
-        json!({ "items": page, "next_page_token": token, "total_size": total }),
-    ))
+    Ok(Json(cursor.page(dirs)))
 }
 
-/// Uploads one file (multipart part `upload_file`) into a directory.
+/// Uploads one file (multipart part `upload_file`) into a directory; the file it makes
+/// belongs to the directory file and goes with it.
 pub async fn upload(
     State(st): State<AppState>,
     Project(project): Project,
@@ -170,59 +145,19 @@ pub async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let dir = load(&st, &project, &dir_id).await?;
-    let mut multipart = multipart
-        .map_err(|e| ApiError::BadRequest(format!("body: expected multipart/form-data: {e}")))?;
-    let file_id = format!("dfl-{}", uuid::Uuid::new_v4());
+    let file_id = crate::catalog::FILE.new_id();
     let storage_key = docfleet_shared::store::file_key(&project, &file_id);
-    let mut staged = None;
-    let mut original_name = None;
-    let mut text: std::collections::HashMap<String, String> = Default::default();
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        ApiError::BadRequest(format!("body: malformed multipart: {e}"))
-    };
-    let result: Result<(), ApiError> = async {
-        while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
-            let name = field.name().unwrap_or("").to_owned();
-            if name == "upload_file" {
-                if staged.is_some() {
-                    return Err(ApiError::field("upload_file", "sent more than once"));
-                }
-                original_name = field.file_name().map(str::to_owned);
-                let mut s = st.store.stage(&storage_key).await?;
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    if s.written() + chunk.len() as u64 > st.settings.max_upload_bytes {
-                        s.abort().await;
-                        return Err(ApiError::TooLarge(format!(
-                            "upload_file: larger than {} bytes",
-                            st.settings.max_upload_bytes
-                        )));
-                    }
-                    s.write(&chunk).await?;
-                }
-                staged = Some(s);
-            } else if matches!(
-                name.as_str(),
-                "display_name" | "unique_id" | "external_file_id" | "metadata"
-            ) {
-                let v = field.text().await.map_err(bad)?;
-                text.insert(name, v);
-            }
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        if let Some(s) = staged {
-            s.abort().await;
-        }
-        return Err(e);
-    }
-    let Some(staged) = staged else {
-        return Err(ApiError::field("upload_file", "missing file part"));
-    };
-    let metadata = match text
-        .get("metadata")
-        .map(|m| m.trim())
+    let form = files::receive(
+        &st,
+        multipart,
+        "upload_file",
+        &["display_name", "unique_id", "external_file_id", "metadata"],
+        &storage_key,
+    )
+    .await?;
+    let metadata = match form
+        .text("metadata")
+        .map(str::trim)
         .filter(|m| !m.is_empty())
     {
         None => None,
@@ -230,7 +165,7 @@ pub async fn upload(
             Ok(v @ Value::Object(_)) => Some(v),
             Ok(Value::Null) => None,
             _ => {
-                staged.abort().await;
+                form.staged.abort().await;
                 return Err(ApiError::field(
                     "metadata",
                     "must be a JSON object encoded as a string",
@@ -238,42 +173,199 @@ pub async fn upload(
             }
         },
     };
-    let display_name = text
-        .get("display_name")
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .or(original_name)
-        .unwrap_or_else(|| file_id.clone());
-    let size_bytes = staged.commit().await?;
+    let display_name = form
+        .text("display_name")
+        .or(form.file_name.as_deref())
+        .unwrap_or(&file_id)
+        .to_owned();
+    let unique_id = form.text("unique_id").map(str::to_owned);
+    let external = form.text("external_file_id").map(str::to_owned);
+    let rec = files::FileRecord::new(&project, file_id, display_name.clone(), external);
+    let file = files::save(&st, rec, form.staged).await?;
+    let rec = add(&st, &dir, &file, true, display_name, unique_id, metadata).await?;
+    Ok(Json(rec.to_api()))
+}
+
+/// Makes `file` a file of `dir`.
+async fn add(
+    st: &AppState,
+    dir: &Directory,
+    file: &files::FileRecord,
+    owns_file: bool,
+    display_name: String,
+    unique_id: Option<String>,
+    metadata: Option<Value>,
+) -> Result<DirectoryFile, ApiError> {
     let now = now_rfc3339();
     let rec = DirectoryFile {
-        id: file_id.clone(),
+        id: format!("dfl-{}", uuid::Uuid::new_v4()),
         directory_id: dir.id.clone(),
-        unique_id: text
-            .get("unique_id")
-            .filter(|v| !v.is_empty())
-            .cloned()
+        unique_id: unique_id
+            .or_else(|| file.external_file_id.clone())
             .unwrap_or_else(|| display_name.clone()),
         display_name,
-        project_id: project.clone(),
-        file_id: format!("fil-{}", uuid::Uuid::new_v4()),
+        project_id: dir.project_id.clone(),
+        file_id: file.id.clone(),
+        owns_file,
         metadata,
-        external_file_id: text.get("external_file_id").cloned(),
+        external_file_id: file.external_file_id.clone(),
         created_at: now.clone(),
         updated_at: now,
         deleted_at: None,
-        storage_key,
-        size_bytes,
+        storage_key: file.storage_key.clone(),
+        size_bytes: file.size_bytes,
     };
+    place(st, &rec).await?;
+    Ok(rec)
+}
+
+/// Writes a directory file and puts it last in its directory.
+async fn place(st: &AppState, rec: &DirectoryFile) -> Result<(), ApiError> {
     let mut con = st.redis.clone();
-    let seq: i64 = con.incr(st.keys.dir_seq(&dir.id), 1).await?;
+    let seq: i64 = con.incr(st.keys.dir_seq(&rec.directory_id), 1).await?;
     let _: () = redis::pipe()
         .atomic()
-        .set(st.keys.dfile(&file_id), serde_json::to_string(&rec)?)
-        .zadd(st.keys.dir_files(&dir.id), &file_id, seq)
+        .set(st.keys.dfile(&rec.id), serde_json::to_string(rec)?)
+        .zadd(st.keys.dir_files(&rec.directory_id), &rec.id, seq)
         .query_async(&mut con)
         .await?;
+    Ok(())
+}
+
+/// `directories.files.add` body.
+#[derive(Debug, Deserialize)]
+pub struct AddFile {
+    file_id: String,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    unique_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+}
+
+/// Adds an existing file to a directory (`directories.files.add`); the file stays its own.
+pub async fn add_file(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(dir_id): Path<String>,
+    JsonBody(body): JsonBody<AddFile>,
+) -> Result<Json<Value>, ApiError> {
+    let dir = load(&st, &project, &dir_id).await?;
+    let file: files::FileRecord = crate::catalog::FILE
+        .load(&st, &project, &body.file_id)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(m) => ApiError::field("file_id", m),
+            other => other,
+        })?;
+    let name = checked_name("display_name", body.display_name.as_deref())?
+        .unwrap_or_else(|| file.name.clone());
+    let unique = checked_name("unique_id", body.unique_id.as_deref())?;
+    let rec = add(
+        &st,
+        &dir,
+        &file,
+        false,
+        name,
+        unique,
+        body.metadata.map(Value::Object),
+    )
+    .await?;
     Ok(Json(rec.to_api()))
+}
+
+/// A name-like field, trimmed: 1 to 1,024 characters when given.
+fn checked_name(field: &str, v: Option<&str>) -> Result<Option<String>, ApiError> {
+    match v.map(str::trim) {
+        None => Ok(None),
+        Some(t) if !t.is_empty() && t.chars().count() <= 1024 => Ok(Some(t.to_owned())),
+        Some(_) => Err(ApiError::field(field, "must be 1 to 1024 characters")),
+    }
+}
+
+/// `directories.files.update` body.
+#[derive(Debug, Deserialize)]
+pub struct UpdateFile {
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    unique_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    target_directory_id: Option<String>,
+}
+
+/// Renames a directory file, changes its metadata, or moves it to another directory of the
+/// project, where it comes last. Batches already created keep what they registered.
+pub async fn update_file(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path((dir_id, file_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<UpdateFile>,
+) -> Result<Json<Value>, ApiError> {
+    let mut rec = load_file(&st, &project, &dir_id, &file_id).await?;
+    if let Some(n) = checked_name("display_name", body.display_name.as_deref())? {
+        rec.display_name = n;
+    }
+    if let Some(u) = checked_name("unique_id", body.unique_id.as_deref())? {
+        rec.unique_id = u;
+    }
+    if let Some(m) = body.metadata {
+        rec.metadata = Some(Value::Object(m));
+    }
+    rec.updated_at = now_rfc3339();
+    match body.target_directory_id.filter(|t| *t != dir_id) {
+        None => {
+            let mut con = st.redis.clone();
+            let _: () = con
+                .set(st.keys.dfile(&rec.id), serde_json::to_string(&rec)?)
+                .await?;
+        }
+        Some(target) => {
+            load(&st, &project, &target).await.map_err(|e| match e {
+                ApiError::NotFound(m) => ApiError::field("target_directory_id", m),
+                other => other,
+            })?;
+            rec.directory_id = target;
+            place(&st, &rec).await?;
+            let mut con = st.redis.clone();
+            let _: () = con.zrem(st.keys.dir_files(&dir_id), &rec.id).await?;
+        }
+    }
+    Ok(Json(rec.to_api()))
+}
+
+/// `directories.update` body.
+#[derive(Debug, Deserialize)]
+pub struct UpdateDirectory {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// Renames a directory or changes its description.
+pub async fn update(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(dir_id): Path<String>,
+    JsonBody(body): JsonBody<UpdateDirectory>,
+) -> Result<Json<Value>, ApiError> {
+    let mut dir = load(&st, &project, &dir_id).await?;
+    if let Some(n) = checked_name("name", body.name.as_deref())? {
+        dir.name = n;
+    }
+    if body.description.is_some() {
+        dir.description = body.description;
+    }
+    dir.updated_at = now_rfc3339();
+    let mut con = st.redis.clone();
+    let _: () = con
+        .set(st.keys.dir(&dir.id), serde_json::to_string(&dir)?)
+        .await?;
+    Ok(Json(serde_json::to_value(dir)?))
 }
 
 /// Lists the files of a directory in upload order.
@@ -284,7 +376,8 @@ pub async fn list_files(
     q: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     load(&st, &project, &dir_id).await?;
-    let (offset, size) = page_window(&q)?;
+    let cursor = Cursor::from_query(&q)?;
+    let (offset, size) = (cursor.offset as isize, cursor.size as isize);
     let filter_name = q.get("display_name");
     let contains = q.get("display_name_contains");
     let unique = q.get("unique_id");
@@ -325,7 +418,7 @@ pub async fn list_files(
     } else {
         files
     };
-    let token = next_token(offset, page.len(), size);
+    let token = cursor.next_token(page.len());
     Ok(Json(json!({ "items": page, "next_page_token": token })))
 }
 
@@ -337,6 +430,9 @@ async fn load_file(
     file_id: &str,
 ) -> Result<DirectoryFile, ApiError> {
     load(st, project, dir_id).await?;
+    if !well_formed("dfl-", file_id) {
+        return Err(ApiError::not_found("directory file", file_id));
+    }
     let mut con = st.redis.clone();
     let raw: Option<String> = con.get(st.keys.dfile(file_id)).await?;
     match raw.map(|r| serde_json::from_str::<DirectoryFile>(&r)) {
@@ -357,17 +453,20 @@ pub async fn get_file(
     ))
 }
 
-/// Forgets files `ids` of a directory: their bytes (`stored`), then their records and their
-/// place in the directory, so a retry after a failure still finds what is left. An item of a
-/// batch still to run fails as "stored file unavailable"; its batch's counts stay exact.
+/// Forgets files `ids` of a directory: the bytes and records of the files they own
+/// (`owned`), then their records and their place in the directory, so a retry after a failure
+/// still finds what is left. An item of a batch still to run fails as "stored file
+/// unavailable"; its batch's counts stay exact.
 async fn remove_files(
     st: &AppState,
+    project: &str,
     dir_id: &str,
     ids: &[String],
-    stored: &[String],
+    owned: &[&DirectoryFile],
 ) -> Result<(), ApiError> {
-    for key in stored {
-        st.store.remove(key).await?;
+    for f in owned {
+        st.store.remove(&f.storage_key).await?;
+        crate::catalog::FILE.remove(st, project, &f.file_id).await?;
     }
     let records: Vec<String> = ids.iter().map(|id| st.keys.dfile(id)).collect();
     let mut con = st.redis.clone();
@@ -389,7 +488,15 @@ pub async fn delete_file(
     Path((dir_id, file_id)): Path<(String, String)>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let file = load_file(&st, &project, &dir_id, &file_id).await?;
-    remove_files(&st, &dir_id, &[file.id], &[file.storage_key]).await?;
+    let owned: Vec<&DirectoryFile> = Some(&file).filter(|f| f.owns_file).into_iter().collect();
+    remove_files(
+        &st,
+        &project,
+        &dir_id,
+        std::slice::from_ref(&file.id),
+        &owned,
+    )
+    .await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
@@ -411,11 +518,12 @@ pub async fn delete(
             .mget(ids.iter().map(|i| st.keys.dfile(i)).collect::<Vec<_>>())
             .await?;
         // A listed id without a record leaves the list all the same.
-        let mut stored = Vec::with_capacity(ids.len());
+        let mut files = Vec::with_capacity(ids.len());
         for raw in raws.into_iter().flatten() {
-            stored.push(serde_json::from_str::<DirectoryFile>(&raw)?.storage_key);
+            files.push(serde_json::from_str::<DirectoryFile>(&raw)?);
         }
-        remove_files(&st, &dir_id, &ids, &stored).await?;
+        let owned: Vec<&DirectoryFile> = files.iter().filter(|f| f.owns_file).collect();
+        remove_files(&st, &project, &dir_id, &ids, &owned).await?;
     }
     redis::pipe()
         .atomic()

@@ -146,3 +146,43 @@ impl QueryParams {
         }
     }
 }
+
+/// Cursor paging (`page_size`, `page_token`): the token is the offset of the next page, which
+/// is enough for lists kept in creation order.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    /// Where the page starts.
+    pub offset: usize,
+    /// How many it holds at most.
+    pub size: usize,
+}
+
+impl Cursor {
+    /// The page asked for; `page_size` defaults to 50, at most 1,000.
+    pub fn from_query(q: &QueryParams) -> Result<Self, ApiError> {
+        let size = q.int("page_size", 50, 1, 1000)? as usize;
+        let offset = match q.get("page_token") {
+            None => 0,
+            Some(t) => t
+                .parse::<usize>()
+                .map_err(|_| ApiError::field("page_token", "not a token this server issued"))?,
+        };
+        Ok(Self { offset, size })
+    }
+
+    /// The token of the page after one of `got` entries: none after a short page.
+    pub fn next_token(&self, got: usize) -> Option<String> {
+        (got == self.size).then(|| (self.offset + self.size).to_string())
+    }
+
+    /// This page of `all`, as the SDK's cursor page: `items`, `next_page_token`, `total_size`.
+    pub fn page(&self, all: Vec<serde_json::Value>) -> serde_json::Value {
+        let total = all.len();
+        let items: Vec<serde_json::Value> =
+            all.into_iter().skip(self.offset).take(self.size).collect();
+        let token = self
+            .next_token(items.len())
+            .filter(|_| self.offset + self.size < total);
+        serde_json::json!({ "items": items, "next_page_token": token, "total_size": total })
+    }
+}

@@ -3,8 +3,12 @@
 //! # Layout
 //! - [`http`], [`error`], [`auth`]: request plumbing: JSON `detail` errors, bearer keys.
 //! - [`directories`]: directories and uploads into the file store.
+//! - [`files`]: files on their own (`client.files`), signed downloads.
+//! - [`catalog`]: what a project saves by id (files, configurations, webhook configurations).
 //! - [`batch`]: create, list, status, cancel, items; [`processing_results`]: a file's
 //!   processing results.
+//! - [`batch_v2`]: the v2 batches API, a second view of the same batches, whose jobs are
+//!   named by [`configurations`].
 //! - [`status_cache`]: snapshots of polled batches, refreshed together, for `get_status`.
 //! - [`job_results`]: per-file parse and classify results.
 //! - [`expansion`]: the background loop that publishes one message per file.
@@ -15,10 +19,14 @@
 
 pub mod auth;
 pub mod batch;
+pub mod batch_v2;
+pub mod catalog;
+pub mod configurations;
 pub mod dead_letters;
 pub mod directories;
 pub mod error;
 pub mod expansion;
+pub mod files;
 pub mod http;
 pub mod job_results;
 pub mod lease;
@@ -112,11 +120,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             &format!("{v1}/directories/{{directory_id}}"),
-            get(directories::get).delete(directories::delete),
+            get(directories::get)
+                .patch(directories::update)
+                .delete(directories::delete),
         )
         .route(
             &format!("{v1}/directories/{{directory_id}}/files/{{directory_file_id}}"),
-            get(directories::get_file).delete(directories::delete_file),
+            get(directories::get_file)
+                .patch(directories::update_file)
+                .delete(directories::delete_file),
         )
         .route(
             &format!("{v1}/directories/{{directory_id}}/files/upload"),
@@ -124,8 +136,56 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             &format!("{v1}/directories/{{directory_id}}/files"),
-            get(directories::list_files),
+            get(directories::list_files).post(directories::add_file),
         )
+        .route(
+            &format!("{v1}/files"),
+            post(files::create)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .get(files::list),
+        )
+        .route(
+            &format!("{v1}/files/{{file_id}}"),
+            get(files::get).delete(files::delete),
+        )
+        .route(
+            &format!("{v1}/files/{{file_id}}/content"),
+            get(files::content),
+        )
+        .route(
+            &format!("{v1}/files/{{file_id}}/download"),
+            get(files::download),
+        )
+        .route(
+            &format!("{v1}/configurations"),
+            post(configurations::create).get(configurations::list),
+        )
+        .route(
+            &format!("{v1}/configurations/{{config_id}}"),
+            get(configurations::get)
+                .put(configurations::update)
+                .delete(configurations::delete),
+        )
+        .route(
+            &format!("{v1}/webhook-configs"),
+            post(webhook::saved::create).get(webhook::saved::list),
+        )
+        .route(
+            &format!("{v1}/webhook-configs/{{config_id}}"),
+            get(webhook::saved::get)
+                .put(webhook::saved::update)
+                .delete(webhook::saved::delete),
+        )
+        .route(
+            "/api/v2/webhook-configs",
+            get(webhook::saved::list_paginated),
+        )
+        .route(
+            "/api/v2/batches",
+            post(batch_v2::create).get(batch_v2::list),
+        )
+        .route("/api/v2/batches/{batch_id}", get(batch_v2::get))
+        .route("/api/v2/batches/{batch_id}/cancel", post(batch_v2::cancel))
         .route(
             &format!("{v1}/batch-processing"),
             post(batch::create).get(batch::list),

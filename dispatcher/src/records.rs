@@ -45,6 +45,8 @@ pub struct DirectoryFile {
     pub unique_id: String,
     /// The underlying file id.
     pub file_id: String,
+    /// Whether the file was made by an upload into the directory, and goes with it.
+    pub owns_file: bool,
     /// Caller metadata.
     pub metadata: Option<Value>,
     /// The caller's external id.
@@ -150,6 +152,46 @@ impl BatchRecord {
             "completed_at": self.get("completed_at"),
             "effective_at": self.get("created_at"),
         })
+    }
+}
+
+/// A legacy batch status as the v2 API spells it: `dispatched` is running there.
+pub fn v2_status(status: &str) -> &'static str {
+    match BatchStatus::parse(status) {
+        Some(BatchStatus::Pending) | None => "PENDING",
+        Some(BatchStatus::Dispatched | BatchStatus::Running) => "RUNNING",
+        Some(BatchStatus::Completed) => "COMPLETED",
+        Some(BatchStatus::Failed) => "FAILED",
+        Some(BatchStatus::Cancelled) => "CANCELLED",
+    }
+}
+
+impl BatchRecord {
+    /// Whether the v2 API created it: its webhooks then carry the v2 shape.
+    pub fn is_v2(&self) -> bool {
+        self.get("api") == Some("v2")
+    }
+
+    /// The v2 `Batch` shape, where the batch fits it: a parse batch over a directory. One
+    /// created by the legacy API runs its job config as sent, named `inline`.
+    pub fn to_v2(&self) -> Option<Value> {
+        let directory = self.get("directory_id")?;
+        if self.get("job_type") != Some(JobType::Parse.as_str()) {
+            return None;
+        }
+        Some(json!({
+            "id": self.get("id"),
+            "config": { "job": {
+                "type": "parse_v2",
+                "configuration_id": self.get("configuration_id").unwrap_or("inline"),
+            } },
+            "project_id": self.get("project_id"),
+            "source_directory_id": directory,
+            "status": v2_status(self.status().as_str()),
+            "created_at": self.get("created_at"),
+            "updated_at": self.get("updated_at"),
+            "results": Value::Null,
+        }))
     }
 }
 

@@ -10,6 +10,11 @@
 //! | `P:dir:<dir_id>:files` | zset | directory-file ids, scored by insertion sequence |
 //! | `P:dir:<dir_id>:seq` | string | last insertion sequence |
 //! | `P:dfile:<file_id>` | string | directory-file record (JSON) |
+//! | `P:file:<file_id>` | string | file record (JSON): name, purpose, where its bytes are |
+//! | `P:cfg:<config_id>` | string | saved product configuration (JSON) |
+//! | `P:whcfg:<config_id>` | string | saved webhook configuration (JSON, secret included) |
+//! | `P:proj:<project>:files` / `:cfgs` / `:whcfgs` | zset | ids by creation time (ms) |
+//! | `P:url-key` | string | the key that signs download URLs, drawn once, shared by replicas |
 //! | `P:dir:<dir_id>:batches` | zset | batches that registered files of the directory, by first registration (ms): where a file's processing results are found |
 //! | `P:proj:<project>:dirs` / `:batches` | zset | ids by creation time |
 //! | `P:batch:{<id>}` | hash | batch record and counters |
@@ -177,5 +182,40 @@ impl Keys {
     /// A batch's deliveries.
     pub fn batch_deliveries(&self, batch_id: &str) -> String {
         format!("{}:deliveries", self.batch(batch_id))
+    }
+
+    /// A file record.
+    pub fn file(&self, file_id: &str) -> String {
+        format!("{}:file:{file_id}", self.prefix)
+    }
+
+    /// A saved product configuration.
+    pub fn configuration(&self, config_id: &str) -> String {
+        format!("{}:cfg:{config_id}", self.prefix)
+    }
+
+    /// A saved webhook configuration.
+    pub fn webhook_configuration(&self, config_id: &str) -> String {
+        format!("{}:whcfg:{config_id}", self.prefix)
+    }
+
+    /// Files of a project.
+    pub fn project_files(&self, project: &str) -> String {
+        format!("{}:proj:{project}:files", self.prefix)
+    }
+
+    /// Saved configurations of a project.
+    pub fn project_configurations(&self, project: &str) -> String {
+        format!("{}:proj:{project}:cfgs", self.prefix)
+    }
+
+    /// Saved webhook configurations of a project.
+    pub fn project_webhook_configurations(&self, project: &str) -> String {
+        format!("{}:proj:{project}:whcfgs", self.prefix)
+    }
+
+    /// The key signing download URLs.
+    pub fn url_key(&self) -> String {
+        format!("{}:url-key", self.prefix)
     }
 }

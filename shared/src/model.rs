@@ -156,9 +156,7 @@ impl JobType {
 /// Prefix of every batch id.
 pub const BATCH_ID_PREFIX: &str = "bjb-";
 
-/// A per-file job id made by [`JobType::job_id`], read back. Ids drawn at random before job
-/// ids were derived (`pjb-<uuid>`, no `.`) are not; their Redis key (`Keys::job`) names their
-/// item.
+/// A per-file job id made by [`JobType::job_id`], read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DerivedJobId {
     /// The job type its prefix names.
@@ -428,6 +426,20 @@ impl JobSpec {
             Self::Parse(_) => JobType::Parse,
             Self::Classify(_) => JobType::Classify,
         }
+    }
+
+    /// The per-file deadline: the job's own `job_timeout_in_seconds` when it asks for less
+    /// than the operator's `limit`. It never lengthens it: the broker's consumer timeout and
+    /// the reconciler's stall bound are set from the operator's.
+    pub fn deadline(&self, limit: std::time::Duration) -> std::time::Duration {
+        let asked = match self {
+            Self::Parse(p) => p.parameters.as_ref().and_then(|p| p.job_timeout_in_seconds),
+            Self::Classify(_) => None,
+        };
+        asked
+            .filter(|s| s.is_finite() && *s >= 1.0)
+            .map(std::time::Duration::from_secs_f64)
+            .map_or(limit, |a| a.min(limit))
     }
 
     /// Reads a stored `job_config` JSON; a config with a `rules` key is classify.

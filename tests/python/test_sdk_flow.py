@@ -1,8 +1,10 @@
 """The batch flow through the official llama-cloud SDK (2.13.0), strict validation on.
 
 Run by tests/tests/sdk.rs, which starts a fleet and passes DOCFLEET_API_URL, DOCFLEET_API_KEY,
-DOCFLEET_OTHER_KEY (a key of another project) and DOCFLEET_SAMPLES.
+DOCFLEET_OTHER_KEY (a key of another project), DOCFLEET_SAMPLES, and DOCFLEET_HANDOFF: a JSON
+file where this run leaves the directory and batches it made, for the 2.19.0 run that follows.
 """
+import json
 import os
 import pathlib
 import time
@@ -13,6 +15,12 @@ from llama_cloud import LlamaCloud, AuthenticationError, BadRequestError, NotFou
 BASE = os.environ["DOCFLEET_API_URL"]
 KEY = os.environ["DOCFLEET_API_KEY"]
 SAMPLES = pathlib.Path(os.environ["DOCFLEET_SAMPLES"])
+
+
+def hand_off(**facts):
+    path = pathlib.Path(os.environ["DOCFLEET_HANDOFF"])
+    known = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**known, **facts}))
 
 
 def client(key=KEY):
@@ -81,6 +89,7 @@ def test_parse_batch_from_directory(directory):
     assert runs.processing_results[0].result_id == invoice.job_id
     listed = list(c.beta.batch.list(job_type="parse", status="completed"))
     assert any(b.id == job.id for b in listed)
+    hand_off(directory_id=d.id, files=len(files), legacy_batch_id=job.id)
 
 
 def test_classify_batch_from_item_ids(directory):
@@ -108,6 +117,33 @@ def test_classify_batch_from_item_ids(directory):
         assert r.result.type == want[item.item_name], r.result
         assert 0 <= r.result.confidence <= 1 and r.result.reasoning
         assert r.configuration.parsing_configuration.target_pages == "1,2"
+    hand_off(classify_batch_id=job.id)
+
+
+def test_files_added_to_a_directory():
+    """files.create, then directories.files.add: the two-step way in."""
+    c = client()
+    raw = (SAMPLES / "release-notes.md").read_bytes()
+    f = c.files.create(file=("notes.md", raw), purpose="parse")
+    d = c.beta.directories.create(name="sdk-added")
+    added = c.beta.directories.files.add(d.id, file_id=f.id, unique_id="notes")
+    assert added.file_id == f.id and added.display_name == "notes.md"
+    assert c.beta.directories.files.get(added.id, directory_id=d.id).unique_id == "notes"
+    renamed = c.beta.directories.files.update(added.id, directory_id=d.id, display_name="notes-v2.md")
+    assert renamed.display_name == "notes-v2.md"
+    assert c.beta.directories.update(d.id, description="two steps").description == "two steps"
+    assert [x.id for x in c.files.list()][0] == f.id
+    url = c.files.get(f.id)
+    assert url.url.startswith("http") and url.expires_at
+    job = c.beta.batch.create(directory_id=d.id, job_config={"parameters": {}})
+    st = wait(c, job.id)
+    assert st.job.status == "completed" and st.job.processed_items == 1
+    (item,) = c.beta.batch.job_items.list(job.id)
+    assert c.parsing.get(item.job_id, expand=["markdown"]).markdown.pages[0].success
+    c.beta.directories.files.delete(added.id, directory_id=d.id)
+    c.files.delete(f.id)
+    with pytest.raises(NotFoundError):
+        c.files.delete(f.id)
 
 
 def test_cancel_and_errors(directory):

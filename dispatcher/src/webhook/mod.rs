@@ -5,6 +5,7 @@
 //! - [`outbox`]: reads the `P:events` stream (a consumer group shared by all replicas, so each
 //!   event is handled by one) and writes one delivery record per matching endpoint.
 //! - [`delivery`]: sends due deliveries, records the outcome, schedules retries.
+//! - [`saved`]: saved webhook configurations, named by id at batch creation.
 //! - [`api`]: the delivery log of a batch and redelivery (our extension).
 //! - [`guard`]: refuses loopback, private, link-local and metadata targets at connect time.
 
@@ -12,4 +13,5 @@ pub mod api;
 pub mod delivery;
 pub mod guard;
 pub mod outbox;
+pub mod saved;
 pub mod subscription;

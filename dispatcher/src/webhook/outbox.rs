@@ -287,10 +287,19 @@ async fn handle(
     let mut pipe = redis::pipe();
     for (e, h) in events.iter().zip(records) {
         let data = if e.item_id.is_empty() {
-            let mut v = BatchRecord(h).to_api();
             // The snapshot is read after the fact; the event's own status is the truth.
-            v["status"] = json!(e.status);
-            v
+            let rec = BatchRecord(h);
+            match rec.to_v2().filter(|_| rec.is_v2()) {
+                Some(mut v) => {
+                    v["status"] = json!(crate::records::v2_status(&e.status));
+                    v
+                }
+                None => {
+                    let mut v = rec.to_api();
+                    v["status"] = json!(e.status);
+                    v
+                }
+            }
         } else {
             let get = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
             json!({

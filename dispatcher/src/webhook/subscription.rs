@@ -127,7 +127,8 @@ fn check_url(field: &str, url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn endpoint(field: &str, raw: &Value) -> Result<Endpoint, ApiError> {
+/// One `WebhookConfiguration` object, validated; errors name fields under `field`.
+pub fn endpoint(field: &str, raw: &Value) -> Result<Endpoint, ApiError> {
     let cfg: RawConfig =
         serde_json::from_value(raw.clone()).map_err(|e| ApiError::field(field, e))?;
     let url = cfg

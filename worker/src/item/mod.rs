@@ -336,7 +336,9 @@ impl Processor {
         name: String,
         key: String,
     ) -> Result<Output, Failure> {
-        let deadline = Duration::from_secs(self.settings.item_deadline_secs);
+        let deadline = ctx
+            .spec
+            .deadline(Duration::from_secs(self.settings.item_deadline_secs));
         let (ctx, store) = (ctx.clone(), self.store.clone());
         let inline_max = self.settings.store.inline_max_bytes;
         // Read, engine and write in one job: the hops between threads cost more than the work
