@@ -49,6 +49,9 @@ pub struct CreateBatch<'a> {
     /// Fields of the batch record beyond the request's: how another API view created it.
     #[serde(skip)]
     view: Vec<(&'static str, String)>,
+    /// A message priority that overrides the job's.
+    #[serde(skip)]
+    priority: Option<docfleet_shared::model::Priority>,
 }
 
 impl CreateBatch<'static> {
@@ -67,6 +70,27 @@ impl CreateBatch<'static> {
             continue_as_new_threshold: None,
             webhook_configurations: Some(Value::Array(webhook_configurations)),
             view,
+            priority: None,
+        }
+    }
+
+    /// A batch of the directory files `ids`, at `priority`, as another view creates it.
+    pub fn over_items(
+        job_config: Value,
+        ids: Vec<String>,
+        webhook_configurations: Vec<Value>,
+        view: Vec<(&'static str, String)>,
+        priority: docfleet_shared::model::Priority,
+    ) -> Self {
+        Self {
+            job_config,
+            directory_id: None,
+            item_ids: Some(ids.into_iter().map(Cow::Owned).collect()),
+            page_size: None,
+            continue_as_new_threshold: None,
+            webhook_configurations: Some(Value::Array(webhook_configurations)),
+            view,
+            priority: Some(priority),
         }
     }
 }
@@ -238,7 +262,10 @@ pub async fn create_batch(
     project: &str,
     body: CreateBatch<'_>,
 ) -> Result<BatchRecord, ApiError> {
-    let job = validate_job(&body.job_config, &st.settings.vision)?;
+    let mut job = validate_job(&body.job_config, &st.settings.vision)?;
+    if let Some(p) = body.priority {
+        job.priority = p.amqp();
+    }
     let webhooks = crate::webhook::subscription::from_request(
         &body.job_config,
         body.webhook_configurations.as_ref(),
@@ -443,7 +470,7 @@ pub async fn list(
     let matching: Vec<BatchRecord> = recs
         .into_iter()
         .map(BatchRecord)
-        .filter(|r| r.get("id").is_some())
+        .filter(|r| r.get("id").is_some() && r.get("api") != Some("job"))
         .filter(|r| status.is_none_or(|s| r.status() == s))
         .filter(|r| job_type.is_none_or(|t| r.get("job_type") == Some(t)))
         .filter(|r| dir.is_none_or(|d| r.get("directory_id") == Some(d)))

@@ -151,7 +151,13 @@ fn validate(parameters: &Value) -> Result<String, ApiError> {
 /// the configuration and has no effect; options that need a model are refused. Errors name
 /// the field under `at`.
 pub fn parse_job_config(p: &Value, at: &str) -> Result<Value, ApiError> {
-    let f = |path: &str| format!("{at}.{path}");
+    let f = |path: &str| {
+        if at.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{at}.{path}")
+        }
+    };
     let get = |path: &str| {
         path.split('.')
             .try_fold(p, |v, k| v.get(k))
@@ -250,8 +256,42 @@ pub fn parse_job_config(p: &Value, at: &str) -> Result<Value, ApiError> {
     let config = json!({ "job_name": "parse_raw_file_job", "parameters": out });
     // The engine's own checks, on what the mapping made of the request.
     serde_json::from_value::<docfleet_shared::model::ParseJobConfig>(config.clone())
-        .map_err(|e| ApiError::field(at, e))?;
+        .map_err(|e| ApiError::field(if at.is_empty() { "body" } else { at }, e))?;
     Ok(config)
+}
+
+/// The engine's job config for a `classify_v2` configuration (`rules`, `mode`,
+/// `parsing_configuration` with 1-based `target_pages`); errors name fields under `at`.
+pub fn classify_job_config(c: &Value, at: &str) -> Result<Value, ApiError> {
+    let f = |path: &str| {
+        if at.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{at}.{path}")
+        }
+    };
+    let mut out = json!({ "rules": c.get("rules").cloned().unwrap_or(Value::Null) });
+    match c.get("mode").and_then(Value::as_str) {
+        None | Some("FAST") => out["mode"] = json!("FAST"),
+        Some(other) => {
+            return Err(ApiError::field(
+                &f("mode"),
+                format!("must be FAST, got {other:?}"),
+            ))
+        }
+    }
+    if let Some(p) = c.get("parsing_configuration").filter(|p| !p.is_null()) {
+        let mut parsing = json!({ "lang": p.get("lang"), "max_pages": p.get("max_pages") });
+        if let Some(t) = p.get("target_pages").and_then(Value::as_str) {
+            let zero = zero_based(t)
+                .map_err(|m| ApiError::field(&f("parsing_configuration.target_pages"), m))?;
+            let pages = parse_page_selection(&zero)
+                .map_err(|m| ApiError::field(&f("parsing_configuration.target_pages"), m))?;
+            parsing["target_pages"] = json!(pages);
+        }
+        out["parsing_configuration"] = parsing;
+    }
+    Ok(out)
 }
 
 /// A 1-based page selection (`1,3,5-8`) as the engine's 0-based one.

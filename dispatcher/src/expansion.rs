@@ -476,7 +476,10 @@ async fn prepare(
         // item, named by its id alone.
         let refusal = match file {
             Some(f) if f.project_id == project => {
-                directories.insert(f.directory_id);
+                // The file of a single-file job is in no directory.
+                if !f.directory_id.is_empty() {
+                    directories.insert(f.directory_id);
+                }
                 None
             }
             _ => Some(format!("no file {id:?} in this project")),

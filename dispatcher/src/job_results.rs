@@ -55,13 +55,21 @@ async fn resolve(
             1,
         )
         .await?;
-    let item_id = at.into_iter().next().ok_or_else(not_found)?;
     let batch = crate::batch::load(st, project, &batch_id)
         .await
         .map_err(|_| not_found())?;
     if batch.get("job_type") != Some(kind.as_str()) {
         return Err(not_found());
     }
+    // A single-file job is polled from its create on, before expansion registers its item.
+    let item_id = match at.into_iter().next() {
+        Some(id) => id,
+        None => batch
+            .get("item")
+            .filter(|_| derived.order == 0)
+            .map(str::to_owned)
+            .ok_or_else(not_found)?,
+    };
     // One round trip for the record and the result.
     let (mut item, result): (HashMap<String, String>, Option<String>) = redis::pipe()
         .hgetall(st.keys.item(&batch_id, &item_id))
@@ -104,6 +112,38 @@ fn error_message(job: &Job) -> Option<String> {
     }
 }
 
+/// The `job` part of a parse result: what `parsing.create`, `list` and `cancel` answer.
+fn parse_job(job: &Job, job_id: &str, project: &str) -> Value {
+    let batch = |k: &str| job.batch.get(k);
+    json!({
+        "id": job_id,
+        "project_id": project,
+        "status": v2_status(job.field("status").unwrap_or("pending"), true),
+        "created_at": job.field("created_at"),
+        "updated_at": job.field("updated_at").or(job.field("completed_at")).or(job.field("created_at")),
+        "error_message": error_message(job),
+        "name": job.field("name"),
+        "tier": "fast",
+        "user_metadata": batch("user_metadata").and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(json!({})),
+    })
+}
+
+/// A parse job's summary, for lists and cancels.
+pub async fn parse_summary(st: &AppState, project: &str, job_id: &str) -> Result<Value, ApiError> {
+    let job = resolve(st, project, job_id, JobType::Parse).await?;
+    Ok(parse_job(&job, job_id, project))
+}
+
+/// The item a per-file job of `project` ran on.
+pub async fn item_of(
+    st: &AppState,
+    project: &str,
+    job_id: &str,
+    kind: JobType,
+) -> Result<String, ApiError> {
+    Ok(resolve(st, project, job_id, kind).await?.item_id)
+}
+
 /// The parse output of one file, with the `expand` sections asked for.
 pub async fn parse(
     State(st): State<AppState>,
@@ -117,19 +157,7 @@ pub async fn parse(
         expand.extend(e.split(',').map(str::trim).filter(|s| !s.is_empty()));
     }
     let status = job.field("status").unwrap_or("pending");
-    let mut body = json!({
-        "job": {
-            "id": job_id,
-            "project_id": project,
-            "status": v2_status(status, true),
-            "created_at": job.field("created_at"),
-            "updated_at": job.field("updated_at"),
-            "error_message": error_message(&job),
-            "name": job.field("name"),
-            "tier": "fast",
-            "user_metadata": {},
-        }
-    });
+    let mut body = json!({ "job": parse_job(&job, &job_id, &project) });
     if status != "completed" || expand.is_empty() {
         return Ok(Json(body));
     }
@@ -186,19 +214,10 @@ pub async fn parse(
     Ok(Json(body))
 }
 
-/// The classification of one file.
-pub async fn classify(
-    State(st): State<AppState>,
-    Project(project): Project,
-    Path(job_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let job = resolve(&st, &project, &job_id, JobType::Classify).await?;
-    let batch_id = job.batch.get("id").unwrap_or_default().to_owned();
-    let mut con = st.redis.clone();
-    let raw: Option<String> = con.get(st.keys.batch_config(&batch_id)).await?;
-    let cfg: ClassifyJobConfig = serde_json::from_str(raw.as_deref().unwrap_or("{}"))?;
+/// The `configuration` of a classify result. The legacy request carries 0-based integer
+/// pages; this response types them as a 1-based string.
+pub fn classify_configuration(cfg: &ClassifyJobConfig) -> Value {
     let parsing = cfg.parsing_configuration.as_ref().map(|p| {
-        // The legacy request carries 0-based integers; this response types them as a 1-based string.
         let pages = p.target_pages.as_ref().map(|t| {
             t.iter()
                 .map(|n| (n + 1).to_string())
@@ -211,6 +230,25 @@ pub async fn classify(
             "target_pages": pages,
         })
     });
+    json!({ "rules": cfg.rules, "mode": "FAST", "parsing_configuration": parsing })
+}
+
+/// The classification of one file.
+pub async fn classify(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(classify_view(&st, &project, &job_id).await?))
+}
+
+/// A classify job as `classify.get` answers it.
+pub async fn classify_view(st: &AppState, project: &str, job_id: &str) -> Result<Value, ApiError> {
+    let job = resolve(st, project, job_id, JobType::Classify).await?;
+    let batch_id = job.batch.get("id").unwrap_or_default().to_owned();
+    let mut con = st.redis.clone();
+    let raw: Option<String> = con.get(st.keys.batch_config(&batch_id)).await?;
+    let cfg: ClassifyJobConfig = serde_json::from_str(raw.as_deref().unwrap_or("{}"))?;
     let status = job.field("status").unwrap_or("pending");
     let result = if status == "completed" {
         job.field("result")
@@ -218,24 +256,24 @@ pub async fn classify(
     } else {
         None
     };
-    Ok(Json(json!({
+    // A single-file job names its input as the caller did; a batch's item is a file.
+    let kind = job.batch.get("document_input_type").unwrap_or("file_id");
+    let input = job.batch.get("file_input").unwrap_or(&job.item_id);
+    Ok(json!({
         "id": job_id,
-        "configuration": {
-            "rules": cfg.rules,
-            "mode": "FAST",
-            "parsing_configuration": parsing,
-        },
-        "document_input_type": "file_id",
-        "file_input": job.item_id,
+        "configuration": classify_configuration(&cfg),
+        "document_input_type": kind,
+        "file_input": input,
         "project_id": project,
         "user_id": project,
-        "status": v2_status(status, false),
+        // 2.13.0 knows no CANCELLED; single-file jobs exist only for clients that do.
+        "status": v2_status(status, job.batch.get("api") == Some("job")),
         "result": result,
         "error_message": error_message(&job),
-        "parse_job_id": Value::Null,
-        "configuration_id": Value::Null,
+        "parse_job_id": (kind == "parse_job_id").then_some(input),
+        "configuration_id": job.batch.get("configuration_id"),
         "transaction_id": Value::Null,
         "created_at": job.field("created_at"),
-        "updated_at": job.field("updated_at"),
-    })))
+        "updated_at": job.field("updated_at").or(job.field("completed_at")).or(job.field("created_at")),
+    }))
 }

@@ -10,7 +10,8 @@
 //! - [`batch_v2`]: the v2 batches API, a second view of the same batches, whose jobs are
 //!   named by [`configurations`].
 //! - [`status_cache`]: snapshots of polled batches, refreshed together, for `get_status`.
-//! - [`job_results`]: per-file parse and classify results.
+//! - [`job_results`]: per-file parse and classify results; [`jobs`]: single-file jobs, each
+//!   a batch of one.
 //! - [`expansion`]: the background loop that publishes one message per file.
 //! - [`publisher`]: confirmed publishing with reconnection.
 //! - [`reconciler`]: stalled batches resumed; [`retention`]: finished batches forgotten.
@@ -29,6 +30,7 @@ pub mod expansion;
 pub mod files;
 pub mod http;
 pub mod job_results;
+pub mod jobs;
 pub mod lease;
 pub mod processing_results;
 pub mod publisher;
@@ -224,8 +226,25 @@ pub fn router(state: AppState) -> Router {
             ),
             post(webhook::api::redeliver),
         )
+        .route(
+            "/api/v2/parse",
+            post(jobs::create_parse).get(jobs::list_parse),
+        )
+        .route(
+            "/api/v2/parse/upload",
+            post(jobs::upload_parse).layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/api/v2/parse/{job_id}", get(job_results::parse))
+        .route("/api/v2/parse/{job_id}/cancel", post(jobs::cancel_parse))
+        .route(
+            "/api/v2/classify",
+            post(jobs::create_classify).get(jobs::list_classify),
+        )
         .route("/api/v2/classify/{job_id}", get(job_results::classify))
+        .route(
+            "/api/v2/classify/{job_id}/cancel",
+            post(jobs::cancel_classify),
+        )
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),

@@ -57,7 +57,14 @@ async fn forget(
     batch_id: &str,
 ) -> Result<(), RetentionError> {
     let k = &st.keys;
-    let project: Option<String> = con.hget(k.batch(batch_id), "project_id").await?;
+    let (project, job_type, single): (Option<String>, Option<String>, Option<String>) =
+        redis::cmd("HMGET")
+            .arg(k.batch(batch_id))
+            .arg("project_id")
+            .arg("job_type")
+            .arg("item")
+            .query_async(con)
+            .await?;
     // Item records go a page at a time, each page then leaving `:items`, so a second try
     // starts where the first stopped.
     loop {
@@ -102,6 +109,13 @@ async fn forget(
     }
     if let Some(project) = &project {
         pipe.zrem(k.project_batches(project), batch_id).ignore();
+        if let Some(t) = &job_type {
+            pipe.zrem(k.project_jobs(project, t), batch_id).ignore();
+        }
+    }
+    // A single-file job's file record is in no directory: it goes with its batch.
+    if let Some(item) = &single {
+        pipe.unlink(k.dfile(item)).ignore();
     }
     let mut owned = vec![
         k.batch(batch_id),

@@ -14,6 +14,7 @@
 //! | `P:cfg:<config_id>` | string | saved product configuration (JSON) |
 //! | `P:whcfg:<config_id>` | string | saved webhook configuration (JSON, secret included) |
 //! | `P:proj:<project>:files` / `:cfgs` / `:whcfgs` | zset | ids by creation time (ms) |
+//! | `P:proj:<project>:jobs:<parse\|classify>` | zset | batches of single-file jobs, by creation (ms) |
 //! | `P:url-key` | string | the key that signs download URLs, drawn once, shared by replicas |
 //! | `P:dir:<dir_id>:batches` | zset | batches that registered files of the directory, by first registration (ms): where a file's processing results are found |
 //! | `P:proj:<project>:dirs` / `:batches` | zset | ids by creation time |
@@ -217,5 +218,10 @@ impl Keys {
     /// The key signing download URLs.
     pub fn url_key(&self) -> String {
         format!("{}:url-key", self.prefix)
+    }
+
+    /// Single-file jobs of a project (their batches), of one job type.
+    pub fn project_jobs(&self, project: &str, job_type: &str) -> String {
+        format!("{}:proj:{project}:jobs:{job_type}", self.prefix)
     }
 }

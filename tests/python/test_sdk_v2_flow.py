@@ -246,3 +246,51 @@ def test_list_and_cancel(handoff):
     assert list(c.batches.list(created_at_on_or_after="2100-01-01T00:00:00Z")) == []
     with pytest.raises(UnprocessableEntityError):
         c.batches.list(status="DONE").items
+
+
+RULES = [
+    {"type": "invoice", "description": "A bill requesting payment with line items, VAT and a total due"},
+    {"type": "minutes", "description": "Meeting minutes with attendees, decisions and action items"},
+]
+
+
+def test_single_file_jobs():
+    c = client()
+    with open(SAMPLES / "invoice-1042.pdf", "rb") as fh:
+        raw = fh.read()
+    # The SDK's create-and-wait helper, on an upload.
+    done = c.parsing.parse(tier="fast", version="latest", upload_file=("invoice-1042.pdf", raw),
+                           page_ranges={"target_pages": "2"}, expand=["text"], polling_interval=0.1)
+    assert done.job.status == "COMPLETED" and [p.page_number for p in done.text.pages] == [2]
+    assert "Total due: 126.00" in done.text.pages[0].text
+    # By file id, then waited for.
+    f = c.files.create(file=("minutes.txt", (SAMPLES / "meeting-minutes.txt").read_bytes()), purpose="parse")
+    job = c.parsing.create(tier="fast", version="latest", file_id=f.id, user_metadata={"ticket": "42"})
+    assert job.status == "PENDING" and job.name == "minutes.txt"
+    c.parsing.wait_for_completion(job.id, polling_interval=0.1)
+    got = c.parsing.get(job.id, expand=["markdown"])
+    assert got.job.user_metadata == {"ticket": "42"} and got.markdown.pages[0].success
+    listed = [j.id for j in c.parsing.list()]
+    assert listed[:2] == [job.id, done.job.id]
+    assert [j.id for j in c.parsing.list(job_ids=[job.id], status="COMPLETED")] == [job.id]
+    with pytest.raises(UnprocessableEntityError) as e:
+        c.parsing.create(tier="agentic", version="latest", file_id=f.id)
+    assert e.value.body["detail"].startswith("tier:")
+    with pytest.raises(UnprocessableEntityError) as e:
+        c.parsing.create(tier="fast", version="latest", source_url="http://169.254.169.254/")
+    assert e.value.body["detail"].startswith("source_url:")
+
+    # Classify a file, and the file a parse job read.
+    r = c.classify.run(file_input=f.id, configuration={"rules": RULES}, polling_interval=0.1)
+    assert r.status == "COMPLETED" and r.result.type == "minutes" and r.file_input == f.id
+    by_parse = c.classify.run(file_input=done.job.id, configuration={"rules": RULES}, polling_interval=0.1)
+    assert by_parse.result.type == "invoice" and by_parse.document_input_type == "parse_job_id"
+    saved = c.configurations.create(name="doc-types", parameters={"product_type": "classify_v2", "rules": RULES})
+    j = c.classify.create(file_input=f.id, configuration_id=saved.id)
+    assert j.configuration_id == saved.id and j.configuration.rules[0].type == "invoice"
+    cancelled = c.classify.cancel(j.id)
+    assert cancelled.status in ("CANCELLED", "COMPLETED")
+    assert {x.id for x in c.classify.list()} >= {r.id, by_parse.id, j.id}
+    assert [x.id for x in c.classify.list(configuration_id=saved.id)] == [j.id]
+    with pytest.raises(BadRequestError):
+        c.parsing.cancel(job.id)

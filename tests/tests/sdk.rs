@@ -52,7 +52,7 @@ async fn both_sdk_lines_drive_the_same_fleet() {
     let out = pytest(&f, &legacy, "test_sdk_flow.py", &other, &handoff).await;
     assert!(out.contains("6 passed"), "{out}");
     let out = pytest(&f, &current, "test_sdk_v2_flow.py", &other, &handoff).await;
-    assert!(out.contains("6 passed"), "{out}");
+    assert!(out.contains("7 passed"), "{out}");
 
     // The batch 2.19.0 made reads through the legacy API with exact counts.
     let facts: Value =
