@@ -85,13 +85,78 @@ pub fn valid_project_id(project: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
-/// Creates a new API key for `project` and returns it; the operator's one command.
+/// Creates a new API key for `project` and returns it, valid for `ttl_secs` if given.
 pub async fn create_key(
     con: &mut redis::aio::ConnectionManager,
     keys: &docfleet_shared::keys::Keys,
     project: &str,
+    ttl_secs: Option<u64>,
 ) -> redis::RedisResult<String> {
     let key = format!("dfk_{}", uuid::Uuid::new_v4().simple());
-    let _: () = con.set(keys.api_key(&digest(&key)), project).await?;
+    let d = digest(&key);
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    match ttl_secs {
+        Some(ttl) => pipe.set_ex(keys.api_key(&d), project, ttl.max(1)),
+        None => pipe.set(keys.api_key(&d), project),
+    };
+    pipe.zadd(
+        keys.project_keys(project),
+        &d,
+        docfleet_shared::now_millis(),
+    )
+    .query_async::<()>(con)
+    .await?;
     Ok(key)
+}
+
+/// A project's keys, one line each: digest prefix, created (ms), and `expires in <s>` or
+/// `no expiry`. An expired key's entry is dropped on the way.
+pub async fn list_keys(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &docfleet_shared::keys::Keys,
+    project: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let digests: Vec<(String, i64)> = con
+        .zrange_withscores(keys.project_keys(project), 0, -1)
+        .await?;
+    let mut out = Vec::new();
+    for (d, created) in digests {
+        let ttl: i64 = con.ttl(keys.api_key(&d)).await?;
+        match ttl {
+            -2 => {
+                let _: () = con.zrem(keys.project_keys(project), &d).await?;
+            }
+            -1 => out.push(format!("{} created {created} no expiry", &d[..12])),
+            t => out.push(format!("{} created {created} expires in {t}s", &d[..12])),
+        }
+    }
+    Ok(out)
+}
+
+/// Revokes the keys of `project` that `key` names (the key itself, or a digest prefix of at
+/// least 12 characters); how many.
+pub async fn revoke_key(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &docfleet_shared::keys::Keys,
+    project: &str,
+    key: &str,
+) -> redis::RedisResult<usize> {
+    let digests: Vec<String> = con.zrange(keys.project_keys(project), 0, -1).await?;
+    let wanted = digest(key);
+    let matching: Vec<String> = digests
+        .into_iter()
+        .filter(|d| *d == wanted || (key.len() >= 12 && d.starts_with(key)))
+        .collect();
+    for d in &matching {
+        redis::pipe()
+            .atomic()
+            .del(keys.api_key(d))
+            .ignore()
+            .zrem(keys.project_keys(project), d)
+            .ignore()
+            .query_async::<()>(con)
+            .await?;
+    }
+    Ok(matching.len())
 }

@@ -9,7 +9,7 @@ use axum::Json;
 use docfleet_shared::metrics::StatusReadLabels;
 use docfleet_shared::model::{
     parse_page_selection, BatchStatus, ClassifyJobConfig, ClassifyMode, ItemStatus, JobType,
-    ParseJobConfig, BATCH_ID_PREFIX,
+    ParseJobConfig, BATCH_ID_PREFIX, MAX_PAGE_PARTS,
 };
 use docfleet_shared::scripts::CancelOutcome;
 use docfleet_shared::settings::VisionSettings;
@@ -171,6 +171,15 @@ fn validate_classify(
         ));
     }
     if let Some(p) = &cfg.parsing_configuration {
+        if p.target_pages
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_PAGE_PARTS)
+        {
+            return Err(ApiError::field(
+                "job_config.parsing_configuration.target_pages",
+                format!("at most {MAX_PAGE_PARTS} pages"),
+            ));
+        }
         if p.max_pages == Some(0) {
             return Err(ApiError::field(
                 "job_config.parsing_configuration.max_pages",
@@ -229,6 +238,12 @@ fn validate_parse(cfg: &ParseJobConfig) -> Result<ValidJob, ApiError> {
     if let Some(t) = params.target_pages.as_deref() {
         parse_page_selection(t)
             .map_err(|m| ApiError::field("job_config.parameters.target_pages", m))?;
+    }
+    if params.languages.as_ref().is_some_and(|l| l.len() > 100) {
+        return Err(ApiError::field(
+            "job_config.parameters.languages",
+            "at most 100 languages",
+        ));
     }
     if let Some(tol) = params.page_error_tolerance {
         if !(0.0..=1.0).contains(&tol) {
@@ -318,6 +333,12 @@ pub async fn create_batch(
         &mut pipe,
     )
     .await?;
+    let total = fields
+        .iter()
+        .find(|(k, _)| *k == "total")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    check_quota(st, &mut con, project, total).await?;
     pipe.hset_multiple(st.keys.batch(&batch_id), &fields)
         .set(
             st.keys.batch_config(&batch_id),
@@ -344,6 +365,52 @@ pub async fn create_batch(
     st.expansion_wake.notify_one();
     tracing::info!(batch_id = %batch_id, project = %project, "Batch created.");
     Ok(created)
+}
+
+/// Refuses a batch of `adding` items that would take the project's queued or running items
+/// past `max_queued_items_per_project` (429), so one project cannot fill the fleet's queue
+/// and Redis on its own. Read from the project's unfinished batches at create, which is rare
+/// next to the items themselves; two creates at once may both pass.
+async fn check_quota(
+    st: &AppState,
+    con: &mut redis::aio::ConnectionManager,
+    project: &str,
+    adding: u64,
+) -> Result<(), ApiError> {
+    let limit = st.settings.max_queued_items_per_project;
+    if limit == 0 {
+        return Ok(());
+    }
+    let ids: Vec<String> = con.zrange(st.keys.project_batches(project), 0, -1).await?;
+    let mut queued = 0u64;
+    for chunk in ids.chunks(1000) {
+        let active: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(st.keys.active())
+            .arg(chunk)
+            .query_async(con)
+            .await?;
+        if active.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in chunk.iter().zip(&active).filter(|(_, a)| a.is_some()) {
+            pipe.cmd("HMGET")
+                .arg(st.keys.batch(id))
+                .arg("total")
+                .arg("processed");
+        }
+        let counts: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(con).await?;
+        queued += counts
+            .iter()
+            .map(|(t, p)| t.unwrap_or(0).saturating_sub(p.unwrap_or(0)))
+            .sum::<u64>();
+    }
+    if queued + adding > limit {
+        return Err(ApiError::TooMany(format!(
+            "project {project} has {queued} items queued or running and this batch adds              {adding}; at most {limit} (max_queued_items_per_project): retry once some finish"
+        )));
+    }
+    Ok(())
 }
 
 /// What the batch covers, as its fields: a directory's files present now (a snapshot by
@@ -623,24 +690,6 @@ pub async fn items(
     fill_items(&mut con, &st.keys, &batch_id, &batch, &mut rows).await?;
     let items: Vec<Value> = rows.iter().map(|(id, _, h)| job_item(id, h)).collect();
     Ok(Json(json!({ "items": items, "total_size": total })))
-}
-
-/// Rebuilds a batch's counters from its items' own states (our extension, for operators after
-/// a Redis failover that lost writes): `POST …/{job_id}/recount`.
-pub async fn recount(
-    State(st): State<AppState>,
-    Project(project): Project,
-    Path(batch_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    load(&st, &project, &batch_id).await?;
-    let mut con = st.redis.clone();
-    let tally = st.scripts.recount(&mut con, &batch_id).await?;
-    st.status_cache.forget(&batch_id);
-    tracing::info!(batch_id = %batch_id, ?tally, "Batch recounted.");
-    let rec = load(&st, &project, &batch_id).await?;
-    Ok(Json(
-        json!({ "job": rec.to_api(), "progress_percentage": rec.progress() }),
-    ))
 }
 
 /// Runs the failed items of a finished batch again, as a new batch with the same job config

@@ -62,10 +62,12 @@ impl Owned for Configuration {
 impl Configuration {
     /// The SDK's `ConfigurationResponse` shape.
     pub fn to_api(&self) -> Value {
+        let mut parameters = self.parameters.clone();
+        crate::webhook::subscription::redact(&mut parameters);
         json!({
             "id": self.id,
             "name": self.name,
-            "parameters": self.parameters,
+            "parameters": parameters,
             "product_type": self.product_type,
             "version": self.version,
             "created_at": self.created_at,

@@ -15,12 +15,18 @@ pub enum ApiError {
     /// 404: no such resource for this project.
     #[error("{0}")]
     NotFound(String),
+    /// 408: the request took longer than allowed.
+    #[error("{0}")]
+    Timeout(String),
     /// 413: the upload is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
     /// 422: a field has a wrong type or value; the message names the field.
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: the project has reached a limit; the client may retry later.
+    #[error("{0}")]
+    TooMany(String),
     /// 503: Redis, RabbitMQ or the file store failed; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -42,8 +48,10 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -57,9 +65,15 @@ impl IntoResponse for ApiError {
         }
         let body = axum::Json(serde_json::json!({ "detail": self.to_string() }));
         let mut resp = (status, body).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        let retry = match status {
+            StatusCode::SERVICE_UNAVAILABLE => Some("1"),
+            // A quota frees as the project's items finish: not at once.
+            StatusCode::TOO_MANY_REQUESTS => Some("30"),
+            _ => None,
+        };
+        if let Some(secs) = retry {
             resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                .insert("retry-after", axum::http::HeaderValue::from_static(secs));
         }
         resp
     }

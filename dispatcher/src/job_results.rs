@@ -79,6 +79,12 @@ async fn resolve(
     if let Some(result) = result {
         item.insert("result".into(), result);
     }
+    // An item a cancel reached before expansion did has no record: it was never going to run.
+    if !item.contains_key("status")
+        && batch.status() == docfleet_shared::model::BatchStatus::Cancelled
+    {
+        item.insert("status".into(), "cancelled".into());
+    }
     let mut rows = [(item_id, derived.order as f64, item)];
     crate::records::fill_items(&mut con, &st.keys, &batch_id, &batch, &mut rows).await?;
     let [(item_id, _, item)] = rows;

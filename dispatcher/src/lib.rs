@@ -37,6 +37,7 @@ pub mod publisher;
 pub mod reconciler;
 pub mod records;
 pub mod retention;
+pub mod server;
 pub mod state;
 pub mod status_cache;
 pub mod webhook;
@@ -115,7 +116,7 @@ pub fn router(state: AppState) -> Router {
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
     let v1 = "/api/v1/beta";
-    Router::new()
+    let api = Router::new()
         .route(
             &format!("{v1}/directories"),
             post(directories::create).get(directories::list),
@@ -133,19 +134,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(directories::delete_file),
         )
         .route(
-            &format!("{v1}/directories/{{directory_id}}/files/upload"),
-            post(directories::upload).layer(DefaultBodyLimit::max(upload_limit)),
-        )
-        .route(
             &format!("{v1}/directories/{{directory_id}}/files"),
             get(directories::list_files).post(directories::add_file),
         )
-        .route(
-            &format!("{v1}/files"),
-            post(files::create)
-                .layer(DefaultBodyLimit::max(upload_limit))
-                .get(files::list),
-        )
+        .route(&format!("{v1}/files"), get(files::list))
         .route(
             &format!("{v1}/files/{{file_id}}"),
             get(files::get).delete(files::delete),
@@ -205,10 +197,6 @@ pub fn router(state: AppState) -> Router {
             get(batch::items),
         )
         .route(
-            &format!("{v1}/batch-processing/{{job_id}}/recount"),
-            post(batch::recount),
-        )
-        .route(
             &format!("{v1}/batch-processing/{{job_id}}/retry-failed"),
             post(batch::retry_failed),
         )
@@ -230,10 +218,6 @@ pub fn router(state: AppState) -> Router {
             "/api/v2/parse",
             post(jobs::create_parse).get(jobs::list_parse),
         )
-        .route(
-            "/api/v2/parse/upload",
-            post(jobs::upload_parse).layer(DefaultBodyLimit::max(upload_limit)),
-        )
         .route("/api/v2/parse/{job_id}", get(job_results::parse))
         .route("/api/v2/parse/{job_id}/cancel", post(jobs::cancel_parse))
         .route(
@@ -244,7 +228,17 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v2/classify/{job_id}/cancel",
             post(jobs::cancel_classify),
+        );
+    let uploads = Router::new()
+        .route(
+            &format!("{v1}/directories/{{directory_id}}/files/upload"),
+            post(directories::upload),
         )
+        .route(&format!("{v1}/files"), post(files::create))
+        .route("/api/v2/parse/upload", post(jobs::upload_parse))
+        .layer(DefaultBodyLimit::max(upload_limit));
+    // Probes answer however busy the API is.
+    let probes = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
@@ -253,9 +247,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/metrics",
             get(|State(st): State<AppState>| async move { st.metrics.encode() }),
-        )
+        );
+    let http = &state.settings.http;
+    let permits = Arc::new(tokio::sync::Semaphore::new(http.max_concurrent_requests));
+    let secs = std::time::Duration::from_secs;
+    Router::<AppState>::new()
+        .merge(server::limited(
+            api,
+            secs(http.request_timeout_secs),
+            &permits,
+        ))
+        .merge(server::limited(
+            uploads,
+            secs(http.upload_timeout_secs),
+            &permits,
+        ))
+        .merge(probes)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(DefaultBodyLimit::max(64 << 20))
+        .layer(DefaultBodyLimit::max(state.settings.max_json_bytes))
         .layer(axum::middleware::from_fn(server_timing))
         .with_state(state)
 }
@@ -342,9 +351,8 @@ pub async fn run(
     let publisher = state.publisher.clone();
     let broker = tokio::spawn(async move { publisher.keep_open(stop_rx).await });
     tracing::info!(addr = %listener.local_addr()?, "Dispatcher listening.");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.settings.http.clone();
+    let served = server::serve(listener, router(state), &limits, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = expansion.await;
     let _ = outbox.await;

@@ -41,11 +41,31 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    /// Create an API key for a project and print it.
+    /// Create an API key for a project and print it. Rotating a key is creating its successor,
+    /// moving clients to it, and revoking the old one.
     CreateKey {
         /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
         #[arg(long)]
         project: String,
+        /// The key stops working after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    /// List a project's keys: digest prefix, creation time, expiry (keys are stored as digests
+    /// only, so they cannot be shown again).
+    ListKeys {
+        /// The project.
+        #[arg(long)]
+        project: String,
+    },
+    /// Revoke a key, given itself or its digest prefix from `list-keys`. Dispatchers that saw
+    /// it in the last 30 s keep accepting it until their cache forgets it.
+    RevokeKey {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// The key (`dfk_…`) or at least 12 characters of its digest.
+        key: String,
     },
 }
 
@@ -83,21 +103,49 @@ fn main() -> ExitCode {
     }
 }
 
+async fn redis_and_keys(
+    settings: &DispatcherSettings,
+) -> anyhow::Result<(redis::aio::ConnectionManager, docfleet_shared::keys::Keys)> {
+    let con = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
+    Ok((
+        con,
+        docfleet_shared::keys::Keys::new(settings.redis.key_prefix.clone()),
+    ))
+}
+
 async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<()> {
     match command {
-        Command::CreateKey { project } => {
+        Command::CreateKey {
+            project,
+            expires_in_days,
+        } => {
             if !docfleet_dispatcher::auth::valid_project_id(&project) {
                 anyhow::bail!("--project must be 1-64 characters of [A-Za-z0-9_-]");
             }
-            let mut con = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
-            let keys = docfleet_shared::keys::Keys::new(settings.redis.key_prefix.clone());
-            let key = docfleet_dispatcher::auth::create_key(&mut con, &keys, &project).await?;
+            let (mut con, keys) = redis_and_keys(&settings).await?;
+            let ttl = expires_in_days.map(|d| d.saturating_mul(86_400));
+            let key = docfleet_dispatcher::auth::create_key(&mut con, &keys, &project, ttl).await?;
             println!("{key}");
             Ok(())
         }
+        Command::ListKeys { project } => {
+            let (mut con, keys) = redis_and_keys(&settings).await?;
+            for k in docfleet_dispatcher::auth::list_keys(&mut con, &keys, &project).await? {
+                println!("{k}");
+            }
+            Ok(())
+        }
+        Command::RevokeKey { project, key } => {
+            let (mut con, keys) = redis_and_keys(&settings).await?;
+            let n = docfleet_dispatcher::auth::revoke_key(&mut con, &keys, &project, &key).await?;
+            if n == 0 {
+                anyhow::bail!("no key of project {project} matches {key:?}");
+            }
+            println!("revoked {n}");
+            Ok(())
+        }
         Command::Recount { batch } => {
-            let mut con = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
-            let keys = docfleet_shared::keys::Keys::new(settings.redis.key_prefix.clone());
+            let (mut con, keys) = redis_and_keys(&settings).await?;
             let scripts = docfleet_shared::scripts::Scripts::new(keys);
             let t = scripts.recount(&mut con, &batch).await?;
             println!(

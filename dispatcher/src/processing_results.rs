@@ -162,7 +162,8 @@ async fn run_record(
     let pages = get("pages")
         .and_then(|p| p.parse::<u64>().ok())
         .or_else(|| result.get("pages").and_then(Value::as_u64));
-    let job_config: Value = serde_json::from_str(config)?;
+    let mut job_config: Value = serde_json::from_str(config)?;
+    crate::webhook::subscription::redact(&mut job_config);
     Ok(Some(json!({
         "item_id": item_id,
         "job_config": job_config,

@@ -5,7 +5,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:apikey:<sha256(key)>` | string | project id of an API key |
+//! | `P:apikey:<sha256(key)>` | string | project id of an API key (a TTL if it expires) |
+//! | `P:proj:<project>:keys` | zset | the project's key digests, by creation (ms) |
 //! | `P:dir:<dir_id>` | string | directory record (JSON) |
 //! | `P:dir:<dir_id>:files` | zset | directory-file ids, scored by insertion sequence |
 //! | `P:dir:<dir_id>:seq` | string | last insertion sequence |
@@ -218,6 +219,11 @@ impl Keys {
     /// The key signing download URLs.
     pub fn url_key(&self) -> String {
         format!("{}:url-key", self.prefix)
+    }
+
+    /// Key digests of a project, by creation time (ms).
+    pub fn project_keys(&self, project: &str) -> String {
+        format!("{}:proj:{project}:keys", self.prefix)
     }
 
     /// Single-file jobs of a project (their batches), of one job type.

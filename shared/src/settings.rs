@@ -165,6 +165,34 @@ impl Default for WebhookSettings {
     }
 }
 
+/// What one client can hold of the HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// A connection that has not sent a request's headers in this long is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request (other than an upload) not answered in this long is answered 408.
+    pub request_timeout_secs: u64,
+    /// An upload not received and stored in this long is answered 408.
+    pub upload_timeout_secs: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Requests handled at once; more are answered 503 with `Retry-After` at once.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            request_timeout_secs: 60,
+            upload_timeout_secs: 3600,
+            max_connections: 4096,
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
 /// `get_status` answered from memory: the dispatcher keeps a snapshot of each batch polled
 /// lately, refreshed for all of them in one pipelined read per tick.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +269,12 @@ pub struct DispatcherSettings {
     pub max_upload_bytes: u64,
     /// Largest `item_ids` list accepted by one create call.
     pub max_item_ids: usize,
+    /// Most items one project may have queued or running, over all its batches; a create
+    /// that would pass it is a 429 with `Retry-After`. 0: no limit.
+    pub max_queued_items_per_project: u64,
+    /// Largest JSON request body, in bytes (uploads have `max_upload_bytes`). 8 MiB holds
+    /// `max_item_ids` ids of the usual 40-odd bytes; a longer list of longer ids needs more.
+    pub max_json_bytes: usize,
     /// How long an expansion lease lasts without renewal; another replica takes over after it.
     pub expansion_lease_secs: u64,
     /// While workers consume the work queue, expansion publishes no further page once this
@@ -260,6 +294,8 @@ pub struct DispatcherSettings {
     pub webhook: WebhookSettings,
     /// Status reads from memory.
     pub status: StatusSettings,
+    /// HTTP server limits.
+    pub http: HttpSettings,
     /// Stalled batches found and resumed.
     pub reconcile: ReconcileSettings,
     /// The vision model endpoint classify MULTIMODAL needs; without it such batches are refused.
@@ -276,11 +312,14 @@ impl Default for DispatcherSettings {
             log: LogSettings::default(),
             max_upload_bytes: 512 * 1024 * 1024,
             max_item_ids: 100_000,
+            max_json_bytes: 8 << 20,
+            max_queued_items_per_project: 2_000_000,
             expansion_lease_secs: 15,
             expansion_queue_limit: 4_000,
             expansion_queue_per_consumer: 100,
             webhook: WebhookSettings::default(),
             status: StatusSettings::default(),
+            http: HttpSettings::default(),
             reconcile: ReconcileSettings::default(),
             vision: VisionSettings::default(),
         }
@@ -475,6 +514,18 @@ impl Validate for DispatcherSettings {
         self.vision.validate()?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen must be host:port, got {:?}", self.listen));
+        }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0
+            || h.request_timeout_secs == 0
+            || h.upload_timeout_secs == 0
+            || h.max_connections == 0
+            || h.max_concurrent_requests == 0
+        {
+            return Err("every http.* limit must be positive".into());
+        }
+        if self.max_json_bytes < 64 << 10 {
+            return Err("max_json_bytes must be at least 65536".into());
         }
         if self.max_item_ids == 0 {
             return Err("max_item_ids must be at least 1".into());

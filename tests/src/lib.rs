@@ -252,7 +252,7 @@ impl Fleet {
     /// A new API key for `project`.
     pub async fn new_key(&self, project: &str) -> String {
         let mut con = self.redis.clone();
-        docfleet_dispatcher::auth::create_key(&mut con, &self.keys, project)
+        docfleet_dispatcher::auth::create_key(&mut con, &self.keys, project, None)
             .await
             .expect("create key")
     }
@@ -416,6 +416,23 @@ impl Fleet {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What an operator's `docfleet-dispatcher recount --batch` runs; the counters after it,
+    /// as Redis holds them: (processed, failed).
+    pub async fn recount(&self, batch_id: &str) -> (u64, u64) {
+        let mut con = self.redis.clone();
+        docfleet_shared::scripts::Scripts::new(self.keys.clone())
+            .recount(&mut con, batch_id)
+            .await
+            .expect("recount");
+        redis::cmd("HMGET")
+            .arg(self.keys.batch(batch_id))
+            .arg("processed")
+            .arg("failed")
+            .query_async(&mut con)
+            .await
+            .expect("counters")
     }
 
     /// Every item of a batch (all pages).

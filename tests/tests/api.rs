@@ -653,3 +653,161 @@ fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A request made to cost the server is refused before it does: a page selection that would
+/// expand to millions of entries, a JSON body over the limit, an id that is a key fragment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_cheaply() {
+    let f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "hostile").await;
+    let pages = vec!["0-100000"; 300].join(",");
+    let (s, r) = f
+        .post(
+            BATCH,
+            &json!({ "directory_id": dir, "job_config": { "parameters": { "target_pages": pages } } }),
+        )
+        .await;
+    assert_eq!(s, 422, "{r}");
+    assert!(r["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("job_config.parameters.target_pages:"));
+    let big = "x".repeat(f.dispatcher_settings.max_json_bytes + 1);
+    let (s, r) = f
+        .post(BATCH, &json!({ "directory_id": dir, "job_config": { "parameters": { "custom_metadata": big } } }))
+        .await;
+    assert_eq!(s, 413, "{r}");
+    for path in [
+        "/api/v1/beta/directories/dir-x:files".to_owned(),
+        format!("{BATCH}/bjb-x:lease"),
+        "/api/v1/beta/files/fil-*".to_owned(),
+    ] {
+        let (s, r) = f.get(&path).await;
+        assert_eq!(s, 404, "{path}: {r}");
+        assert!(!r["detail"].as_str().unwrap().contains("Redis"), "{r}");
+    }
+    f.shutdown().await;
+}
+
+/// Keys expire and are revoked; a project's keys can be listed (as digests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_expire_and_are_revoked() {
+    let f = Fleet::start(0).await;
+    let mut con = f.redis.clone();
+    let short = docfleet_dispatcher::auth::create_key(&mut con, &f.keys, "proj-keys", Some(1))
+        .await
+        .unwrap();
+    let kept = f.new_key("proj-keys").await;
+    let listed = docfleet_dispatcher::auth::list_keys(&mut con, &f.keys, "proj-keys")
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.iter().any(|l| l.contains("expires in")),
+        "{listed:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(f.get_as(&short, "/api/v1/beta/directories").await.0, 401);
+    assert_eq!(f.get_as(&kept, "/api/v1/beta/directories").await.0, 200);
+    let prefix = listed
+        .iter()
+        .find(|l| l.contains("no expiry"))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let victim = f.new_key("proj-keys").await;
+    assert_eq!(
+        docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-keys", &victim)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(f.get_as(&victim, "/api/v1/beta/directories").await.0, 401);
+    // By digest prefix (what `list-keys` prints); another project's keys are out of reach.
+    assert_eq!(
+        docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-other", &prefix)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-keys", &prefix)
+            .await
+            .unwrap(),
+        1
+    );
+    f.shutdown().await;
+}
+
+/// A project over `max_queued_items_per_project` gets a 429 with `Retry-After`; another
+/// project is not held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_over_its_quota_gets_429() {
+    let mut f = Fleet::start(0).await;
+    f.stop_dispatcher().await;
+    f.dispatcher_settings.max_queued_items_per_project = 5;
+    f.start_dispatcher().await;
+    let dir = f.create_dir(&f.api_key, "quota").await;
+    let ids: Vec<String> = f.upload_texts(&dir, "q", 3).await;
+    let body = json!({ "job_config": { "parameters": {} }, "item_ids": ids });
+    let (s, r) = f.post(BATCH, &body).await;
+    assert_eq!(s, 200, "{r}");
+    let resp = f
+        .req(reqwest::Method::POST, BATCH)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let r: Value = resp.json().await.unwrap();
+    assert!(r["detail"]
+        .as_str()
+        .unwrap()
+        .contains("max_queued_items_per_project"));
+    let other = f.new_key("proj-quota-other").await;
+    let odir = f.create_dir(&other, "quota").await;
+    let ofile = f.upload(&other, &odir, "o.txt", b"other".to_vec()).await;
+    let (s, r) = f
+        .post_as(
+            &other,
+            BATCH,
+            &json!({ "job_config": { "parameters": {} }, "item_ids": [ofile] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    f.shutdown().await;
+}
+
+/// A client that trickles its headers is cut off at `http.header_read_timeout_ms`, and the
+/// server goes on answering others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut f = Fleet::start(0).await;
+    f.stop_dispatcher().await;
+    f.dispatcher_settings.http.header_read_timeout_ms = 300;
+    f.start_dispatcher().await;
+    let addr = f.base_url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the server kept a half-sent request open");
+    // Closed, with or without a 408 first.
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(f.get("/api/v1/beta/directories").await.0, 200);
+    f.shutdown().await;
+}

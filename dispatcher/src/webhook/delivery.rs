@@ -59,8 +59,8 @@ pub fn signature_headers(
             format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
         ));
     }
-    // Standard Webhooks keys are base64 behind `whsec_`; any other secret is used as raw bytes
-    // (a verifier then takes `whsec_` + base64(secret)).
+    // Standard Webhooks keys are base64 behind `whsec_` (checked when subscribed); any other
+    // secret is used as raw bytes (a verifier then takes `whsec_` + base64(secret)).
     let key = secret
         .strip_prefix("whsec_")
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
@@ -420,7 +420,9 @@ impl Sender {
                     .min(cap);
                 // Full jitter on the upper half, so retries of many deliveries spread out.
                 let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-                let wait = after.map(|a| a.min(cap)).unwrap_or(jittered);
+                // A receiver's Retry-After is honoured, but never below our own backoff: `0`
+                // would turn a struggling receiver's answer into a tight retry loop.
+                let wait = after.map_or(jittered, |a| a.clamp(jittered, cap.max(jittered)));
                 let next = now + wait.as_millis() as i64;
                 if next - created > (w.give_up_after_secs as i64) * 1000 {
                     pipe.hset(&key, "status", "failed")

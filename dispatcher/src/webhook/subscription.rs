@@ -170,6 +170,22 @@ pub fn endpoint(field: &str, raw: &Value) -> Result<Endpoint, ApiError> {
             ))
         }
     };
+    if let Some(b64) = cfg
+        .webhook_signing_secret
+        .as_deref()
+        .and_then(|s| s.strip_prefix("whsec_"))
+    {
+        use base64::Engine;
+        if base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_or(true, |k| k.is_empty())
+        {
+            return Err(ApiError::field(
+                &format!("{field}.webhook_signing_secret"),
+                "a secret beginning whsec_ must be base64 after it (a Standard Webhooks key)",
+            ));
+        }
+    }
     Ok(Endpoint {
         url,
         events: cfg.webhook_events,
@@ -212,6 +228,40 @@ fn single(field: &str, v: Option<&Value>, out: &mut Vec<Endpoint>) -> Result<(),
             Ok(())
         }
         Some(_) => Err(ApiError::field(field, "must be a URL string")),
+    }
+}
+
+/// Takes the signing secrets and headers (which carry credentials) out of a job config
+/// before it is echoed back: they are write-only.
+pub fn redact(job_config: &mut Value) {
+    if let Some(list) = job_config
+        .get_mut("parameters")
+        .and_then(|p| p.get_mut("webhook_configurations"))
+    {
+        redact_list(list);
+    }
+    if let Some(list) = job_config.get_mut("webhook_configurations") {
+        redact_list(list);
+    }
+}
+
+/// Secrets become `(redacted)`; header names stay, their values go.
+fn redact_list(list: &mut Value) {
+    for cfg in list.as_array_mut().into_iter().flatten() {
+        if let Some(secret) = cfg
+            .get_mut("webhook_signing_secret")
+            .filter(|v| !v.is_null())
+        {
+            *secret = Value::String("(redacted)".into());
+        }
+        if let Some(headers) = cfg
+            .get_mut("webhook_headers")
+            .and_then(Value::as_object_mut)
+        {
+            for v in headers.values_mut() {
+                *v = Value::String("(redacted)".into());
+            }
+        }
     }
 }
 
@@ -289,5 +339,10 @@ mod tests {
             None
         ))
         .contains("job_config.webhook_url"));
+        assert!(detail(from_request(
+            &json!({}),
+            Some(&json!([{ "webhook_url": "http://x", "webhook_signing_secret": "whsec_not base64!" }]))
+        ))
+        .contains("webhook_configurations[0].webhook_signing_secret"));
     }
 }
