@@ -1,4 +1,6 @@
-//! API keys: `Authorization: Bearer <key>`, each key bound to one project.
+//! API keys: `Authorization: Bearer <key>`. A project key reaches its project's records
+//! through the API; an operator key reaches the operator routes (re-runs, redeliveries, key
+//! management) and nothing else.
 //!
 //! Only a SHA-256 digest of a key is stored, so a Redis dump does not leak usable keys.
 
@@ -7,48 +9,89 @@ use axum::http::request::Parts;
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
 use crate::error::ApiError;
+use crate::http::{JsonBody, QueryParams};
 use crate::state::AppState;
 
 /// The project the caller's key belongs to.
 #[derive(Debug, Clone)]
 pub struct Project(pub String);
 
+/// A caller with an operator key.
+#[derive(Debug, Clone)]
+pub struct Operator;
+
+/// What an operator key is stored as: not a project id, so it names no project.
+const OPERATOR: &str = "@operator";
+
 fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The owner of the request's key: a project id, or [`OPERATOR`].
+async fn owner(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing API key: send Authorization: Bearer <key>".into())
+        })?;
+    let key = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be Bearer <key>".into()))?;
+    let d = digest(key);
+    if let Some(p) = state.key_cache.get(&d) {
+        return Ok(p);
+    }
+    let mut con = state.redis.clone();
+    let owner: Option<String> = con.get(state.keys.api_key(&d)).await?;
+    let owner = owner.ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
+    state.key_cache.put(d, owner.clone());
+    Ok(owner)
 }
 
 impl FromRequestParts<AppState> for Project {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing API key: send Authorization: Bearer <key>".into())
-            })?;
-        let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("Authorization must be Bearer <key>".into()))?;
-        let d = digest(key);
-        if let Some(p) = state.key_cache.get(&d) {
-            return Ok(Project(p));
+        match owner(parts, state).await? {
+            o if o == OPERATOR => Err(ApiError::Forbidden(
+                "an operator key reaches only the operator routes; use a project key".into(),
+            )),
+            project => {
+                state.request_rate.admit(&project)?;
+                Ok(Project(project))
+            }
         }
-        let mut con = state.redis.clone();
-        let project: Option<String> = con.get(state.keys.api_key(&d)).await?;
-        let project = project.ok_or_else(|| ApiError::Unauthorized("invalid API key".into()))?;
-        state.key_cache.put(d, project.clone());
-        Ok(Project(project))
     }
 }
 
-/// Known keys for a short while, so a status poll costs one Redis round trip, not two.
-/// A key deleted from Redis keeps working here for at most [`KeyCache::TTL`].
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if owner(parts, state).await? == OPERATOR {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Forbidden(
+                "this route needs an operator key (create-key --operator)".into(),
+            ))
+        }
+    }
+}
+
+/// Known keys for a short while, so a burst of polls costs one key lookup, not one each.
+/// A revoked or expired key keeps working here for at most [`KeyCache::TTL`].
 #[derive(Default)]
 pub struct KeyCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
@@ -56,7 +99,7 @@ pub struct KeyCache {
 
 impl KeyCache {
     /// How long a looked-up key is trusted without asking Redis again.
-    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(1);
     const MAX: usize = 10_000;
 
     fn get(&self, digest: &str) -> Option<String> {
@@ -83,6 +126,16 @@ pub fn valid_project_id(project: &str) -> bool {
         && project
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
+/// Creates a new operator key and returns it, valid for `ttl_secs` if given. Operator keys
+/// are listed and revoked as those of the project `@operator`.
+pub async fn create_operator_key(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &docfleet_shared::keys::Keys,
+    ttl_secs: Option<u64>,
+) -> redis::RedisResult<String> {
+    create_key(con, keys, OPERATOR, ttl_secs).await
 }
 
 /// Creates a new API key for `project` and returns it, valid for `ttl_secs` if given.
@@ -159,4 +212,103 @@ pub async fn revoke_key(
             .await?;
     }
     Ok(matching.len())
+}
+
+/// `POST /api/v1/admin/keys` body.
+#[derive(Debug, Deserialize)]
+pub struct NewKey {
+    project: String,
+    #[serde(default)]
+    expires_in_days: Option<u64>,
+}
+
+fn checked_project(project: &str) -> Result<(), ApiError> {
+    if valid_project_id(project) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "project",
+            "must be 1-64 characters of [A-Za-z0-9_-]",
+        ))
+    }
+}
+
+/// Operator route: a new key for a project, shown this once.
+pub async fn create_route(
+    State(st): State<AppState>,
+    _: Operator,
+    JsonBody(body): JsonBody<NewKey>,
+) -> Result<Json<Value>, ApiError> {
+    checked_project(&body.project)?;
+    let mut con = st.redis.clone();
+    let ttl = body.expires_in_days.map(|d| d.saturating_mul(86_400));
+    let key = create_key(&mut con, &st.keys, &body.project, ttl).await?;
+    Ok(Json(json!({ "key": key, "project": body.project })))
+}
+
+/// Operator route: a project's keys, as digest prefixes (`?project=`).
+pub async fn list_route(
+    State(st): State<AppState>,
+    _: Operator,
+    q: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let project = q.get("project").unwrap_or_default();
+    checked_project(project)?;
+    let mut con = st.redis.clone();
+    Ok(Json(
+        json!({ "items": list_keys(&mut con, &st.keys, project).await? }),
+    ))
+}
+
+/// Operator route: revokes a project's key by its digest prefix (`?project=`); 204.
+pub async fn revoke_route(
+    State(st): State<AppState>,
+    _: Operator,
+    Path(prefix): Path<String>,
+    q: QueryParams,
+) -> Result<StatusCode, ApiError> {
+    let project = q.get("project").unwrap_or_default();
+    checked_project(project)?;
+    let mut con = st.redis.clone();
+    match revoke_key(&mut con, &st.keys, project, &prefix).await? {
+        0 => Err(ApiError::NotFound(format!(
+            "no key of project {project} has a digest starting {prefix:?}"
+        ))),
+        _ => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// Requests per second per project on this replica (`max_requests_per_second_per_project`),
+/// by governor's keyed GCRA limiter: a burst of one second's worth, then the steady rate.
+pub struct RequestRate(Option<governor::DefaultKeyedRateLimiter<String>>);
+
+impl RequestRate {
+    /// The limiter for `per_second` (0: none).
+    pub fn new(per_second: u32) -> Self {
+        Self(
+            std::num::NonZeroU32::new(per_second)
+                .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
+        )
+    }
+
+    /// Counts a request of `project`, or says when to come back.
+    pub fn admit(&self, project: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.0 else {
+            return Ok(());
+        };
+        // Keys of projects idle for a while are dropped, so the map stays as small as the
+        // set of busy projects.
+        if limiter.len() > 10_000 {
+            limiter.retain_recent();
+        }
+        limiter
+            .check_key(&project.to_owned())
+            .map_err(|_| ApiError::TooMany {
+                detail: format!(
+                    "project {project} sends more requests per second than this deployment \
+                     allows (max_requests_per_second_per_project); slow down"
+                ),
+                retry_after: 1,
+            })
+    }
 }

@@ -368,9 +368,11 @@ pub async fn create_batch(
 }
 
 /// Refuses a batch of `adding` items that would take the project's queued or running items
-/// past `max_queued_items_per_project` (429), so one project cannot fill the fleet's queue
-/// and Redis on its own. Read from the project's unfinished batches at create, which is rare
-/// next to the items themselves; two creates at once may both pass.
+/// past `max_queued_items_per_project`, or its unfinished batches past
+/// `max_running_batches_per_project` (429), so one project cannot fill the fleet's queue and
+/// Redis on its own; nothing of a refused batch is written. Read from the project's batches
+/// in `P:active` at create, which is rare next to the items themselves; two creates at once
+/// may both pass.
 async fn check_quota(
     st: &AppState,
     con: &mut redis::aio::ConnectionManager,
@@ -378,9 +380,11 @@ async fn check_quota(
     adding: u64,
 ) -> Result<(), ApiError> {
     let limit = st.settings.max_queued_items_per_project;
-    if limit == 0 {
+    let max_batches = st.settings.max_running_batches_per_project;
+    if limit == 0 && max_batches == 0 {
         return Ok(());
     }
+    let mut running = 0u64;
     let ids: Vec<String> = con.zrange(st.keys.project_batches(project), 0, -1).await?;
     let mut queued = 0u64;
     for chunk in ids.chunks(1000) {
@@ -397,18 +401,40 @@ async fn check_quota(
             pipe.cmd("HMGET")
                 .arg(st.keys.batch(id))
                 .arg("total")
-                .arg("processed");
+                .arg("processed")
+                .arg("status");
         }
-        let counts: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(con).await?;
-        queued += counts
-            .iter()
-            .map(|(t, p)| t.unwrap_or(0).saturating_sub(p.unwrap_or(0)))
-            .sum::<u64>();
+        // `P:active` lags behind a batch's end by up to a reconciler round: the status says.
+        let counts: Vec<(Option<u64>, Option<u64>, Option<String>)> = pipe.query_async(con).await?;
+        for (total, processed, status) in counts {
+            if status
+                .as_deref()
+                .and_then(BatchStatus::parse)
+                .is_some_and(|s| !s.is_terminal())
+            {
+                running += 1;
+                queued += total.unwrap_or(0).saturating_sub(processed.unwrap_or(0));
+            }
+        }
     }
-    if queued + adding > limit {
-        return Err(ApiError::TooMany(format!(
-            "project {project} has {queued} items queued or running and this batch adds              {adding}; at most {limit} (max_queued_items_per_project): retry once some finish"
-        )));
+    if max_batches > 0 && running >= max_batches {
+        return Err(ApiError::TooMany {
+            detail: format!(
+                "project {project} has {running} unfinished batches; at most {max_batches} \
+                 (max_running_batches_per_project): retry once one finishes"
+            ),
+            // A quota frees as the project's work finishes: not at once.
+            retry_after: 30,
+        });
+    }
+    if limit > 0 && queued + adding > limit {
+        return Err(ApiError::TooMany {
+            detail: format!(
+                "project {project} has {queued} items queued or running and this batch adds \
+                 {adding}; at most {limit} (max_queued_items_per_project): retry once some finish"
+            ),
+            retry_after: 30,
+        });
     }
     Ok(())
 }
@@ -477,13 +503,22 @@ async fn add_source(
 
 /// Loads a batch of `project`, or 404.
 pub async fn load(st: &AppState, project: &str, batch_id: &str) -> Result<BatchRecord, ApiError> {
+    let rec = load_any(st, batch_id).await?;
+    if rec.project() != project {
+        return Err(ApiError::not_found("batch", batch_id));
+    }
+    Ok(rec)
+}
+
+/// Loads a batch of any project (for operator routes), or 404.
+pub async fn load_any(st: &AppState, batch_id: &str) -> Result<BatchRecord, ApiError> {
     if !crate::catalog::well_formed(BATCH_ID_PREFIX, batch_id) {
         return Err(ApiError::not_found("batch", batch_id));
     }
     let mut con = st.redis.clone();
     let h: HashMap<String, String> = con.hgetall(st.keys.batch(batch_id)).await?;
     let rec = BatchRecord(h);
-    if rec.get("id").is_none() || rec.project() != project {
+    if rec.get("id").is_none() {
         return Err(ApiError::not_found("batch", batch_id));
     }
     Ok(rec)
@@ -692,14 +727,15 @@ pub async fn items(
     Ok(Json(json!({ "items": items, "total_size": total })))
 }
 
-/// Runs the failed items of a finished batch again, as a new batch with the same job config
-/// (our extension): `POST …/{job_id}/retry-failed`.
+/// Runs the failed items of a finished batch again, as a new batch of its project with the
+/// same job config (our extension, an operator route): `POST …/{job_id}/retry-failed`.
 pub async fn retry_failed(
     State(st): State<AppState>,
-    Project(project): Project,
+    _: crate::auth::Operator,
     Path(batch_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = load(&st, &project, &batch_id).await?;
+    let rec = load_any(&st, &batch_id).await?;
+    let project = rec.project().to_owned();
     if !rec.status().is_terminal() {
         return Err(ApiError::BadRequest(format!(
             "batch {batch_id} is still {}; retry its failed items once it has finished",

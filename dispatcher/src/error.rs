@@ -12,6 +12,9 @@ pub enum ApiError {
     /// 401: no or unknown API key.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the key may not use this route.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such resource for this project.
     #[error("{0}")]
     NotFound(String),
@@ -24,9 +27,14 @@ pub enum ApiError {
     /// 422: a field has a wrong type or value; the message names the field.
     #[error("{0}")]
     Unprocessable(String),
-    /// 429: the project has reached a limit; the client may retry later.
-    #[error("{0}")]
-    TooMany(String),
+    /// 429: the project has reached a limit; the client may retry after `retry_after` seconds.
+    #[error("{detail}")]
+    TooMany {
+        /// What limit, and what to do.
+        detail: String,
+        /// For `Retry-After`.
+        retry_after: u32,
+    },
     /// 503: Redis, RabbitMQ or the file store failed; the client may retry.
     #[error("{0}")]
     Unavailable(String),
@@ -47,11 +55,12 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -60,20 +69,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry = match &self {
+            Self::Unavailable(_) => Some(1),
+            Self::TooMany { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         if status.is_server_error() {
             tracing::warn!(error = %self, "Request failed on a dependency.");
         }
         let body = axum::Json(serde_json::json!({ "detail": self.to_string() }));
         let mut resp = (status, body).into_response();
-        let retry = match status {
-            StatusCode::SERVICE_UNAVAILABLE => Some("1"),
-            // A quota frees as the project's items finish: not at once.
-            StatusCode::TOO_MANY_REQUESTS => Some("30"),
-            _ => None,
-        };
         if let Some(secs) = retry {
             resp.headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static(secs));
+                .insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         resp
     }
@@ -91,18 +99,22 @@ impl From<redis::RedisError> for ApiError {
                     .into(),
             );
         }
-        Self::Unavailable(format!("state store unavailable: {e}"))
+        // What Redis said stays in the log: it can name keys and internals.
+        tracing::warn!(error = %e, "Redis request failed.");
+        Self::Unavailable("state store unavailable; retry in a moment".into())
     }
 }
 
 impl From<docfleet_shared::store::StoreError> for ApiError {
     fn from(e: docfleet_shared::store::StoreError) -> Self {
-        Self::Unavailable(format!("file store unavailable: {e}"))
+        tracing::warn!(error = %e, "File store request failed.");
+        Self::Unavailable("file store unavailable; retry in a moment".into())
     }
 }
 
 impl From<serde_json::Error> for ApiError {
     fn from(e: serde_json::Error) -> Self {
-        Self::Unavailable(format!("stored record unreadable: {e}"))
+        tracing::warn!(error = %e, "A stored record could not be read.");
+        Self::Unavailable("a stored record could not be read".into())
     }
 }

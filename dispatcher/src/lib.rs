@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use docfleet_shared::keys::Keys;
 use docfleet_shared::scripts::Scripts;
@@ -104,6 +104,9 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         webhook_wake: Arc::new(Notify::new()),
         metrics: Arc::default(),
         key_cache: Arc::default(),
+        request_rate: Arc::new(auth::RequestRate::new(
+            settings.max_requests_per_second_per_project,
+        )),
         status_cache: Arc::new(status_cache::StatusCache::new(&settings.status)),
         replica_id: format!("dispatcher-{}", uuid::Uuid::new_v4()).into(),
         settings: Arc::new(settings),
@@ -174,6 +177,11 @@ pub fn router(state: AppState) -> Router {
             "/api/v2/webhook-configs",
             get(webhook::saved::list_paginated),
         )
+        .route(
+            "/api/v1/admin/keys",
+            post(auth::create_route).get(auth::list_route),
+        )
+        .route("/api/v1/admin/keys/{digest}", delete(auth::revoke_route))
         .route(
             "/api/v2/batches",
             post(batch_v2::create).get(batch_v2::list),

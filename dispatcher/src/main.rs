@@ -45,8 +45,12 @@ enum Command {
     /// moving clients to it, and revoking the old one.
     CreateKey {
         /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
-        #[arg(long)]
-        project: String,
+        #[arg(long, required_unless_present = "operator")]
+        project: Option<String>,
+        /// An operator key instead: the operator routes (re-runs, redeliveries, keys) and no
+        /// project's records. Listed and revoked as the keys of project `@operator`.
+        #[arg(long, conflicts_with = "project")]
+        operator: bool,
         /// The key stops working after this many days.
         #[arg(long)]
         expires_in_days: Option<u64>,
@@ -58,8 +62,8 @@ enum Command {
         #[arg(long)]
         project: String,
     },
-    /// Revoke a key, given itself or its digest prefix from `list-keys`. Dispatchers that saw
-    /// it in the last 30 s keep accepting it until their cache forgets it.
+    /// Revoke a key, given itself or its digest prefix from `list-keys`; refused everywhere
+    /// within a second.
     RevokeKey {
         /// The project.
         #[arg(long)]
@@ -117,14 +121,20 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
     match command {
         Command::CreateKey {
             project,
+            operator,
             expires_in_days,
         } => {
-            if !docfleet_dispatcher::auth::valid_project_id(&project) {
-                anyhow::bail!("--project must be 1-64 characters of [A-Za-z0-9_-]");
-            }
             let (mut con, keys) = redis_and_keys(&settings).await?;
             let ttl = expires_in_days.map(|d| d.saturating_mul(86_400));
-            let key = docfleet_dispatcher::auth::create_key(&mut con, &keys, &project, ttl).await?;
+            let key = match project {
+                _ if operator => {
+                    docfleet_dispatcher::auth::create_operator_key(&mut con, &keys, ttl).await?
+                }
+                Some(p) if docfleet_dispatcher::auth::valid_project_id(&p) => {
+                    docfleet_dispatcher::auth::create_key(&mut con, &keys, &p, ttl).await?
+                }
+                _ => anyhow::bail!("--project must be 1-64 characters of [A-Za-z0-9_-]"),
+            };
             println!("{key}");
             Ok(())
         }

@@ -38,7 +38,8 @@ pub fn limited<S: Clone + Send + Sync + 'static>(
                 } else if e.is::<tower::load_shed::error::Overloaded>() {
                     ApiError::Unavailable("the server is busy; retry in a moment".into())
                 } else {
-                    ApiError::Unavailable(format!("request failed: {e}"))
+                    tracing::warn!(error = %e, "Request failed in the server's layers.");
+                    ApiError::Unavailable("request failed; retry in a moment".into())
                 }
             }))
             .load_shed()

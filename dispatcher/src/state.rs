@@ -34,6 +34,8 @@ pub struct AppState {
     pub webhook_wake: Arc<Notify>,
     /// API keys seen recently.
     pub key_cache: Arc<crate::auth::KeyCache>,
+    /// Requests per second per project.
+    pub request_rate: Arc<crate::auth::RequestRate>,
     /// Prometheus metrics.
     pub metrics: Arc<docfleet_shared::metrics::Metrics>,
     /// Snapshots of polled batches, for `get_status`.

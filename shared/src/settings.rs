@@ -272,6 +272,11 @@ pub struct DispatcherSettings {
     /// Most items one project may have queued or running, over all its batches; a create
     /// that would pass it is a 429 with `Retry-After`. 0: no limit.
     pub max_queued_items_per_project: u64,
+    /// Unfinished batches one project may have; a create past it is a 429. 0: no limit.
+    pub max_running_batches_per_project: u64,
+    /// Requests per second one project's keys may make of one dispatcher replica (a burst of
+    /// as many is allowed); beyond it a 429 with `Retry-After`. 0: no limit.
+    pub max_requests_per_second_per_project: u32,
     /// Largest JSON request body, in bytes (uploads have `max_upload_bytes`). 8 MiB holds
     /// `max_item_ids` ids of the usual 40-odd bytes; a longer list of longer ids needs more.
     pub max_json_bytes: usize,
@@ -314,6 +319,8 @@ impl Default for DispatcherSettings {
             max_item_ids: 100_000,
             max_json_bytes: 8 << 20,
             max_queued_items_per_project: 2_000_000,
+            max_running_batches_per_project: 1_000,
+            max_requests_per_second_per_project: 2_000,
             expansion_lease_secs: 15,
             expansion_queue_limit: 4_000,
             expansion_queue_per_consumer: 100,

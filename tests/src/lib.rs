@@ -257,6 +257,14 @@ impl Fleet {
             .expect("create key")
     }
 
+    /// A new operator key.
+    pub async fn operator_key(&self) -> String {
+        let mut con = self.redis.clone();
+        docfleet_dispatcher::auth::create_operator_key(&mut con, &self.keys, None)
+            .await
+            .expect("create operator key")
+    }
+
     /// A request with the fleet's key.
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http

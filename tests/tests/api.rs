@@ -672,7 +672,8 @@ async fn hostile_requests_are_refused_cheaply() {
         .as_str()
         .unwrap()
         .starts_with("job_config.parameters.target_pages:"));
-    let big = "x".repeat(f.dispatcher_settings.max_json_bytes + 1);
+    // Just over the limit, so the answer comes before the client has much left to send.
+    let big = "x".repeat(f.dispatcher_settings.max_json_bytes);
     let (s, r) = f
         .post(BATCH, &json!({ "directory_id": dir, "job_config": { "parameters": { "custom_metadata": big } } }))
         .await;
@@ -716,13 +717,58 @@ async fn keys_expire_and_are_revoked() {
         .unwrap()
         .to_owned();
     let victim = f.new_key("proj-keys").await;
+    // Seen (and cached) before it is revoked: refused all the same within a second.
+    assert_eq!(f.get_as(&victim, "/api/v1/beta/directories").await.0, 200);
     assert_eq!(
         docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-keys", &victim)
             .await
             .unwrap(),
         1
     );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(f.get_as(&victim, "/api/v1/beta/directories").await.0, 401);
+    // The operator routes: keys made, listed and revoked over HTTP; a project key is a 403
+    // there, and an operator key is a 403 on the project API.
+    let op = f.operator_key().await;
+    assert_eq!(f.get_as(&op, "/api/v1/beta/directories").await.0, 403);
+    let (s, _) = f
+        .post("/api/v1/admin/keys", &json!({ "project": "proj-keys" }))
+        .await;
+    assert_eq!(s, 403);
+    let (s, made) = f
+        .post_as(
+            &op,
+            "/api/v1/admin/keys",
+            &json!({ "project": "proj-keys", "expires_in_days": 1 }),
+        )
+        .await;
+    assert_eq!(s, 200, "{made}");
+    let fresh = made["key"].as_str().unwrap().to_owned();
+    assert_eq!(f.get_as(&fresh, "/api/v1/beta/directories").await.0, 200);
+    let (_, listed) = f.get_as(&op, "/api/v1/admin/keys?project=proj-keys").await;
+    let line = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|l| l.contains("expires in"))
+        .unwrap()
+        .to_owned();
+    let digest = line.split(' ').next().unwrap();
+    let s = f
+        .http
+        .delete(format!(
+            "{}/api/v1/admin/keys/{digest}?project=proj-keys",
+            f.base_url
+        ))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, 204);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(f.get_as(&fresh, "/api/v1/beta/directories").await.0, 401);
     // By digest prefix (what `list-keys` prints); another project's keys are out of reach.
     assert_eq!(
         docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-other", &prefix)

@@ -462,3 +462,108 @@ async fn dead_letters_are_listed_and_replayed() {
     let _ = conn.close(200, "".into()).await;
     f.shutdown().await;
 }
+
+/// The dispatcher binary under hostile clients: every oversized or malformed input gets its
+/// 4xx, many half-sent requests are closed after the header timeout, a project over its
+/// request rate gets 429s, and the process's peak RSS (printed) stays under 100 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_client_costs_the_dispatcher_little() {
+    use tokio::io::AsyncWriteExt;
+    let f = Fleet::start(0).await;
+    let port = Fleet::free_port().await;
+    let mut d = f
+        .spawn_dispatcher_process_with(
+            port,
+            &[
+                ("DOCFLEET__HTTP__HEADER_READ_TIMEOUT_MS", "500"),
+                ("DOCFLEET__MAX_REQUESTS_PER_SECOND_PER_PROJECT", "50"),
+            ],
+        )
+        .await;
+    let base = format!("http://127.0.0.1:{port}");
+    assert!(f.wait_ready(&base).await);
+    let dir = f.create_dir(&f.api_key, "hostile").await;
+    let post = |body: String| {
+        f.http
+            .post(format!("{base}/api/v1/beta/batch-processing"))
+            .bearer_auth(&f.api_key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let pages = vec!["0-100000"; 3000].join(",");
+    let cases = [
+        (json!({ "directory_id": dir, "job_config": { "parameters": { "target_pages": pages } } }).to_string(), 422),
+        (format!("{{\"directory_id\": \"{dir}\", \"job_config\": {{\"parameters\": {{\"x\": \"{}\"}}}}}}", "y".repeat(9 << 20)), 413),
+        (format!("{{\"item_ids\": [{}], \"job_config\": {{}}}}", vec!["\"dfl-x\""; 200_000].join(",")), 422),
+        ("{\"item_ids\": [".repeat(50_000), 422),
+    ];
+    for (body, want) in cases {
+        match post(body).await {
+            Ok(r) => assert_eq!(r.status().as_u16(), want, "{:?}", r.text().await),
+            // Refused while it was still being sent: the server answers 413 and closes, and the
+            // client may see the close before the answer.
+            Err(e) => assert!(want == 413 && e.is_request(), "{e}"),
+        }
+    }
+    // Half-sent requests: each is closed once its header timeout passes.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(b"POST /api/v1/beta/batch-processing HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for c in &mut slow {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::io::AsyncReadExt::read(c, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 408") => closed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, 200, "half-sent requests left open");
+    // A burst past the project's rate: some 429 with Retry-After, and the server still answers.
+    let mut limited = 0;
+    for _ in 0..200 {
+        let r = f
+            .http
+            .get(format!("{base}/api/v1/beta/directories"))
+            .bearer_auth(&f.api_key)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+            limited += 1;
+        }
+    }
+    assert!(
+        limited > 0,
+        "200 requests at once never reached the rate limit of 50/s"
+    );
+    let pid = d.child.id().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    println!(
+        "dispatcher peak RSS under hostile clients: {} MB",
+        hwm_kb / 1024
+    );
+    assert!(hwm_kb < 100 * 1024, "peak RSS {hwm_kb} kB");
+    d.kill().await;
+    f.shutdown().await;
+}

@@ -762,9 +762,14 @@ async fn recount_rebuilds_counters_and_failed_items_can_be_rerun() {
     let (_, p) = f.get(&format!("{BATCH}/{id}/items?status=pending")).await;
     assert_eq!(p["total_size"], 0);
 
-    // Re-run only the failed item, as a new batch with the same config.
-    let (s, again) = f
+    // Re-run only the failed item, as a new batch with the same config: an operator's call.
+    let (s, e) = f
         .post(&format!("{BATCH}/{id}/retry-failed"), &json!({}))
+        .await;
+    assert_eq!(s, 403, "{e}");
+    let op = f.operator_key().await;
+    let (s, again) = f
+        .post_as(&op, &format!("{BATCH}/{id}/retry-failed"), &json!({}))
         .await;
     assert_eq!(s, 200, "{again}");
     assert_eq!(again["total_items"], 1);
@@ -776,7 +781,7 @@ async fn recount_rebuilds_counters_and_failed_items_can_be_rerun() {
         "every item failed again: {st}"
     );
     let (s, e) = f
-        .post(&format!("{BATCH}/{new_id}/retry-failed"), &json!({}))
+        .post_as(&op, &format!("{BATCH}/{new_id}/retry-failed"), &json!({}))
         .await;
     assert_eq!(s, 200, "{e}");
     let ok_batch = {
@@ -790,7 +795,7 @@ async fn recount_rebuilds_counters_and_failed_items_can_be_rerun() {
     };
     f.wait_terminal(&ok_batch, Duration::from_secs(30)).await;
     let (s, e) = f
-        .post(&format!("{BATCH}/{ok_batch}/retry-failed"), &json!({}))
+        .post_as(&op, &format!("{BATCH}/{ok_batch}/retry-failed"), &json!({}))
         .await;
     assert_eq!(s, 400, "{e}");
     assert!(e["detail"].as_str().unwrap().contains("no failed items"));

@@ -192,11 +192,11 @@ async fn failures_are_retried_and_logged() {
     assert_eq!(d[0]["last_status_code"], 200);
     // Redelivery sends the same event again; this time the receiver says 404: permanent.
     let id = d[0]["id"].as_str().unwrap();
+    let redeliver = format!("{BATCH}/{batch}/webhook-deliveries/{id}/redeliver");
+    let (s, b) = f.post(&redeliver, &json!({})).await;
+    assert_eq!(s, 403, "an operator route, refused to a project key: {b}");
     let (s, b) = f
-        .post(
-            &format!("{BATCH}/{batch}/webhook-deliveries/{id}/redeliver"),
-            &json!({}),
-        )
+        .post_as(&f.operator_key().await, &redeliver, &json!({}))
         .await;
     assert_eq!(s, 200, "{b}");
     let again = r.wait_for(Duration::from_secs(10), |x| x.len() >= 4).await;

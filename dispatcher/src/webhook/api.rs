@@ -82,13 +82,14 @@ pub async fn list(
     Ok(Json(json!({ "items": items, "total_size": total })))
 }
 
-/// Sends one delivery again, whatever its state, with the same event id and body.
+/// Sends one delivery again, whatever its state, with the same event id and body (an
+/// operator route).
 pub async fn redeliver(
     State(st): State<AppState>,
-    Project(project): Project,
+    _: crate::auth::Operator,
     Path((batch_id, delivery_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    crate::batch::load(&st, &project, &batch_id).await?;
+    crate::batch::load_any(&st, &batch_id).await?;
     let mut con = st.redis.clone();
     let key = st.keys.delivery(&delivery_id);
     let owner: Option<String> = con.hget(&key, "batch_id").await?;
