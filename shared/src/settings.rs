@@ -367,6 +367,9 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     /// Deadline for one item; past it the item fails (or retries).
     pub item_deadline_secs: u64,
+    /// Scanned pages OCR'd per document at most; the others are named in the result's
+    /// `ocr_skipped_pages`. 0: no cap.
+    pub max_ocr_pages: u32,
     /// Files larger than this are skipped without being read.
     pub max_file_bytes: u64,
     /// Deliveries of one item before it is failed and dead-lettered.
@@ -457,6 +460,7 @@ impl Default for WorkerSettings {
             runtime_threads: 1,
             prefetch: u16::try_from(2 * cores()).unwrap_or(u16::MAX),
             item_deadline_secs: 120,
+            max_ocr_pages: 50,
             max_file_bytes: 256 * 1024 * 1024,
             max_attempts: 3,
             drain_secs: 30,

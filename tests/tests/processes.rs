@@ -567,3 +567,91 @@ async fn a_hostile_client_costs_the_dispatcher_little() {
     d.kill().await;
     f.shutdown().await;
 }
+
+/// A parse stuck in a tool it started (a hostile scan can keep `tesseract` busy for hours)
+/// is killed at the item's deadline together with the tool: the item fails saying so, no
+/// process of it is left, and the worker's slot takes the next file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_parse_is_killed_with_its_tools_at_the_deadline() {
+    let mut f = Fleet::start(0).await;
+    let mut ws = f.worker_settings.clone();
+    ws.item_deadline_secs = 3;
+    ws.max_attempts = 1;
+    ws.cpu_slots = 1;
+    ws.engine_binary = Some(docfleet_tests::bin_dir().join("docfleet-worker"));
+    f.start_worker_with(ws).await;
+    let dir = f.create_dir(&f.api_key, "stuck").await;
+    let stuck = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "stuck.pdf",
+            b"%PDF-1.4\nDOCFLEET-FAULT:GRANDKID\n".to_vec(),
+        )
+        .await;
+    let fine = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "invoice-1042.pdf",
+            docfleet_tests::sample("invoice-1042.pdf"),
+        )
+        .await;
+    let before = sleepers();
+    let started = std::time::Instant::now();
+    let id = f
+        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [stuck, fine] }))
+        .await;
+    let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status["job"]["failed_items"], 1, "{status}");
+    let items = f.items(&id).await;
+    let failed = items
+        .iter()
+        .find(|i| i["item_name"] == "stuck.pdf")
+        .unwrap();
+    assert!(
+        failed["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("killed with its children"),
+        "{failed}"
+    );
+    assert_eq!(
+        items
+            .iter()
+            .find(|i| i["item_name"] == "invoice-1042.pdf")
+            .unwrap()["status"],
+        "completed"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let left: Vec<u32> = sleepers()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the stuck tool outlived its item: {left:?}"
+    );
+    f.shutdown().await;
+}
+
+/// Live `sleep 3600` processes (zombies are dead).
+fn sleepers() -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if cmd == b"sleep\x003600\x00" && !stat.contains(") Z ") {
+            out.push(pid);
+        }
+    }
+    out
+}

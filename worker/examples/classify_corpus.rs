@@ -40,10 +40,8 @@ fn main() -> anyhow::Result<()> {
         let path = f["path"].as_str().unwrap_or_default();
         let bytes = std::fs::read(shared.join("corpus").join(path))?;
         let req = ParseRequest {
-            target_pages: None,
             max_pages: Some(5),
-            disable_ocr: false,
-            languages: Vec::new(),
+            ..ParseRequest::default()
         };
         let (got, conf, why) = match parse(&bytes, path, &req) {
             Ok(parsed) => {

@@ -4,8 +4,8 @@
 //! `docfleet-worker engine`, under `RLIMIT_DATA` (and `RLIMIT_CPU` as a backstop for the item
 //! deadline). `RLIMIT_DATA` rather than `RLIMIT_AS`: the allocator reserves large address
 //! ranges it never touches, which `RLIMIT_AS` would count. Past the bound an allocation fails, the child aborts, and only that item fails,
-//! with a message that says why. Plain text, Markdown and CSV stay in-process: their readers
-//! are linear and a child would cost more than the parse.
+//! with a message that says why. Plain text, Markdown and CSV up to 1 MiB stay in-process:
+//! their readers are linear and a child would cost more than the parse.
 //!
 //! Protocol: the parent writes one JSON line (`name`, `request`) and then the file's bytes to
 //! the child's stdin; the child answers one JSON object on stdout, `{"ok": Parsed}` or
@@ -43,25 +43,32 @@ enum Answer {
     Error(String),
 }
 
-/// Formats read in-process: linear readers, no bound needed.
-fn in_process(format: &str) -> bool {
-    matches!(format, "text" | "markdown" | "csv")
+/// Plain text up to this size is read in-process; anything larger goes to the bounded child
+/// like every other format, since its rows and pages are copied into several forms.
+const IN_PROCESS_BYTES: usize = 1 << 20;
+
+/// Files read in-process: small plain text, whose readers are linear.
+fn in_process(format: &str, size: usize) -> bool {
+    matches!(format, "text" | "markdown" | "csv") && size <= IN_PROCESS_BYTES
 }
 
 impl Isolation {
     /// Parses `bytes`, in a bounded child unless the format is plain text.
+    /// Parses `bytes` within `timeout`: past it, the child and everything it started are
+    /// killed.
     pub fn parse(
         &self,
         bytes: &[u8],
         name: &str,
         req: &ParseRequest,
+        timeout: std::time::Duration,
     ) -> Result<Parsed, ParseError> {
-        if in_process(parse::detect(bytes, name)) {
+        if in_process(parse::detect(bytes, name), bytes.len()) {
             return parse::parse(bytes, name, req);
         }
         let failed = |why: String| ParseError::Isolated(why);
-        let mut child = Command::new(&self.binary)
-            .arg("engine")
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("engine")
             .arg("--memory-mb")
             .arg(self.memory_mb.to_string())
             .arg("--cpu-secs")
@@ -70,29 +77,36 @@ impl Isolation {
             .env("MIMALLOC_ARENA_RESERVE", "16MiB")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                failed(format!(
-                    "could not start the parser process {}: {e}",
-                    self.binary.display()
-                ))
-            })?;
+            .stderr(Stdio::piped());
+        let mut watched = crate::children::spawn(&mut cmd, timeout).map_err(|e| {
+            failed(format!(
+                "could not start the parser process {}: {e}",
+                self.binary.display()
+            ))
+        })?;
+        let child_pid = watched.child.id();
         let header = serde_json::to_vec(&Header {
             name: name.to_owned(),
             request: req.clone(),
         })
         .map_err(|e| failed(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
+        if let Some(mut stdin) = watched.child.stdin.take() {
             // A child that dies while reading closes the pipe; its exit status says why.
             let _ = stdin
                 .write_all(&header)
                 .and_then(|()| stdin.write_all(b"\n"))
                 .and_then(|()| stdin.write_all(bytes));
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| failed(format!("parser process: {e}")))?;
+        let out = watched.wait();
+        // What the child left in its scratch folders goes with it, however it ended.
+        crate::ocr::remove_scratch_of(child_pid);
+        let out = out.map_err(|e| match e {
+            None => failed(format!(
+                "the parser exceeded the {}s per-item deadline and was killed with its children",
+                timeout.as_secs()
+            )),
+            Some(e) => failed(format!("parser process: {e}")),
+        })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             return Err(failed(if stderr.contains("memory allocation") {
@@ -154,6 +168,14 @@ pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
     {
         // Test-only: a file whose head carries this marker allocates without end.
         let head = &file[..file.len().min(64)];
+        // Test-only: a parse that waits on a tool that never finishes, as a hostile scan
+        // can make `tesseract` do; the tool's pid goes to stderr for the test to find.
+        if head.windows(23).any(|w| w == b"DOCFLEET-FAULT:GRANDKID") {
+            if let Ok(mut tool) = std::process::Command::new("sleep").arg("3600").spawn() {
+                eprintln!("engine: tool pid {}", tool.id());
+                let _ = tool.wait();
+            }
+        }
         if head.windows(21).any(|w| w == b"DOCFLEET-FAULT:MEMORY") {
             let mut hog: Vec<Vec<u8>> = Vec::new();
             loop {

@@ -7,12 +7,14 @@
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics` for probes and Prometheus.
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types;
 //!   [`ledger`]: claims and outcomes sent to Redis in groups.
-//! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`.
+//! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`;
+//!   [`children`]: child processes in their own process groups, killed at a deadline.
 //! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
 //! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
 //!   [`vision`]: MULTIMODAL through an OpenAI-compatible vision model.
 
 pub mod acks;
+pub mod children;
 pub mod classify;
 pub mod consumer;
 pub mod embedding;

@@ -2,12 +2,14 @@
 //! rendered with `pdftoppm` (poppler-utils) first.
 //!
 //! A child process is the isolation we want for this step anyway: it cannot take the worker
-//! down, and it is killed when the item's deadline drops its future. `OMP_THREAD_LIMIT=1`
-//! because OpenMP makes Tesseract about 9× slower on two cores; `--psm 1` detects orientation,
-//! so rotated scans read.
+//! down, and each runs in a process group killed at its bound (`children`); inside the parser
+//! child the parent's deadline kills them all at once. `OMP_THREAD_LIMIT=1` because OpenMP
+//! makes Tesseract about 9× slower on two cores; `--psm 1` detects orientation, so rotated
+//! scans read.
 
-use std::process::Stdio;
+use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::parse::ParseError;
 
@@ -86,23 +88,31 @@ fn unavailable() -> ParseError {
 }
 
 /// OCRs an image file (PNG, JPEG, TIFF; a multi-page TIFF gives one string per page).
-pub fn image(bytes: &[u8], lang: &str) -> Result<Vec<String>, ParseError> {
+pub fn image(bytes: &[u8], lang: &str, bound: Duration) -> Result<Vec<String>, ParseError> {
     if !available() {
         return Err(unavailable());
     }
-    let dir = tempdir()?;
-    let input = dir.join("image");
+    let dir = Scratch::new()?;
+    let input = dir.0.join("image");
     std::fs::write(&input, bytes).map_err(io)?;
-    let out = std::process::Command::new("tesseract")
-        .arg(&input)
-        .arg("stdout")
-        .args(["-l", lang, "--psm", "1"])
-        .env("OMP_THREAD_LIMIT", "1")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io);
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = out?;
+    recognise(&input, lang, bound)
+}
+
+/// Tesseract on one image file.
+fn recognise(
+    input: &std::path::Path,
+    lang: &str,
+    bound: Duration,
+) -> Result<Vec<String>, ParseError> {
+    let out = crate::children::output(
+        Command::new("tesseract")
+            .arg(input)
+            .arg("stdout")
+            .args(["-l", lang, "--psm", "1"])
+            .env("OMP_THREAD_LIMIT", "1"),
+        bound,
+    )
+    .map_err(|e| killed("OCR", bound, e))?;
     if !out.status.success() {
         return Err(ParseError::Corrupt {
             format: "image",
@@ -122,52 +132,88 @@ pub fn image(bytes: &[u8], lang: &str) -> Result<Vec<String>, ParseError> {
     Ok(pages)
 }
 
-/// Renders page `number` (1-based) of a PDF to PNG bytes at `dpi`: for OCR (grey) and for
-/// `images_to_save` screenshots (colour).
+/// Renders page `number` (1-based) of a PDF to PNG bytes at `dpi`: for `images_to_save`
+/// screenshots (colour).
 pub fn render_pdf_page(
     pdf: &[u8],
     number: u32,
     dpi: u32,
-    grey: bool,
+    bound: Duration,
 ) -> Result<Vec<u8>, ParseError> {
-    let dir = tempdir()?;
-    let input = dir.join("doc.pdf");
+    let dir = Scratch::new()?;
+    let input = dir.0.join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
-    let n = number.to_string();
-    let mut cmd = std::process::Command::new("pdftoppm");
-    cmd.args([
-        "-r",
-        &dpi.to_string(),
-        "-png",
-        "-singlefile",
-        "-f",
-        &n,
-        "-l",
-        &n,
-    ]);
-    if grey {
-        cmd.arg("-gray");
+    let mut pages = render(&dir, &input, &[number], dpi, false, bound)?;
+    pages
+        .pop()
+        .map(|(_, path)| std::fs::read(path).map_err(io))
+        .unwrap_or_else(|| {
+            Err(ParseError::Corrupt {
+                format: "pdf",
+                reason: format!("page {number} could not be rendered"),
+            })
+        })
+}
+
+/// Renders `pages` (1-based, ascending) of the PDF at `input` into `dir`: one `pdftoppm` per
+/// run of consecutive pages. The PNG of each page that rendered, by page number.
+fn render(
+    dir: &Scratch,
+    input: &std::path::Path,
+    pages: &[u32],
+    dpi: u32,
+    grey: bool,
+    bound: Duration,
+) -> Result<Vec<(u32, std::path::PathBuf)>, ParseError> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((_, hi)) if *hi + 1 == p => *hi = p,
+            _ => runs.push((p, p)),
+        }
     }
-    let out = cmd
-        .arg(&input)
-        .arg(dir.join("page"))
-        .stdin(Stdio::null())
-        .output();
-    let result = match out {
-        Ok(o) if o.status.success() => std::fs::read(dir.join("page.png")).map_err(io),
-        Ok(o) => Err(ParseError::Corrupt {
-            format: "pdf",
-            reason: format!(
-                "page {number} could not be rendered: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        }),
-        Err(_) => Err(ParseError::Unsupported(
-            "rendering PDF pages needs pdftoppm (apt-get install poppler-utils)".into(),
-        )),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    for (i, (first, last)) in runs.iter().enumerate() {
+        let mut cmd = Command::new("pdftoppm");
+        cmd.args(["-r", &dpi.to_string(), "-png", "-f"])
+            .arg(first.to_string())
+            .arg("-l")
+            .arg(last.to_string());
+        if grey {
+            cmd.arg("-gray");
+        }
+        let out = crate::children::output(cmd.arg(input).arg(dir.0.join(format!("run{i}"))), bound);
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(ParseError::Corrupt {
+                    format: "pdf",
+                    reason: format!(
+                        "pages {first}-{last} could not be rendered: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                })
+            }
+            Err(Some(_)) => {
+                return Err(ParseError::Unsupported(
+                    "rendering PDF pages needs pdftoppm (apt-get install poppler-utils)".into(),
+                ))
+            }
+            Err(None) => return Err(killed("rendering", bound, None)),
+        }
+    }
+    // `pdftoppm` names each page `<root>-<n>.png`, `n` zero-padded to the document's width.
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&dir.0)
+        .map_err(io)?
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_str()?.to_owned();
+            let n = stem.rsplit('-').next()?.parse::<u32>().ok()?;
+            (stem.starts_with("run") && p.extension().is_some_and(|x| x == "png")).then_some((n, p))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
 }
 
 /// The images embedded in pages `first..=last` of a PDF, as PNG (`pdfimages -png -p`), named
@@ -177,26 +223,28 @@ pub fn pdf_images(
     first: u32,
     last: u32,
     limit: usize,
+    bound: Duration,
 ) -> Result<Vec<(String, Vec<u8>)>, ParseError> {
-    let dir = tempdir()?;
-    let input = dir.join("doc.pdf");
+    let dir = Scratch::new()?;
+    let input = dir.0.join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
-    let out = std::process::Command::new("pdfimages")
-        .args([
-            "-png",
-            "-p",
-            "-f",
-            &first.to_string(),
-            "-l",
-            &last.to_string(),
-        ])
-        .arg(&input)
-        .arg(dir.join("img"))
-        .stdin(Stdio::null())
-        .output();
-    let result = match out {
+    let out = crate::children::output(
+        Command::new("pdfimages")
+            .args([
+                "-png",
+                "-p",
+                "-f",
+                &first.to_string(),
+                "-l",
+                &last.to_string(),
+            ])
+            .arg(&input)
+            .arg(dir.0.join("img")),
+        bound,
+    );
+    match out {
         Ok(o) if o.status.success() => {
-            let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir.0)
                 .map_err(io)?
                 .flatten()
                 .map(|e| e.path())
@@ -224,21 +272,45 @@ pub fn pdf_images(
                 String::from_utf8_lossy(&o.stderr).trim()
             ),
         }),
-        Err(_) => Err(ParseError::Unsupported(
+        Err(Some(_)) => Err(ParseError::Unsupported(
             "extracting PDF images needs pdfimages (apt-get install poppler-utils)".into(),
         )),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+        Err(None) => Err(killed("image extraction", bound, None)),
+    }
 }
 
-/// Renders page `number` (1-based) of a PDF at 300 dpi and OCRs it.
-pub fn pdf_page(pdf: &[u8], number: u32, lang: &str) -> Result<String, ParseError> {
+/// One page's OCR: its number and its text, or why it could not be read.
+pub type PageText = (u32, Result<String, ParseError>);
+
+/// Renders `pages` (1-based, ascending) of a PDF at 300 dpi and OCRs each: the PDF is
+/// written once, each run of consecutive pages rendered by one `pdftoppm`. Each call is
+/// bounded by `bound`.
+pub fn pdf_pages(
+    pdf: &[u8],
+    pages: &[u32],
+    lang: &str,
+    bound: Duration,
+) -> Result<Vec<PageText>, ParseError> {
     if !available() {
         return Err(unavailable());
     }
-    let png = render_pdf_page(pdf, number, 300, true)?;
-    image(&png, lang).map(|pages| pages.join("\n"))
+    let dir = Scratch::new()?;
+    let input = dir.0.join("doc.pdf");
+    std::fs::write(&input, pdf).map_err(io)?;
+    let rendered = render(&dir, &input, pages, 300, true, bound)?;
+    Ok(pages
+        .iter()
+        .map(|&n| {
+            let text = match rendered.iter().find(|(p, _)| *p == n) {
+                Some((_, png)) => recognise(png, lang, bound).map(|t| t.join("\n")),
+                None => Err(ParseError::Corrupt {
+                    format: "pdf",
+                    reason: format!("page {n} could not be rendered"),
+                }),
+            };
+            (n, text)
+        })
+        .collect())
 }
 
 fn io(e: std::io::Error) -> ParseError {
@@ -248,8 +320,50 @@ fn io(e: std::io::Error) -> ParseError {
     }
 }
 
-fn tempdir() -> Result<std::path::PathBuf, ParseError> {
-    let d = std::env::temp_dir().join(format!("docfleet-ocr-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&d).map_err(io)?;
-    Ok(d)
+/// A child that did not start, or was killed at its bound (`None`).
+fn killed(what: &str, bound: Duration, e: Option<std::io::Error>) -> ParseError {
+    match e {
+        Some(e) => ParseError::Unsupported(format!("{what}: could not run the tool: {e}")),
+        None => ParseError::Corrupt {
+            format: "pdf",
+            reason: format!(
+                "{what} took longer than {}s and was stopped",
+                bound.as_secs()
+            ),
+        },
+    }
+}
+
+/// A scratch folder, named after this process so that whoever outlives it (the parent of a
+/// parser child that was killed) can remove it; removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, ParseError> {
+        let d = std::env::temp_dir().join(format!(
+            "docfleet-ocr-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&d).map_err(io)?;
+        Ok(Self(d))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the scratch folders a (finished or killed) process `pid` left.
+pub fn remove_scratch_of(pid: u32) {
+    let prefix = format!("docfleet-ocr-{pid}-");
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }

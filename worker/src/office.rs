@@ -274,6 +274,7 @@ pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         format: "docx",
         title,
         ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     })
 }
 
@@ -391,6 +392,7 @@ pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         format: "pptx",
         title,
         ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     })
 }
 
@@ -446,6 +448,7 @@ pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
         format: "xlsx",
         title: None,
         ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     })
 }
 

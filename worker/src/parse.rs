@@ -41,6 +41,23 @@ pub struct ParseRequest {
     pub disable_ocr: bool,
     /// SDK language codes for OCR (`en`, `fr`, `ch_sim`…); English when empty.
     pub languages: Vec<String>,
+    /// Scanned pages OCR'd per document at most (`max_ocr_pages`); `None`: no cap.
+    #[serde(default)]
+    pub max_ocr_pages: Option<u32>,
+    /// Longest one tool run (render, OCR) may take, in seconds; 0: the default of 300. In the
+    /// parser child the parent's deadline kills everything sooner.
+    #[serde(default)]
+    pub tool_bound_secs: u64,
+}
+
+impl ParseRequest {
+    /// The bound of one tool run.
+    pub fn tool_bound(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(match self.tool_bound_secs {
+            0 => 300,
+            s => s,
+        })
+    }
 }
 
 /// One page of output.
@@ -78,6 +95,9 @@ pub struct Parsed {
     pub title: Option<String>,
     /// 1-based numbers of the pages whose text came from OCR.
     pub ocr_pages: Vec<u32>,
+    /// Pages that looked scanned but were not OCR'd: past the document's OCR page cap.
+    #[serde(default)]
+    pub ocr_skipped: Vec<u32>,
 }
 
 /// Spelled as an alias so serde does not treat the field as borrowed from the input.
@@ -212,7 +232,8 @@ pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, Par
     let format = detect(bytes, name);
     let parsed = match format {
         "pdf" => {
-            let mut p = parse_pdf(bytes, req)?;
+            // Only the pages asked for are OCR'd.
+            let mut p = select(parse_pdf(bytes, req)?, req)?;
             ocr_scanned_pages(&mut p, bytes, req);
             p
         }
@@ -260,11 +281,15 @@ fn parse_image(
             "{format} image, and disable_ocr is set: an image has no text without OCR"
         )));
     }
-    let texts =
-        crate::ocr::image(bytes, &crate::ocr::lang_arg(&req.languages)).map_err(|e| match e {
-            ParseError::Corrupt { reason, .. } => ParseError::Corrupt { format, reason },
-            other => other,
-        })?;
+    let texts = crate::ocr::image(
+        bytes,
+        &crate::ocr::lang_arg(&req.languages),
+        req.tool_bound(),
+    )
+    .map_err(|e| match e {
+        ParseError::Corrupt { reason, .. } => ParseError::Corrupt { format, reason },
+        other => other,
+    })?;
     let pages: Vec<Page> = texts
         .into_iter()
         .enumerate()
@@ -282,33 +307,54 @@ fn parse_image(
     Ok(Parsed {
         page_count: pages.len(),
         ocr_pages: pages.iter().map(|p| p.page_number).collect(),
+        ocr_skipped: Vec::new(),
         pages,
         format,
         title: None,
     })
 }
 
-/// Pages whose text layer is (nearly) empty are scans: render and OCR them.
+/// Pages whose text layer is (nearly) empty are scans: render and OCR them, at most
+/// `max_ocr_pages` of them; the rest are named in `ocr_skipped`.
 fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
     if req.disable_ocr {
         return;
     }
+    let mut scanned: Vec<u32> = parsed
+        .pages
+        .iter()
+        .filter(|p| p.text.chars().filter(|c| !c.is_whitespace()).count() < 10)
+        .map(|p| p.page_number)
+        .collect();
+    if scanned.is_empty() {
+        return;
+    }
+    if let Some(cap) = req.max_ocr_pages {
+        parsed.ocr_skipped = scanned.split_off(scanned.len().min(cap as usize));
+    }
     let lang = crate::ocr::lang_arg(&req.languages);
-    for page in &mut parsed.pages {
-        let chars = page.text.chars().filter(|c| !c.is_whitespace()).count();
-        if chars >= 10 {
+    let read: Vec<(u32, Result<String, String>)> =
+        match crate::ocr::pdf_pages(pdf, &scanned, &lang, req.tool_bound()) {
+            Ok(r) => r
+                .into_iter()
+                .map(|(n, t)| (n, t.map_err(|e| e.to_string())))
+                .collect(),
+            Err(e) => scanned.iter().map(|&n| (n, Err(e.to_string()))).collect(),
+        };
+    for (number, text) in read {
+        let Some(page) = parsed.pages.iter_mut().find(|p| p.page_number == number) else {
             continue;
-        }
-        match crate::ocr::pdf_page(pdf, page.page_number, &lang) {
+        };
+        match text {
             Ok(text) => {
                 page.items = paragraph_items(&text);
                 page.md = text.clone();
                 page.text = text;
-                parsed.ocr_pages.push(page.page_number);
+                parsed.ocr_pages.push(number);
             }
             Err(e) => {
                 // The text layer (if any) stays; the page says why it could not be read.
-                page.error = Some(e.to_string());
+                page.error = Some(e);
                 page.success = false;
             }
         }
@@ -377,6 +423,7 @@ fn parse_text(bytes: &[u8], format: &'static str) -> Parsed {
         format,
         title,
         ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     }
 }
 
@@ -435,6 +482,7 @@ fn parse_html(bytes: &[u8]) -> Parsed {
         page_count: 1,
         title,
         ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     }
 }
 
@@ -461,35 +509,20 @@ fn markdown_items(text: &str) -> Vec<Value> {
 }
 
 fn csv_page(text: &str) -> (String, Vec<Value>) {
-    let rows: Vec<Vec<String>> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(split_csv_line)
+    // The csv crate reads quoted fields across lines; a malformed record ends the table
+    // rather than the page.
+    let rows: Vec<Vec<String>> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes())
+        .records()
+        .map_while(Result::ok)
+        .filter(|r| r.iter().any(|c| !c.trim().is_empty()))
+        .map(|r| r.iter().map(str::to_owned).collect())
         .collect();
     let item = table_item(&rows);
     let md = item["md"].as_str().unwrap_or_default().to_owned();
     (md, vec![item])
-}
-
-/// Splits one CSV line, honouring double quotes.
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => cells.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    cells.push(cur);
-    cells
 }
 
 /// A `table` item in every representation the SDK's `TableItem` requires.
@@ -589,6 +622,7 @@ fn parse_pdf(bytes: &[u8], req: &ParseRequest) -> Result<Parsed, ParseError> {
         page_count: doc.metadata.page_count.max(doc.pages.len() as u32) as usize,
         title: doc.metadata.title.clone().filter(|t| !t.trim().is_empty()),
         ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     })
 }
 
@@ -695,6 +729,17 @@ mod tests {
         assert_eq!(p.pages.len(), 2);
         assert_eq!(p.pages[0].items[0]["type"], "heading");
         assert_eq!(p.pages[1].text, "Page two");
+        // A quoted field may hold a newline.
+        let q = parse(
+            b"a,b\n1,\"two\nlines\"\n2,c\n",
+            "q.csv",
+            &ParseRequest::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            q.pages[0].items[0]["rows"],
+            json!([["a", "b"], ["1", "two\nlines"], ["2", "c"]])
+        );
         let c = parse(b"a,b\n1,\"x,y\"\n", "t.csv", &ParseRequest::default()).unwrap();
         assert_eq!(c.pages[0].items[0]["rows"][1][1], "x,y");
         assert!(c.pages[0].md.starts_with("| a | b |"));
@@ -804,6 +849,43 @@ mod ocr_tests {
         Some(std::fs::read(super::test_corpus()?.join(p)).expect("a corpus file"))
     }
 
+    /// A PDF of `pages` empty pages: what a scan looks like to the text layer.
+    fn blank_pdf(pages: usize) -> Vec<u8> {
+        let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 3 + i)).collect();
+        let mut objects = vec![
+            "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+            format!(
+                "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+                kids.join(" ")
+            ),
+        ];
+        objects.extend(
+            (0..pages)
+                .map(|_| "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>".to_owned()),
+        );
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        let mut offsets = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            offsets.push(pdf.len());
+            pdf.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
+        }
+        let xref = pdf.len();
+        pdf.extend_from_slice(
+            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+        );
+        for off in offsets {
+            pdf.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
+        }
+        pdf.extend_from_slice(
+            format!(
+                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+                objects.len() + 1
+            )
+            .as_bytes(),
+        );
+        pdf
+    }
+
     /// Needs Debian's tesseract-ocr and poppler-utils, which deploy/local/test installs.
     #[test]
     fn images_and_scanned_pdf_pages_are_read_by_ocr() {
@@ -829,6 +911,20 @@ mod ocr_tests {
             .unwrap_err()
             .to_string()
             .contains("disable_ocr"));
+        // Only the pages asked for are OCR'd, and at most `max_ocr_pages` of them.
+        let blank = blank_pdf(3);
+        let one = ParseRequest {
+            target_pages: Some(vec![1]),
+            ..Default::default()
+        };
+        let p = parse(&blank, "blank.pdf", &one).unwrap();
+        assert_eq!(p.ocr_pages, vec![2]);
+        let capped = ParseRequest {
+            max_ocr_pages: Some(1),
+            ..Default::default()
+        };
+        let p = parse(&blank, "blank.pdf", &capped).unwrap();
+        assert_eq!((p.ocr_pages, p.ocr_skipped), (vec![1], vec![2, 3]));
         let scan = corpus("pdf/ocrmypdf__linn.pdf").unwrap();
         let p = parse(&scan, "linn.pdf", &ParseRequest::default()).unwrap();
         assert_eq!(p.ocr_pages, vec![1]);

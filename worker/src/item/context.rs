@@ -29,9 +29,10 @@ impl BatchContext {
         bytes: &[u8],
         name: &str,
         req: &ParseRequest,
+        timeout: std::time::Duration,
     ) -> Result<parse::Parsed, Failure> {
         match &self.isolation {
-            Some(i) => i.parse(bytes, name, req),
+            Some(i) => i.parse(bytes, name, req, timeout),
             None => parse::parse(bytes, name, req),
         }
         .map_err(|e| Failure::Fail(e.to_string()))

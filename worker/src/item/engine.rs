@@ -1,5 +1,7 @@
 //! Parse or classify one file's bytes: CPU-bound, on an engine thread.
 
+use std::time::Duration;
+
 use docfleet_shared::model::{parse_page_selection, JobSpec};
 use serde_json::{json, Value};
 
@@ -18,13 +20,14 @@ const EMBEDDED_MAX_BYTES: u64 = 32 * 1024 * 1024;
 fn embedded_images(
     parsed: &parse::Parsed,
     bytes: &[u8],
+    bound: Duration,
 ) -> Result<Vec<(String, Vec<u8>)>, Failure> {
     let found = match parsed.format {
         "pdf" => {
             let first = parsed.pages.iter().map(|p| p.page_number).min();
             let last = parsed.pages.iter().map(|p| p.page_number).max();
             match first.zip(last) {
-                Some((f, l)) => crate::ocr::pdf_images(bytes, f, l, EMBEDDED_LIMIT)
+                Some((f, l)) => crate::ocr::pdf_images(bytes, f, l, EMBEDDED_LIMIT, bound)
                     .map_err(|e| Failure::Fail(e.to_string()))?,
                 None => Vec::new(),
             }
@@ -58,6 +61,7 @@ fn classify_with_vision(
     parsed: &parse::Parsed,
     text: &str,
     bytes: &[u8],
+    bound: Duration,
 ) -> Result<crate::classify::Classification, Failure> {
     let client = ctx.vision.as_ref().ok_or_else(|| {
         Failure::Fail("MULTIMODAL batch, but this worker has no vision.url configured".into())
@@ -66,7 +70,7 @@ fn classify_with_vision(
     match parsed.format {
         "pdf" => {
             for p in parsed.pages.iter().take(client.max_images) {
-                if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
+                if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, bound) {
                     images.push(("image/png", png));
                 }
             }
@@ -162,11 +166,18 @@ fn apply_failed_pages(
 }
 
 /// Runs parse or classify on one file; CPU-bound, called on a blocking thread.
+/// `deadline` is the item's: the parser child and every tool it starts are killed a little
+/// before it, so the thread returns on time and its CPU slot is free again.
 pub(super) fn run_engine(
     ctx: &BatchContext,
     bytes: &[u8],
     name: &str,
+    deadline: Duration,
+    max_ocr_pages: Option<u32>,
 ) -> Result<EngineOutput, Failure> {
+    let bound = deadline
+        .saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_secs(1));
     #[cfg(feature = "fault-injection")]
     {
         if bytes.starts_with(b"DOCFLEET-FAULT:PANIC") {
@@ -196,8 +207,10 @@ pub(super) fn run_engine(
                 max_pages: params.max_pages,
                 disable_ocr: params.disable_ocr.unwrap_or(false),
                 languages,
+                max_ocr_pages,
+                tool_bound_secs: bound.as_secs(),
             };
-            let mut parsed = ctx.parse(bytes, name, &req)?;
+            let mut parsed = ctx.parse(bytes, name, &req, bound)?;
             apply_failed_pages(&mut parsed, &params)?;
             parsed.hide(
                 params.hide_headers.unwrap_or(false),
@@ -243,6 +256,7 @@ pub(super) fn run_engine(
                     "pages_parsed": parsed.pages.len(),
                     "title": parsed.title,
                     "ocr_pages": parsed.ocr_pages,
+                    "ocr_skipped_pages": parsed.ocr_skipped,
                     "language": parsed.language(),
                     "custom_metadata": params.custom_metadata,
                 },
@@ -256,13 +270,13 @@ pub(super) fn run_engine(
             };
             if wants(docfleet_shared::model::ImageKind::Screenshot) && parsed.format == "pdf" {
                 for p in &parsed.pages {
-                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, false) {
+                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, bound) {
                         images.push((format!("page-{}.png", p.page_number), png));
                     }
                 }
             }
             if wants(docfleet_shared::model::ImageKind::Embedded) {
-                images.extend(embedded_images(&parsed, bytes)?);
+                images.extend(embedded_images(&parsed, bytes, bound)?);
             }
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
@@ -278,11 +292,13 @@ pub(super) fn run_engine(
                 max_pages: Some(pc.max_pages.unwrap_or(5)),
                 disable_ocr: false,
                 languages: pc.lang.clone().into_iter().collect(),
+                max_ocr_pages,
+                tool_bound_secs: bound.as_secs(),
             };
-            let parsed = ctx.parse(bytes, name, &req)?;
+            let parsed = ctx.parse(bytes, name, &req, bound)?;
             let text = parsed.full_text("\n");
             let c = if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
-                classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes)?
+                classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes, bound)?
             } else {
                 let classifier = ctx
                     .classifier
@@ -358,7 +374,7 @@ mod tests {
             },
         )
         .expect("parsed");
-        let images = embedded_images(&parsed, &bytes).expect("extracted");
+        let images = embedded_images(&parsed, &bytes, Duration::from_secs(60)).expect("extracted");
         assert_eq!(
             images.len(),
             1,
@@ -387,6 +403,7 @@ mod tests {
             page_count: 4,
             title: None,
             ocr_pages: Vec::new(),
+            ocr_skipped: Vec::new(),
         }
     }
 

@@ -341,13 +341,14 @@ impl Processor {
             .deadline(Duration::from_secs(self.settings.item_deadline_secs));
         let (ctx, store) = (ctx.clone(), self.store.clone());
         let inline_max = self.settings.store.inline_max_bytes;
+        let max_ocr_pages = Some(self.settings.max_ocr_pages).filter(|n| *n > 0);
         // Read, engine and write in one job: the hops between threads cost more than the work
         // for small files.
         let placed = self
             .engines
             .run(deadline, move || {
                 let bytes = store.get_blocking(&storage_key)?;
-                let output = guarded(|| run_engine(&ctx, &bytes, &name))?;
+                let output = guarded(|| run_engine(&ctx, &bytes, &name, deadline, max_ocr_pages))?;
                 place_output(&store, &key, output, inline_max)
             })
             .await
