@@ -655,3 +655,36 @@ fn sleepers() -> Vec<u32> {
     }
     out
 }
+
+/// The parser child runs without the worker's environment: no Redis or broker URL, no
+/// credential reaches code that reads hostile files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parser_child_gets_no_credentials() {
+    let f = Fleet::start(0).await;
+    let mut w = f
+        .spawn_worker_process(&[("DOCFLEET__VISION__API_KEY", "sk-secret")])
+        .await;
+    let dir = f.create_dir(&f.api_key, "env").await;
+    let file = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "env.pdf",
+            b"%PDF-1.4\nDOCFLEET-FAULT:ENVIRON\n".to_vec(),
+        )
+        .await;
+    let id = f
+        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [file] }))
+        .await;
+    f.wait_terminal(&id, Duration::from_secs(60)).await;
+    let items = f.items(&id).await;
+    let error = items[0]["error_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("environment: "), "{}", items[0]);
+    assert!(error.contains("PATH"), "{error}");
+    assert!(!error.contains("DOCFLEET"), "{error}");
+    w.kill().await;
+    f.shutdown().await;
+}

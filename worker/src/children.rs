@@ -36,15 +36,52 @@ pub fn spawn(cmd: &mut Command, timeout: Duration) -> std::io::Result<Watched> {
     Ok(Watched { child, done, fired })
 }
 
+/// Most of a child's stderr kept: enough for its last words.
+const STDERR_KEPT: u64 = 64 << 10;
+
 impl Watched {
     /// Waits for the child's output; `Err(None)` when the deadline killed it.
     pub fn wait(self) -> Result<Output, Option<std::io::Error>> {
-        let out = self.child.wait_with_output();
+        self.wait_bounded(u64::MAX)
+    }
+
+    /// [`Watched::wait`], keeping at most `max_stdout` bytes of its answer: a child that says
+    /// more is killed with its group and its answer cut short, so it cannot fill the worker's
+    /// memory through the pipe.
+    pub fn wait_bounded(mut self, max_stdout: u64) -> Result<Output, Option<std::io::Error>> {
+        use std::io::Read;
+        let stderr = self.child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                let _ = (&mut e).take(STDERR_KEPT).read_to_end(&mut kept);
+                let _ = std::io::copy(&mut e, &mut std::io::sink());
+                kept
+            })
+        });
+        let mut stdout = Vec::new();
+        let read = match self.child.stdout.take() {
+            Some(mut o) => (&mut o)
+                .take(max_stdout.saturating_add(1))
+                .read_to_end(&mut stdout)
+                .map(|_| ()),
+            None => Ok(()),
+        };
+        if stdout.len() as u64 > max_stdout {
+            let group = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+        let status = self.child.wait();
         let _ = self.done.send(());
+        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         if self.fired.try_recv().is_ok() {
             return Err(None);
         }
-        out.map_err(Some)
+        read.map_err(Some)?;
+        Ok(Output {
+            status: status.map_err(Some)?,
+            stdout,
+            stderr,
+        })
     }
 }
 

@@ -68,6 +68,20 @@ impl Isolation {
         }
         let failed = |why: String| ParseError::Isolated(why);
         let mut cmd = Command::new(&self.binary);
+        // The parser gets no credentials: only what it and its tools need to run.
+        cmd.env_clear();
+        for keep in [
+            "PATH",
+            "LANG",
+            "LC_ALL",
+            "TMPDIR",
+            "TESSDATA_PREFIX",
+            "HOME",
+        ] {
+            if let Some(v) = std::env::var_os(keep) {
+                cmd.env(keep, v);
+            }
+        }
         cmd.arg("engine")
             .arg("--memory-mb")
             .arg(self.memory_mb.to_string())
@@ -97,7 +111,8 @@ impl Isolation {
                 .and_then(|()| stdin.write_all(b"\n"))
                 .and_then(|()| stdin.write_all(bytes));
         }
-        let out = watched.wait();
+        // An answer is at most as large as the memory it was built in.
+        let out = watched.wait_bounded(self.memory_mb.saturating_mul(1 << 20));
         // What the child left in its scratch folders goes with it, however it ended.
         crate::ocr::remove_scratch_of(child_pid);
         let out = out.map_err(|e| match e {
@@ -175,6 +190,15 @@ pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
                 eprintln!("engine: tool pid {}", tool.id());
                 let _ = tool.wait();
             }
+        }
+        // Test-only: what the parser's environment holds, as its error.
+        if head.windows(22).any(|w| w == b"DOCFLEET-FAULT:ENVIRON") {
+            let names: Vec<String> = std::env::vars_os()
+                .map(|(k, _)| k.to_string_lossy().into_owned())
+                .collect();
+            let answer = Answer::Error(format!("environment: {}", names.join(" ")));
+            let _ = serde_json::to_writer(std::io::stdout().lock(), &answer);
+            return ExitCode::SUCCESS;
         }
         if head.windows(21).any(|w| w == b"DOCFLEET-FAULT:MEMORY") {
             let mut hog: Vec<Vec<u8>> = Vec::new();

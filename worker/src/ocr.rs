@@ -132,27 +132,21 @@ fn recognise(
     Ok(pages)
 }
 
-/// Renders page `number` (1-based) of a PDF to PNG bytes at `dpi`: for `images_to_save`
-/// screenshots (colour).
-pub fn render_pdf_page(
+/// Renders `pages` (1-based, ascending) of a PDF to PNG bytes at `dpi`, in colour: for
+/// `images_to_save` screenshots and the vision model. The pages that rendered, by number.
+pub fn render_pdf_pages(
     pdf: &[u8],
-    number: u32,
+    pages: &[u32],
     dpi: u32,
     bound: Duration,
-) -> Result<Vec<u8>, ParseError> {
+) -> Result<Vec<(u32, Vec<u8>)>, ParseError> {
     let dir = Scratch::new()?;
     let input = dir.0.join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
-    let mut pages = render(&dir, &input, &[number], dpi, false, bound)?;
-    pages
-        .pop()
-        .map(|(_, path)| std::fs::read(path).map_err(io))
-        .unwrap_or_else(|| {
-            Err(ParseError::Corrupt {
-                format: "pdf",
-                reason: format!("page {number} could not be rendered"),
-            })
-        })
+    render(&dir, &input, pages, dpi, false, bound)?
+        .into_iter()
+        .map(|(n, path)| std::fs::read(path).map(|png| (n, png)).map_err(io))
+        .collect()
 }
 
 /// Renders `pages` (1-based, ascending) of the PDF at `input` into `dir`: one `pdftoppm` per

@@ -24,7 +24,13 @@ fn open(bytes: &[u8], format: &'static str) -> Result<Zip, ParseError> {
 
 /// The images embedded in a DOCX, PPTX or XLSX (its `*/media/` parts), named by their part's
 /// file name; at most `limit`, each at most `max_bytes`.
-pub fn media(bytes: &[u8], limit: usize, max_bytes: u64) -> Vec<(String, Vec<u8>)> {
+/// Most bytes one XML part of a document may decompress to: a part past it is a zip bomb,
+/// not a document.
+const MAX_PART_BYTES: u64 = 256 << 20;
+
+/// The media of an Office file: at most `limit` files of at most `max_bytes` each, and at
+/// most `max_total` bytes in all.
+pub fn media(bytes: &[u8], limit: usize, max_bytes: u64, max_total: u64) -> Vec<(String, Vec<u8>)> {
     let Ok(mut z) = open(bytes, "zip") else {
         return Vec::new();
     };
@@ -40,14 +46,16 @@ pub fn media(bytes: &[u8], limit: usize, max_bytes: u64) -> Vec<(String, Vec<u8>
         .map(str::to_owned)
         .collect();
     let mut out = Vec::new();
+    let mut total = 0u64;
     for name in names {
         if out.len() >= limit {
             break;
         }
         let Ok(f) = z.by_name(&name) else { continue };
-        if f.size() > max_bytes {
+        if f.size() > max_bytes || total + f.size() > max_total {
             continue;
         }
+        total += f.size();
         let mut data = Vec::new();
         if f.take(max_bytes).read_to_end(&mut data).is_ok() {
             let file = name.rsplit('/').next().unwrap_or(&name).to_owned();
@@ -57,11 +65,16 @@ pub fn media(bytes: &[u8], limit: usize, max_bytes: u64) -> Vec<(String, Vec<u8>
     out
 }
 
+/// A part of the document as text; `None` when it is missing or decompresses past
+/// [`MAX_PART_BYTES`] (what the archive declares, and what it really gives).
 fn entry(z: &mut Zip, name: &str) -> Option<String> {
-    let mut f = z.by_name(name).ok()?;
+    let f = z.by_name(name).ok()?;
+    if f.size() > MAX_PART_BYTES {
+        return None;
+    }
     let mut s = String::new();
-    f.read_to_string(&mut s).ok()?;
-    Some(s)
+    let read = f.take(MAX_PART_BYTES + 1).read_to_string(&mut s).ok()?;
+    (read as u64 <= MAX_PART_BYTES).then_some(s)
 }
 
 /// A block of a DOCX body.
@@ -474,12 +487,14 @@ mod tests {
             }
             w.finish().expect("finish");
         }
-        let got = media(buf.get_ref(), 10, 1 << 20);
+        let got = media(buf.get_ref(), 10, 1 << 20, 1 << 20);
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["image1.png", "image2.jpeg"]);
         assert_eq!(got[0].1, b"\x89PNG one");
-        assert_eq!(media(buf.get_ref(), 1, 1 << 20).len(), 1, "limit");
-        assert!(media(b"not a zip", 10, 1 << 20).is_empty());
+        assert_eq!(media(buf.get_ref(), 1, 1 << 20, 1 << 20).len(), 1, "limit");
+        // A total cap of 12 bytes keeps the 9-byte image and not the second.
+        assert_eq!(media(buf.get_ref(), 10, 1 << 20, 12).len(), 1, "total");
+        assert!(media(b"not a zip", 10, 1 << 20, 1 << 20).is_empty());
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::vision::VisionError;
 /// Images kept per document with `images_to_save: ["embedded"]`, and the largest kept.
 const EMBEDDED_LIMIT: usize = 200;
 const EMBEDDED_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// Most bytes of images kept per document, all kinds together.
+const IMAGES_MAX_TOTAL: u64 = 64 * 1024 * 1024;
 
 /// `images_to_save: ["embedded"]`: the images inside the document, named `embedded-…`
 /// (`embedded-p<page>-<n>.png` for PDFs, the part name for Office files).
@@ -32,7 +34,9 @@ fn embedded_images(
                 None => Vec::new(),
             }
         }
-        "docx" | "pptx" | "xlsx" => crate::office::media(bytes, EMBEDDED_LIMIT, EMBEDDED_MAX_BYTES),
+        "docx" | "pptx" | "xlsx" => {
+            crate::office::media(bytes, EMBEDDED_LIMIT, EMBEDDED_MAX_BYTES, IMAGES_MAX_TOTAL)
+        }
         _ => Vec::new(),
     };
     // Part names inside a document are arbitrary; store keys take a safe alphabet only.
@@ -69,10 +73,16 @@ fn classify_with_vision(
     let mut images: Vec<(&'static str, Vec<u8>)> = Vec::new();
     match parsed.format {
         "pdf" => {
-            for p in parsed.pages.iter().take(client.max_images) {
-                if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, bound) {
-                    images.push(("image/png", png));
-                }
+            let numbers: Vec<u32> = parsed
+                .pages
+                .iter()
+                .take(client.max_images)
+                .map(|p| p.page_number)
+                .collect();
+            for (_, png) in
+                crate::ocr::render_pdf_pages(bytes, &numbers, 100, bound).unwrap_or_default()
+            {
+                images.push(("image/png", png));
             }
         }
         "png" => images.push(("image/png", bytes.to_vec())),
@@ -269,15 +279,22 @@ pub(super) fn run_engine(
                     .is_some_and(|k| k.contains(&kind))
             };
             if wants(docfleet_shared::model::ImageKind::Screenshot) && parsed.format == "pdf" {
-                for p in &parsed.pages {
-                    if let Ok(png) = crate::ocr::render_pdf_page(bytes, p.page_number, 100, bound) {
-                        images.push((format!("page-{}.png", p.page_number), png));
-                    }
+                let numbers: Vec<u32> = parsed.pages.iter().map(|p| p.page_number).collect();
+                for (n, png) in
+                    crate::ocr::render_pdf_pages(bytes, &numbers, 100, bound).unwrap_or_default()
+                {
+                    images.push((format!("page-{n}.png"), png));
                 }
             }
             if wants(docfleet_shared::model::ImageKind::Embedded) {
                 images.extend(embedded_images(&parsed, bytes, bound)?);
             }
+            // Whatever the document holds, the images kept for it are bounded in all.
+            let mut total = 0u64;
+            images.retain(|(_, png)| {
+                total += png.len() as u64;
+                total <= IMAGES_MAX_TOTAL
+            });
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
                 stored,
