@@ -7,6 +7,10 @@
 //! with a message that says why. Plain text, Markdown and CSV up to 1 MiB stay in-process:
 //! their readers are linear and a child would cost more than the parse.
 //!
+//! The child also runs without the worker's environment and, where the system allows, in
+//! network and user namespaces of its own (`unshare`): no credentials and no network reach
+//! code that reads hostile files.
+//!
 //! Protocol: the parent writes one JSON line (`name`, `request`) and then the file's bytes to
 //! the child's stdin; the child answers one JSON object on stdout, `{"ok": Parsed}` or
 //! `{"error": message}`.
@@ -43,6 +47,29 @@ enum Answer {
     Error(String),
 }
 
+/// Whether `unshare` can give a child network and user namespaces of its own (util-linux;
+/// unprivileged user namespaces, or root): probed once. Where it cannot, the parser runs with
+/// the worker's network, and the worker says so once at start.
+pub fn network_namespaces() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let ok = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            tracing::warn!(
+                "The parser child cannot get a network namespace (unshare --user --net failed): \
+                 it runs with the worker's network."
+            );
+        }
+        ok
+    })
+}
+
 /// Plain text up to this size is read in-process; anything larger goes to the bounded child
 /// like every other format, since its rows and pages are copied into several forms.
 const IN_PROCESS_BYTES: usize = 1 << 20;
@@ -67,7 +94,16 @@ impl Isolation {
             return parse::parse(bytes, name, req);
         }
         let failed = |why: String| ParseError::Isolated(why);
-        let mut cmd = Command::new(&self.binary);
+        // No network for code that reads hostile files: a namespace of its own, with only a
+        // loopback that is down, where the system allows one.
+        let mut cmd = if network_namespaces() {
+            let mut c = Command::new("unshare");
+            c.args(["--user", "--map-root-user", "--net", "--"])
+                .arg(&self.binary);
+            c
+        } else {
+            Command::new(&self.binary)
+        };
         // The parser gets no credentials: only what it and its tools need to run.
         cmd.env_clear();
         for keep in [
@@ -190,6 +226,22 @@ pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
                 eprintln!("engine: tool pid {}", tool.id());
                 let _ = tool.wait();
             }
+        }
+        // Test-only: whether the parser can reach anything on the network, as its error.
+        if head.windows(22).any(|w| w == b"DOCFLEET-FAULT:NETWORK") {
+            let reach = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], 6379)),
+                std::time::Duration::from_secs(2),
+            );
+            let answer = Answer::Error(format!(
+                "network: {}",
+                match reach {
+                    Ok(_) => "reachable".to_owned(),
+                    Err(e) => format!("unreachable ({e})"),
+                }
+            ));
+            let _ = serde_json::to_writer(std::io::stdout().lock(), &answer);
+            return ExitCode::SUCCESS;
         }
         // Test-only: what the parser's environment holds, as its error.
         if head.windows(22).any(|w| w == b"DOCFLEET-FAULT:ENVIRON") {

@@ -127,6 +127,10 @@ impl Processor {
                 None
             }
         };
+        if settings.parse_memory_mb > 0 {
+            // Probed at start, so a worker that cannot isolate its parser says so at once.
+            crate::isolation::network_namespaces();
+        }
         let isolation = (settings.parse_memory_mb > 0).then(|| Isolation {
             binary: settings
                 .engine_binary
