@@ -339,20 +339,25 @@ pub async fn create_batch(
         .and_then(|(_, v)| v.parse::<u64>().ok())
         .unwrap_or(0);
     check_quota(st, &mut con, project, total).await?;
+    // The config is kept for the workers and for reading back; its webhook credentials are
+    // not needed there, and live sealed with the endpoints.
+    let mut kept_config = body.job_config.clone();
+    crate::webhook::subscription::redact(&mut kept_config);
     pipe.hset_multiple(st.keys.batch(&batch_id), &fields)
         .set(
             st.keys.batch_config(&batch_id),
-            serde_json::to_string(&body.job_config)?,
+            serde_json::to_string(&kept_config)?,
         )
         .zadd(st.keys.project_batches(project), &batch_id, now_millis())
         .zadd(st.keys.expansion(), &batch_id, now_millis())
         .zadd(st.keys.active(), &batch_id, now_millis());
     let wanted = crate::webhook::subscription::wanted_events(&webhooks);
     if let Some(wanted) = &wanted {
+        let sealed: Vec<_> = webhooks.iter().map(|e| st.seal.seal_endpoint(e)).collect();
         pipe.hset(
             st.keys.batch(&batch_id),
             "webhooks",
-            serde_json::to_string(&webhooks)?,
+            serde_json::to_string(&sealed)?,
         )
         .hset(st.keys.batch(&batch_id), "hooks", wanted);
     }
@@ -765,7 +770,15 @@ pub async fn retry_failed(
     // The new batch keeps the original's webhook endpoints.
     if let Some(w) = webhooks {
         let eps: Vec<crate::webhook::subscription::Endpoint> = serde_json::from_str(&w)?;
-        body["webhook_configurations"] = Value::Array(eps.iter().map(|e| e.to_config()).collect());
+        let mut configs = Vec::with_capacity(eps.len());
+        for e in &eps {
+            let opened = st
+                .seal
+                .open_endpoint(e)
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            configs.push(opened.to_config());
+        }
+        body["webhook_configurations"] = Value::Array(configs);
         if let Some(params) = body["job_config"]["parameters"].as_object_mut() {
             params.remove("webhook_configurations");
             params.remove("webhook_url");

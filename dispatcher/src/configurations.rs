@@ -103,7 +103,21 @@ pub async fn load(
     if let Some((_, tier)) = MODEL_PRESETS.iter().find(|(p, _)| *p == id) {
         return Err(ApiError::field(field, needs_model(tier)));
     }
-    CONFIGURATION.load(st, project, id).await
+    let mut cfg: Configuration = CONFIGURATION.load(st, project, id).await?;
+    if let Some(hooks) = cfg.parameters.get_mut("webhook_configurations") {
+        st.seal
+            .open_config(hooks)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    }
+    Ok(cfg)
+}
+
+/// `parameters` with the credentials of their webhooks sealed, for storing.
+fn sealed(st: &AppState, mut parameters: Value) -> Value {
+    if let Some(hooks) = parameters.get_mut("webhook_configurations") {
+        st.seal.seal_config(hooks);
+    }
+    parameters
 }
 
 fn needs_model(tier: &str) -> String {
@@ -345,7 +359,7 @@ pub async fn create(
         .find(|c| c.name == name && c.product_type == product_type)
     {
         Some(mut c) => {
-            c.parameters = body.parameters;
+            c.parameters = sealed(&st, body.parameters);
             c.version = now.clone();
             c.updated_at = now;
             c
@@ -355,7 +369,7 @@ pub async fn create(
             name,
             project_id: project.clone(),
             product_type,
-            parameters: body.parameters,
+            parameters: sealed(&st, body.parameters),
             version: now.clone(),
             created_at: now.clone(),
             updated_at: now,
@@ -404,7 +418,7 @@ pub async fn update(
     }
     if let Some(p) = body.parameters {
         rec.product_type = validate(&p)?;
-        rec.parameters = p;
+        rec.parameters = sealed(&st, p);
     }
     let now = now_rfc3339();
     rec.version = now.clone();

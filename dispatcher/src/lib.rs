@@ -104,6 +104,9 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
         webhook_wake: Arc::new(Notify::new()),
         metrics: Arc::default(),
         key_cache: Arc::default(),
+        seal: Arc::new(webhook::sealed::Seal::new(
+            settings.webhook.secrets_key.as_deref(),
+        )),
         request_rate: Arc::new(auth::RequestRate::new(
             settings.max_requests_per_second_per_project,
         )),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub webhook_wake: Arc<Notify>,
     /// API keys seen recently.
     pub key_cache: Arc<crate::auth::KeyCache>,
+    /// Seals webhook credentials at rest.
+    pub seal: Arc<crate::webhook::sealed::Seal>,
     /// Requests per second per project.
     pub request_rate: Arc<crate::auth::RequestRate>,
     /// Prometheus metrics.

@@ -147,6 +147,9 @@ pub struct WebhookSettings {
     /// Outbox events stay this long after every replica is done with them, for inspection;
     /// then they are trimmed. An event not yet handled is never trimmed.
     pub events_kept_secs: u64,
+    /// 32 bytes, base64: signing secrets and custom header values are stored sealed under
+    /// it (ChaCha20-Poly1305). Unset: stored as sent, and the dispatcher warns at start.
+    pub secrets_key: Option<String>,
 }
 
 impl Default for WebhookSettings {
@@ -161,6 +164,7 @@ impl Default for WebhookSettings {
             per_host_concurrency: 32,
             allow_cidrs: Vec::new(),
             events_kept_secs: 3600,
+            secrets_key: None,
         }
     }
 }
@@ -545,6 +549,16 @@ impl Validate for DispatcherSettings {
             return Err("expansion_lease_secs must be at least 2".into());
         }
         let w = &self.webhook;
+        if let Some(k) = &w.secrets_key {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(k.trim());
+            if decoded.map_or(true, |b| b.len() != 32) {
+                return Err(
+                    "webhook.secrets_key must be 32 bytes in base64 (openssl rand -base64 32)"
+                        .into(),
+                );
+            }
+        }
         if w.request_timeout_ms == 0 || w.first_retry_ms == 0 {
             return Err(
                 "webhook.request_timeout_ms and webhook.first_retry_ms must be positive".into(),

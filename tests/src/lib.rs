@@ -116,6 +116,8 @@ impl Fleet {
                 allow_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
                 first_retry_ms: 200,
                 request_timeout_ms: 2_000,
+                // Credentials sealed at rest, as in production.
+                secrets_key: Some(TEST_SECRETS_KEY.into()),
                 ..WebhookSettings::default()
             },
             ..DispatcherSettings::default()
@@ -603,6 +605,9 @@ async fn split(r: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// The test fleets' `webhook.secrets_key` (32 bytes of base64).
+pub const TEST_SECRETS_KEY: &str = "ZG9jZmxlZXQtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE=";
+
 /// Where the fleet's binaries were built (`DOCFLEET_BIN_DIR`, else next to the test binary).
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("DOCFLEET_BIN_DIR") {
@@ -695,6 +700,7 @@ impl Fleet {
                 self.dispatcher_settings.expansion_lease_secs.to_string(),
             )
             .env("DOCFLEET__WEBHOOK__ALLOW_CIDRS", "127.0.0.0/8")
+            .env("DOCFLEET__WEBHOOK__SECRETS_KEY", TEST_SECRETS_KEY)
             .env(
                 "DOCFLEET__WEBHOOK__FIRST_RETRY_MS",
                 self.dispatcher_settings.webhook.first_retry_ms.to_string(),

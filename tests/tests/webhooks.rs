@@ -149,7 +149,79 @@ async fn events_are_filtered_signed_and_shaped_as_asked() {
         .map(|r| r.payload()["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs.len(), all.len());
+    // The secret and the header values were sent, and are nowhere in Redis in clear.
+    let stored = everything_stored(&f).await;
+    for secret in ["s3cret", "Bearer rcv"] {
+        assert!(!stored.contains(secret), "{secret:?} is stored in clear");
+    }
+    assert!(stored.contains("sealed:v1:"), "nothing was sealed");
     f.shutdown().await;
+}
+
+/// Every value of every key of the fleet, as one text: whatever its layout, a credential
+/// stored in clear shows up in it.
+async fn everything_stored(f: &Fleet) -> String {
+    let mut con = f.redis.clone();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", f.keys.prefix()))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut out = String::new();
+    for k in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let text: String = match kind.as_str() {
+            "string" => redis::cmd("GET")
+                .arg(&k)
+                .query_async(&mut con)
+                .await
+                .unwrap_or_default(),
+            "hash" => {
+                let h: Vec<String> = redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                h.join(" ")
+            }
+            "set" => {
+                let m: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(&k)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                m.join(" ")
+            }
+            "zset" => {
+                let m: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                m.join(" ")
+            }
+            "stream" => {
+                let v: redis::Value = redis::cmd("XRANGE")
+                    .arg(&k)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut con)
+                    .await
+                    .unwrap();
+                format!("{v:?}")
+            }
+            _ => String::new(),
+        };
+        out.push_str(&text);
+        out.push('\n');
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

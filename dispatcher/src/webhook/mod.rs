@@ -6,6 +6,7 @@
 //!   event is handled by one) and writes one delivery record per matching endpoint.
 //! - [`delivery`]: sends due deliveries, records the outcome, schedules retries.
 //! - [`saved`]: saved webhook configurations, named by id at batch creation.
+//! - [`sealed`]: signing secrets and header values sealed at rest.
 //! - [`api`]: the delivery log of a batch and redelivery (our extension).
 //! - [`guard`]: refuses loopback, private, link-local and metadata targets at connect time.
 
@@ -14,4 +15,5 @@ pub mod delivery;
 pub mod guard;
 pub mod outbox;
 pub mod saved;
+pub mod sealed;
 pub mod subscription;

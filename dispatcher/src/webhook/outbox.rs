@@ -34,14 +34,29 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
 return 1";
 
-/// The endpoints a batch subscribed, from its record.
+/// The endpoints a batch subscribed, from its record, credentials opened. One whose
+/// credentials cannot be opened (the key changed) gets nothing: an unsigned delivery would
+/// pass for a signed one's failure, and its headers may carry the receiver's auth.
 pub async fn endpoints(st: &AppState, batch_id: &str) -> redis::RedisResult<Arc<Vec<Endpoint>>> {
     let mut con = st.background.clone();
     let raw: Option<String> = con.hget(st.keys.batch(batch_id), "webhooks").await?;
-    Ok(Arc::new(
-        raw.and_then(|r| serde_json::from_str(&r).ok())
-            .unwrap_or_default(),
-    ))
+    let stored: Vec<Endpoint> = raw
+        .and_then(|r| serde_json::from_str(&r).ok())
+        .unwrap_or_default();
+    let mut opened = Vec::with_capacity(stored.len());
+    for e in &stored {
+        match st.seal.open_endpoint(e) {
+            Ok(e) => opened.push(e),
+            Err(error) => {
+                tracing::error!(%error, batch_id = %batch_id, url = %e.url, "A webhook endpoint's credentials cannot be opened; nothing is sent to it.");
+                opened.push(Endpoint {
+                    events: Some(Vec::new()),
+                    ..e.clone()
+                });
+            }
+        }
+    }
+    Ok(Arc::new(opened))
 }
 
 /// Turns outbox events into deliveries until `stop`.

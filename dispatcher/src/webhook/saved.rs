@@ -51,7 +51,12 @@ impl Saved {
             "tenant_type": "project",
             "webhook_url": get("webhook_url"),
             "webhook_events": get("webhook_events"),
-            "webhook_headers": get("webhook_headers"),
+            // Header values carry the receiver's credentials: the names only.
+            "webhook_headers": get("webhook_headers").as_object().map(|h| {
+                h.keys()
+                    .map(|k| (k.clone(), Value::String("(redacted)".into())))
+                    .collect::<Map<String, Value>>()
+            }),
             "webhook_output_format": get("webhook_output_format"),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -104,7 +109,7 @@ pub async fn create(
     let rec = Saved {
         id: WEBHOOK_CONFIGURATION.new_id(),
         project_id: project,
-        config,
+        config: sealed(&st, config),
         created_at: now.clone(),
         updated_at: now,
     };
@@ -120,8 +125,10 @@ pub async fn update(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     let mut rec: Saved = WEBHOOK_CONFIGURATION.load(&st, &project, &id).await?;
-    rec.config.extend(fields(body));
-    validate(&rec.config)?;
+    let mut config = opened(&st, rec.config)?;
+    config.extend(fields(body));
+    validate(&config)?;
+    rec.config = sealed(&st, config);
     rec.updated_at = now_rfc3339();
     WEBHOOK_CONFIGURATION.put(&st, &rec, now_millis()).await?;
     Ok(Json(rec.to_api()))
@@ -187,7 +194,27 @@ pub async fn resolve(
                     ApiError::NotFound(m) => ApiError::field(&format!("{field}[{i}]"), m),
                     other => other,
                 })?;
-        out.push(Value::Object(rec.config));
+        out.push(Value::Object(opened(st, rec.config)?));
     }
     Ok(out)
+}
+
+fn sealed(st: &AppState, config: Map<String, Value>) -> Map<String, Value> {
+    let mut v = Value::Object(config);
+    st.seal.seal_config(&mut v);
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn opened(st: &AppState, config: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    let mut v = Value::Object(config);
+    st.seal
+        .open_config(&mut v)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Ok(Map::new()),
+    }
 }
