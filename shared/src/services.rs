@@ -127,6 +127,47 @@ pub async fn check_durability(
     Ok(durability)
 }
 
+/// How long one `WAITAOF` may wait; `appendfsync everysec` answers within about a second.
+const WAIT_AOF_MS: u64 = 5_000;
+
+/// Waits until every write sent on `con` so far is in Redis's AOF on disk (`WAITAOF 1 0`).
+/// Only this connection's writes are covered: the caller writes and waits on the same one.
+pub async fn wait_aof(con: &mut redis::aio::ConnectionManager) -> redis::RedisResult<()> {
+    let (local, _replicas): (u64, u64) = redis::cmd("WAITAOF")
+        .arg(1)
+        .arg(0)
+        .arg(WAIT_AOF_MS)
+        .query_async(con)
+        .await?;
+    if local >= 1 {
+        Ok(())
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "WAITAOF: the outcome was not on disk within its timeout",
+        )))
+    }
+}
+
+/// `redis.wait_aof` asked of a Redis that cannot honour it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "redis.wait_aof needs Redis 7.2 or later with appendonly yes; this Redis answered WAITAOF \
+     with: {0}. Turn on the AOF, upgrade Redis, or turn redis.wait_aof off (the reconciler \
+     then publishes again what a crash forgets)"
+)]
+pub struct WaitAofUnsupported(String);
+
+/// Checks once at start-up that `WAITAOF` works here, so that a worker set to wait never
+/// fails every outcome instead.
+pub async fn check_wait_aof(
+    con: &mut redis::aio::ConnectionManager,
+) -> Result<(), WaitAofUnsupported> {
+    wait_aof(con)
+        .await
+        .map_err(|e| WaitAofUnsupported(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,11 @@ pub struct RedisSettings {
     /// A development setup: start on a Redis without persistence (no AOF, no snapshots),
     /// whose restart loses every batch. Without it a process refuses such a Redis.
     pub allow_no_persistence: bool,
+    /// Workers ack an item only after `WAITAOF` says its outcome is in Redis's AOF on disk
+    /// (Redis 7.2 or later, `appendonly yes`): under `appendfsync everysec` a host crash then
+    /// forgets no acknowledged outcome, for a round trip of up to a second per ledger round.
+    /// Off, the reconciler publishes again what Redis forgot.
+    pub wait_aof: bool,
 }
 
 impl Default for RedisSettings {
@@ -80,6 +85,7 @@ impl Default for RedisSettings {
             url: "redis://127.0.0.1:6379/0".into(),
             key_prefix: "docfleet".into(),
             allow_no_persistence: false,
+            wait_aof: false,
         }
     }
 }

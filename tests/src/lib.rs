@@ -106,6 +106,7 @@ impl Fleet {
                 url: redis_url.to_owned(),
                 key_prefix: prefix.clone(),
                 allow_no_persistence: true,
+                ..RedisSettings::default()
             },
             store: StoreSettings {
                 root: std::env::temp_dir().join(&prefix),

@@ -195,8 +195,11 @@ impl Isolation {
 /// from stdin, parses, answers on stdout.
 pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
     let bytes = memory_mb.saturating_mul(1024 * 1024);
+    // No file the parser or its tools write (scratch renders) may pass 1 GiB.
+    const MAX_FILE: u64 = 1 << 30;
     if let Err(e) = rlimit::setrlimit(rlimit::Resource::DATA, bytes, bytes)
         .and_then(|()| rlimit::setrlimit(rlimit::Resource::CPU, cpu_secs, cpu_secs + 1))
+        .and_then(|()| rlimit::setrlimit(rlimit::Resource::FSIZE, MAX_FILE, MAX_FILE))
     {
         eprintln!("engine: could not set resource limits: {e}");
         return ExitCode::FAILURE;

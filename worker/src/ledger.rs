@@ -13,6 +13,9 @@
 //! A caller learns its own item's answer only after the whole script returned, so a delivery
 //! is still acked only after its outcome is recorded. If the call fails, every item of the
 //! group gets the error and is retried like any other transient failure.
+//!
+//! With `redis.wait_aof`, a round's outcomes are answered only after one `WAITAOF` says Redis
+//! has them in its AOF on disk, so an ack never runs ahead of what a host crash would keep.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,9 +112,10 @@ impl Ledger {
         scripts: Scripts,
         redis: redis::aio::ConnectionManager,
         metrics: Arc<Metrics>,
+        wait_aof: bool,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, scripts, redis, metrics));
+        tokio::spawn(run(rx, scripts, redis, metrics, wait_aof));
         Self { tx }
     }
 
@@ -169,6 +173,7 @@ async fn run(
     scripts: Scripts,
     redis: redis::aio::ConnectionManager,
     metrics: Arc<Metrics>,
+    wait_aof: bool,
 ) {
     let mut round = Vec::with_capacity(ROUND_MAX);
     while rx.recv_many(&mut round, ROUND_MAX).await > 0 {
@@ -201,7 +206,21 @@ async fn run(
             each_group(claims).map(|(batch, group)| send_claims(&scripts, &redis, batch, group));
         let finish_calls = each_group(finishes)
             .map(|(batch, group)| send_finishes(&scripts, &redis, batch, group));
-        tokio::join!(join_all(claim_calls), join_all(finish_calls));
+        let (_, recorded) = tokio::join!(join_all(claim_calls), join_all(finish_calls));
+        let on_disk = if wait_aof && !recorded.is_empty() {
+            docfleet_shared::services::wait_aof(&mut redis.clone()).await
+        } else {
+            Ok(())
+        };
+        for (replies, answer) in recorded {
+            let answer = match &on_disk {
+                Ok(()) => answer,
+                // Recorded but perhaps not on disk: the caller retries, which the scripts
+                // make harmless (the redelivery finds the item settled).
+                Err(e) => Err(e.clone()),
+            };
+            answer_each(replies.into_iter(), answer);
+        }
     }
 }
 
@@ -223,12 +242,18 @@ async fn send_claims(
     answer_each(group.into_iter().map(|(_, r)| r), answer);
 }
 
+/// A group's callers and the script's answer for them, held until the round is on disk.
+type FinishAnswer = (
+    Vec<oneshot::Sender<Result<Recorded, LedgerError>>>,
+    redis::RedisResult<Vec<Recorded>>,
+);
+
 async fn send_finishes(
     scripts: &Scripts,
     redis: &redis::aio::ConnectionManager,
     batch_id: String,
     group: FinishGroup,
-) {
+) -> FinishAnswer {
     let items: Vec<Finished> = group
         .iter()
         .map(|(id, o, _)| Finished {
@@ -244,7 +269,7 @@ async fn send_finishes(
         .collect();
     let answer = scripts.finish(&mut redis.clone(), &batch_id, &items).await;
     drop(items);
-    answer_each(group.into_iter().map(|(_, _, r)| r), answer);
+    (group.into_iter().map(|(_, _, r)| r).collect(), answer)
 }
 
 /// Appends to the last group, or starts a new one when it is full.

@@ -44,6 +44,9 @@ pub enum WorkerError {
     /// Redis keeps nothing on disk, and that was not allowed.
     #[error(transparent)]
     NoPersistence(#[from] docfleet_shared::services::NoPersistence),
+    /// `redis.wait_aof` is set, and this Redis cannot wait for its AOF.
+    #[error(transparent)]
+    WaitAof(#[from] docfleet_shared::services::WaitAofUnsupported),
     /// The health endpoint could not bind.
     #[error("health endpoint: {0}")]
     Health(#[from] std::io::Error),
@@ -59,6 +62,10 @@ pub async fn run(
     let mut redis = docfleet_shared::services::connect_redis(&settings.redis.url).await?;
     docfleet_shared::services::check_durability(&mut redis, settings.redis.allow_no_persistence)
         .await?;
+    if settings.redis.wait_aof {
+        docfleet_shared::services::check_wait_aof(&mut redis).await?;
+        tracing::info!("Redis: acks wait until outcomes are in the AOF on disk (WAITAOF).");
+    }
     let metrics = Arc::new(docfleet_shared::metrics::Metrics::default());
     let processor = Arc::new(item::Processor::new(
         settings.clone(),

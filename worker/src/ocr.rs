@@ -93,7 +93,7 @@ pub fn image(bytes: &[u8], lang: &str, bound: Duration) -> Result<Vec<String>, P
         return Err(unavailable());
     }
     let dir = Scratch::new()?;
-    let input = dir.0.join("image");
+    let input = dir.path().join("image");
     std::fs::write(&input, bytes).map_err(io)?;
     recognise(&input, lang, bound)
 }
@@ -141,7 +141,7 @@ pub fn render_pdf_pages(
     bound: Duration,
 ) -> Result<Vec<(u32, Vec<u8>)>, ParseError> {
     let dir = Scratch::new()?;
-    let input = dir.0.join("doc.pdf");
+    let input = dir.path().join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
     render(&dir, &input, pages, dpi, false, bound)?
         .into_iter()
@@ -175,7 +175,10 @@ fn render(
         if grey {
             cmd.arg("-gray");
         }
-        let out = crate::children::output(cmd.arg(input).arg(dir.0.join(format!("run{i}"))), bound);
+        let out = crate::children::output(
+            cmd.arg(input).arg(dir.path().join(format!("run{i}"))),
+            bound,
+        );
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
@@ -196,7 +199,7 @@ fn render(
         }
     }
     // `pdftoppm` names each page `<root>-<n>.png`, `n` zero-padded to the document's width.
-    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&dir.0)
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir.path())
         .map_err(io)?
         .flatten()
         .map(|e| e.path())
@@ -220,7 +223,7 @@ pub fn pdf_images(
     bound: Duration,
 ) -> Result<Vec<(String, Vec<u8>)>, ParseError> {
     let dir = Scratch::new()?;
-    let input = dir.0.join("doc.pdf");
+    let input = dir.path().join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
     let out = crate::children::output(
         Command::new("pdfimages")
@@ -233,12 +236,12 @@ pub fn pdf_images(
                 &last.to_string(),
             ])
             .arg(&input)
-            .arg(dir.0.join("img")),
+            .arg(dir.path().join("img")),
         bound,
     );
     match out {
         Ok(o) if o.status.success() => {
-            let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&dir.0)
+            let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
                 .map_err(io)?
                 .flatten()
                 .map(|e| e.path())
@@ -289,7 +292,7 @@ pub fn pdf_pages(
         return Err(unavailable());
     }
     let dir = Scratch::new()?;
-    let input = dir.0.join("doc.pdf");
+    let input = dir.path().join("doc.pdf");
     std::fs::write(&input, pdf).map_err(io)?;
     let rendered = render(&dir, &input, pages, 300, true, bound)?;
     Ok(pages
@@ -328,36 +331,70 @@ fn killed(what: &str, bound: Duration, e: Option<std::io::Error>) -> ParseError 
     }
 }
 
-/// A scratch folder, named after this process so that whoever outlives it (the parent of a
-/// parser child that was killed) can remove it; removed when dropped.
-struct Scratch(std::path::PathBuf);
+/// A scratch folder (the `tempfile` crate's), named after this process so that whoever
+/// outlives it (the parent of a parser child that was killed) can remove it; removed when
+/// dropped.
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new() -> Result<Self, ParseError> {
-        let d = std::env::temp_dir().join(format!(
-            "docfleet-ocr-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&d).map_err(io)?;
-        Ok(Self(d))
+        tempfile::Builder::new()
+            .prefix(&format!("{SCRATCH}{}-", std::process::id()))
+            .tempdir()
+            .map(Self)
+            .map_err(io)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// What every scratch folder's name starts with.
+const SCRATCH: &str = "docfleet-ocr-";
 
 /// Removes the scratch folders a (finished or killed) process `pid` left.
 pub fn remove_scratch_of(pid: u32) {
-    let prefix = format!("docfleet-ocr-{pid}-");
-    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+    sweep(|owner| owner == pid);
+}
+
+/// Removes the scratch folders of processes that are gone: what a worker killed with its
+/// children left behind. Run at start-up.
+pub fn sweep_scratch() {
+    sweep(|owner| !std::path::Path::new(&format!("/proc/{owner}")).exists());
+}
+
+fn sweep(owned: impl Fn(u32) -> bool) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix(SCRATCH)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(&owned) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_of_dead_processes_is_swept() {
+        // No pid reaches 4,000,000,000: that process is gone.
+        let dead = std::env::temp_dir().join(format!("{SCRATCH}4000000000-test"));
+        std::fs::create_dir_all(dead.join("inner")).unwrap();
+        let live = Scratch::new().unwrap();
+        sweep_scratch();
+        assert!(!dead.exists(), "a dead process's scratch stayed");
+        assert!(live.path().exists(), "a live process's scratch was taken");
+        let path = live.path().to_owned();
+        drop(live);
+        assert!(!path.exists(), "a scratch folder outlived its owner");
     }
 }

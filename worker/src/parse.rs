@@ -714,6 +714,35 @@ fn pdf_items(page: &unpdf::Page) -> Vec<Value> {
     items
 }
 
+/// A PDF of `objects` (numbered from 1; the first is the catalog), with a correct
+/// cross-reference table: what tests build their documents from.
+#[cfg(test)]
+pub(crate) fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
+    let mut pdf = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(pdf.len());
+        pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        pdf.extend_from_slice(o);
+        pdf.extend_from_slice(b"\nendobj\n");
+    }
+    let xref = pdf.len();
+    pdf.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for o in offsets {
+        pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    pdf.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    pdf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,37 +882,17 @@ mod ocr_tests {
     fn blank_pdf(pages: usize) -> Vec<u8> {
         let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 3 + i)).collect();
         let mut objects = vec![
-            "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
+            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
             format!(
                 "<< /Type /Pages /Kids [{}] /Count {pages} >>",
                 kids.join(" ")
-            ),
+            )
+            .into_bytes(),
         ];
         objects.extend(
-            (0..pages)
-                .map(|_| "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>".to_owned()),
+            (0..pages).map(|_| b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>".to_vec()),
         );
-        let mut pdf = b"%PDF-1.4\n".to_vec();
-        let mut offsets = Vec::new();
-        for (i, o) in objects.iter().enumerate() {
-            offsets.push(pdf.len());
-            pdf.extend_from_slice(format!("{} 0 obj\n{o}\nendobj\n", i + 1).as_bytes());
-        }
-        let xref = pdf.len();
-        pdf.extend_from_slice(
-            format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-        );
-        for off in offsets {
-            pdf.extend_from_slice(format!("{off:010} 00000 n \n").as_bytes());
-        }
-        pdf.extend_from_slice(
-            format!(
-                "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-                objects.len() + 1
-            )
-            .as_bytes(),
-        );
-        pdf
+        super::pdf_of(&objects)
     }
 
     /// Needs Debian's tesseract-ocr and poppler-utils, which deploy/local/test installs.

@@ -131,6 +131,8 @@ impl Processor {
             // Probed at start, so a worker that cannot isolate its parser says so at once.
             crate::isolation::network_namespaces();
         }
+        // What a worker killed with its children left in the scratch folder.
+        crate::ocr::sweep_scratch();
         let isolation = (settings.parse_memory_mb > 0).then(|| Isolation {
             binary: settings
                 .engine_binary
@@ -142,7 +144,12 @@ impl Processor {
         });
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
-            ledger: Ledger::start(Scripts::new(keys.clone()), redis.clone(), metrics.clone()),
+            ledger: Ledger::start(
+                Scripts::new(keys.clone()),
+                redis.clone(),
+                metrics.clone(),
+                settings.redis.wait_aof,
+            ),
             keys,
             redis,
             settings,
