@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use docfleet_shared::settings::BrokerSettings;
 use docfleet_shared::topology::Topology;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -53,10 +54,10 @@ fn describe(data: &[u8], props: &BasicProperties) -> Value {
 }
 
 async fn open(
-    url: &str,
+    broker: &BrokerSettings,
     topology: &Topology,
 ) -> Result<(lapin::Connection, Channel, u32), lapin::Error> {
-    let conn = docfleet_shared::services::connect_amqp(url, Duration::from_secs(10)).await?;
+    let conn = docfleet_shared::services::connect_amqp(broker, Duration::from_secs(10)).await?;
     topology.declare(&conn).await?;
     let ch = conn.create_channel().await?;
     let passive = QueueDeclareOptions {
@@ -75,8 +76,12 @@ async fn open(
 }
 
 /// Up to `limit` parked messages, oldest first; they stay parked.
-pub async fn list(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Value>, lapin::Error> {
-    let (conn, ch, parked) = open(url, topology).await?;
+pub async fn list(
+    broker: &BrokerSettings,
+    topology: &Topology,
+    limit: u32,
+) -> Result<Vec<Value>, lapin::Error> {
+    let (conn, ch, parked) = open(broker, topology).await?;
     let dead = topology.dead_queue();
     let mut out = Vec::new();
     for _ in 0..parked.min(limit) {
@@ -95,8 +100,12 @@ pub async fn list(url: &str, topology: &Topology, limit: u32) -> Result<Vec<Valu
 /// headers), each taken off the dead-letter queue only once the broker confirmed it; how
 /// many. Only the messages parked when it starts are replayed, so one that dies again is
 /// not replayed twice.
-pub async fn replay(url: &str, topology: &Topology, limit: u32) -> Result<u32, DeadLetterError> {
-    let (conn, ch, parked) = open(url, topology).await?;
+pub async fn replay(
+    broker: &BrokerSettings,
+    topology: &Topology,
+    limit: u32,
+) -> Result<u32, DeadLetterError> {
+    let (conn, ch, parked) = open(broker, topology).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let dead = topology.dead_queue();
     let mut replayed = 0;

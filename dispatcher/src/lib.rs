@@ -92,7 +92,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
     .await?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let topology = Topology::for_broker(&settings.broker);
-    let publisher = publisher::Publisher::connect(&settings.broker.url, topology).await?;
+    let publisher = publisher::Publisher::connect(&settings.broker, topology).await?;
     Ok(AppState {
         store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
         scripts: Scripts::new(keys.clone()),

@@ -166,12 +166,12 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
         }
         Command::DeadLetters { replay, limit } => {
             let topology = docfleet_shared::topology::Topology::for_broker(&settings.broker);
-            let url = &settings.broker.url;
+            let broker = &settings.broker;
             if replay {
-                let n = docfleet_dispatcher::dead_letters::replay(url, &topology, limit).await?;
+                let n = docfleet_dispatcher::dead_letters::replay(broker, &topology, limit).await?;
                 println!("replayed {n}");
             } else {
-                for m in docfleet_dispatcher::dead_letters::list(url, &topology, limit).await? {
+                for m in docfleet_dispatcher::dead_letters::list(broker, &topology, limit).await? {
                     println!("{m}");
                 }
             }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use docfleet_shared::model::Priority;
+use docfleet_shared::settings::BrokerSettings;
 use docfleet_shared::topology::Topology;
 use docfleet_shared::wire::Trace;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -38,16 +39,19 @@ const HEAL_MAX: Duration = Duration::from_secs(5);
 
 /// One confirmed channel per dispatcher, re-opened on failure.
 pub struct Publisher {
-    url: String,
+    broker: BrokerSettings,
     topology: Topology,
     link: Mutex<Option<Link>>,
 }
 
 impl Publisher {
     /// Connects and declares the topology.
-    pub async fn connect(url: &str, topology: Topology) -> Result<Self, PublishError> {
+    pub async fn connect(
+        broker: &BrokerSettings,
+        topology: Topology,
+    ) -> Result<Self, PublishError> {
         let p = Self {
-            url: url.to_owned(),
+            broker: broker.clone(),
             topology,
             link: Mutex::new(None),
         };
@@ -60,7 +64,7 @@ impl Publisher {
 
     async fn open(&self) -> Result<Link, PublishError> {
         let connection =
-            docfleet_shared::services::connect_amqp(&self.url, Duration::from_secs(10)).await?;
+            docfleet_shared::services::connect_amqp(&self.broker, Duration::from_secs(10)).await?;
         self.topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
         channel

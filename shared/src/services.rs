@@ -2,14 +2,21 @@
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 
-/// Opens an AMQP connection, retrying with backoff for up to `patience`.
-pub async fn connect_amqp(url: &str, patience: Duration) -> lapin::Result<Connection> {
+use crate::settings::BrokerSettings;
+
+/// Opens an AMQP connection, retrying with backoff for up to `patience`. An `amqps://` URL
+/// trusts the system's CAs and `broker.tls_ca_file`'s.
+pub async fn connect_amqp(
+    broker: &BrokerSettings,
+    patience: Duration,
+) -> lapin::Result<Connection> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut delay = Duration::from_millis(100);
     loop {
-        match Connection::connect(url, ConnectionProperties::default()).await {
+        match connect_amqp_once(broker).await {
             Ok(c) => return Ok(c),
             Err(error) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(%error, "RabbitMQ not reachable yet; retrying.");
@@ -19,6 +26,23 @@ pub async fn connect_amqp(url: &str, patience: Duration) -> lapin::Result<Connec
             Err(error) => return Err(error),
         }
     }
+}
+
+async fn connect_amqp_once(broker: &BrokerSettings) -> lapin::Result<Connection> {
+    // Read at every connect, so a renewed CA file is taken without a restart.
+    let cert_chain = match &broker.tls_ca_file {
+        Some(path) => Some(std::fs::read_to_string(path)?),
+        None => None,
+    };
+    DefaultConnectionBuilder::new()?
+        .with_uri_str(broker.url.clone())
+        .with_properties(ConnectionProperties::default())
+        .with_tls_config(OwnedTLSConfig {
+            identity: None,
+            cert_chain,
+        })
+        .connect()
+        .await
 }
 
 /// A Redis connection that reconnects by itself.

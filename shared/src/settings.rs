@@ -35,6 +35,9 @@ pub struct BrokerSettings {
     /// with a delivery limit). Every process of a fleet must say the same: a queue declared
     /// with other arguments is refused.
     pub queue_type: QueueType,
+    /// A PEM file of CA certificates trusted for `amqps://` besides the system's (a private
+    /// CA); read at every connect, so a renewed file needs no restart.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// What kind of RabbitMQ queue the work queues are.
@@ -57,6 +60,7 @@ impl Default for BrokerSettings {
             queue_prefix: "docfleet".into(),
             consumer_timeout_ms: 1_800_000,
             queue_type: QueueType::Quorum,
+            tls_ca_file: None,
         }
     }
 }
@@ -500,6 +504,16 @@ fn validate_common(
             broker.url
         ));
     }
+    if let Some(path) = &broker.tls_ca_file {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| format!("broker.tls_ca_file: cannot read {}: {e}", path.display()))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!(
+                "broker.tls_ca_file: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+    }
     if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
         return Err(format!(
             "redis.url must be a redis:// URL, got {:?}",
@@ -716,5 +730,22 @@ mod tests {
         assert_eq!(w.validate(), Ok(()));
         w.broker.consumer_timeout_ms = 600_000;
         assert!(w.validate().is_err());
+    }
+
+    #[test]
+    fn a_tls_ca_file_that_is_no_certificate_is_refused_before_any_connect() {
+        let mut w = WorkerSettings::default();
+        w.broker.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        let refused = w.validate().unwrap_err();
+        assert!(
+            refused.starts_with("broker.tls_ca_file: cannot read"),
+            "{refused}"
+        );
+        let not_pem = std::env::temp_dir().join(format!("docfleet-ca-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        w.broker.tls_ca_file = Some(not_pem.clone());
+        let refused = w.validate().unwrap_err();
+        std::fs::remove_file(&not_pem).unwrap();
+        assert!(refused.contains("holds no PEM certificate"), "{refused}");
     }
 }

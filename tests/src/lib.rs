@@ -89,6 +89,15 @@ impl Fleet {
 
     /// Starts a fleet whose Redis is `redis_url`.
     pub async fn start_on_redis(workers: usize, redis_url: &str) -> Fleet {
+        let broker = BrokerSettings {
+            url: amqp_url(),
+            ..BrokerSettings::default()
+        };
+        Self::start_on(workers, redis_url, broker).await
+    }
+
+    /// Starts a fleet on this Redis and this broker (its queue prefix is the fleet's own).
+    pub async fn start_on(workers: usize, redis_url: &str, broker: BrokerSettings) -> Fleet {
         if std::env::var_os("RUST_LOG").is_some() {
             docfleet_shared::telemetry::init(&docfleet_shared::settings::LogSettings::default());
         }
@@ -97,9 +106,8 @@ impl Fleet {
         let ds = DispatcherSettings {
             listen: "127.0.0.1:0".into(),
             broker: BrokerSettings {
-                url: amqp_url(),
                 queue_prefix: prefix.clone(),
-                ..BrokerSettings::default()
+                ..broker
             },
             // The machine's Redis keeps nothing on disk (`--save "" --appendonly no`).
             redis: RedisSettings {
@@ -563,8 +571,7 @@ impl Drop for Fleet {
 
 async fn cleanup(settings: &DispatcherSettings) {
     if let Ok(conn) =
-        lapin::Connection::connect(&settings.broker.url, lapin::ConnectionProperties::default())
-            .await
+        docfleet_shared::services::connect_amqp(&settings.broker, Duration::from_secs(2)).await
     {
         if let Ok(ch) = conn.create_channel().await {
             let _ = Topology::new(settings.broker.queue_prefix.clone())

@@ -880,7 +880,7 @@ async fn kill_dispatcher_mid_cancel(f: &mut Fleet, ids: &[String]) -> Row {
 
 async fn republish(f: &Fleet, batch: &str, items: &[String]) {
     let p = docfleet_dispatcher::publisher::Publisher::connect(
-        &docfleet_tests::amqp_url(),
+        &f.dispatcher_settings.broker,
         docfleet_shared::topology::Topology::for_broker(&f.dispatcher_settings.broker),
     )
     .await
@@ -919,7 +919,7 @@ async fn poison(f: &Fleet, ids: &[String]) -> Row {
     let id = create(f, parse_job(ids)).await;
     wait_processed(f, &id, 200).await;
     let p = docfleet_dispatcher::publisher::Publisher::connect(
-        &docfleet_tests::amqp_url(),
+        &f.dispatcher_settings.broker,
         docfleet_shared::topology::Topology::for_broker(&f.dispatcher_settings.broker),
     )
     .await

@@ -67,8 +67,7 @@ async fn consume(
 ) -> Result<(), ConsumeError> {
     let topology = Topology::for_broker(&settings.broker);
     let conn =
-        docfleet_shared::services::connect_amqp(&settings.broker.url, Duration::from_secs(5))
-            .await?;
+        docfleet_shared::services::connect_amqp(&settings.broker, Duration::from_secs(5)).await?;
     topology.declare(&conn).await?;
     let channel = conn.create_channel().await?;
     channel
