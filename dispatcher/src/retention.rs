@@ -92,7 +92,10 @@ async fn forget(
         redis::pipe()
             .unlink(&records)
             .ignore()
-            .zrem(k.webhook_due(), &ids)
+            .zrem(
+                k.project_webhook_due(project.as_deref().unwrap_or_default()),
+                &ids,
+            )
             .ignore()
             .zrem(k.batch_deliveries(batch_id), &ids)
             .ignore()

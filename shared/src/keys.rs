@@ -176,9 +176,15 @@ impl Keys {
         format!("{}:whd:{delivery_id}", self.prefix)
     }
 
-    /// Deliveries due, by next attempt time.
+    /// Projects with deliveries due, each scored no later than its earliest next attempt:
+    /// the sender takes from them in turn.
     pub fn webhook_due(&self) -> String {
         format!("{}:webhook:due", self.prefix)
+    }
+
+    /// A project's deliveries due, by next attempt time.
+    pub fn project_webhook_due(&self, project: &str) -> String {
+        format!("{}:webhook:due:{project}", self.prefix)
     }
 
     /// A batch's deliveries.

@@ -566,3 +566,54 @@ async fn handled_events_are_trimmed_from_the_outbox() {
     assert_eq!(left, Vec::<(String, String)>::new());
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_projects_backlog_does_not_hold_back_anothers_deliveries() {
+    let mut f = Fleet::start(1).await;
+    f.stop_dispatcher().await;
+    f.dispatcher_settings.webhook.concurrency = 2;
+    f.dispatcher_settings.webhook.per_host_concurrency = 2;
+    f.start_dispatcher().await;
+    // Project A: 120 item events to a receiver that takes 100 ms each, 2 at a time: a backlog
+    // of about 6 s, every delivery of it due before project B's one.
+    let slow = Receiver::start().await;
+    slow.plan((0..200).map(|_| Reply::Slow(Duration::from_millis(100))));
+    let ids = files(&f, 120).await;
+    let a = create(
+        &f,
+        &ids,
+        json!([{ "webhook_url": slow.url(), "webhook_events": ["parse.success"] }]),
+    )
+    .await;
+    f.wait_terminal(&a, Duration::from_secs(60)).await;
+    slow.wait_for(Duration::from_secs(10), |x| x.len() >= 2)
+        .await;
+    // Project B: one event.
+    let b_key = f.new_key("proj-b").await;
+    let b_dir = f.create_dir(&b_key, "hooks-b").await;
+    let b_file = f
+        .upload(&b_key, &b_dir, "b.txt", b"project b".to_vec())
+        .await;
+    let other = Receiver::start().await;
+    let body = json!({
+        "job_config": { "parameters": { "webhook_configurations": [
+            { "webhook_url": other.url(), "webhook_events": ["parse.success"] }
+        ] } },
+        "item_ids": [b_file],
+    });
+    let (s, created) = f.post_as(&b_key, BATCH, &body).await;
+    assert_eq!(s, 200, "{created}");
+    other
+        .wait_for(Duration::from_secs(30), |x| !x.is_empty())
+        .await;
+    // Served in turn, B's delivery went out while most of A's backlog still waited; first come
+    // first served would have sent all 120 of A's first.
+    let a_sent = slow.received().len();
+    assert!(
+        a_sent < 60,
+        "project B's delivery waited behind {a_sent} of project A's 120"
+    );
+    slow.wait_for(Duration::from_secs(30), |x| x.len() >= 120)
+        .await;
+    f.shutdown().await;
+}

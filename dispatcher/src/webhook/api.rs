@@ -92,18 +92,25 @@ pub async fn redeliver(
     crate::batch::load_any(&st, &batch_id).await?;
     let mut con = st.redis.clone();
     let key = st.keys.delivery(&delivery_id);
-    let owner: Option<String> = con.hget(&key, "batch_id").await?;
+    let (owner, project): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("batch_id")
+        .arg("project")
+        .query_async(&mut con)
+        .await?;
     if owner.as_deref() != Some(batch_id.as_str()) {
         return Err(ApiError::not_found("webhook delivery", &delivery_id));
     }
     let now = docfleet_shared::now_millis();
-    let _: () = redis::pipe()
-        .atomic()
+    let mut pipe = redis::pipe();
+    pipe.atomic()
         .hset(&key, "status", "pending")
+        .ignore()
         .hset(&key, "next_attempt_at", now)
-        .zadd(st.keys.webhook_due(), &delivery_id, now)
-        .query_async(&mut con)
-        .await?;
+        .ignore();
+    let project = project.unwrap_or_default();
+    super::delivery::schedule(&mut pipe, &st.keys, &project, &delivery_id, now);
+    let _: () = pipe.query_async(&mut con).await?;
     st.webhook_wake.notify_one();
     let d: HashMap<String, String> = con.hgetall(&key).await?;
     Ok(Json(view(&d)))

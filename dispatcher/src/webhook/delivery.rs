@@ -21,10 +21,52 @@ use super::subscription::{Endpoint, OutputFormat};
 use crate::state::AppState;
 
 /// Takes up to ARGV[2] due deliveries and leases them until ARGV[3]. KEYS: due. ARGV: now.
+/// Takes up to `free` due deliveries, shared between the projects that have some: each project
+/// due gets an equal share, oldest first, so one project's backlog cannot hold back another's
+/// deliveries. A project served is scored `now` at the earliest, behind those still waiting.
+/// KEYS: the projects index. ARGV: now, free, lease_until, the per-project key prefix.
 const TAKE_DUE: &str = r"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
-return ids";
+local now, free, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local projects = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, free)
+local taken = {}
+if #projects == 0 then return taken end
+local share = math.max(1, math.floor(free / #projects))
+for _, p in ipairs(projects) do
+  if #taken >= free then break end
+  local due = ARGV[4] .. p
+  local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, math.min(share, free - #taken))
+  for _, id in ipairs(ids) do
+    redis.call('ZADD', due, lease, id)
+    taken[#taken + 1] = id
+  end
+  local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', KEYS[1], p)
+  else
+    redis.call('ZADD', KEYS[1], math.max(tonumber(first[2]), now), p)
+  end
+end
+return taken";
+
+/// Schedules delivery `id` of `project` for `at` (ms): in the project's queue, and the project
+/// in the index no later than that. A delivery taken off its project's queue leaves the index
+/// as it is; the sender drops a project it finds with nothing left.
+pub fn schedule(
+    pipe: &mut redis::Pipeline,
+    keys: &docfleet_shared::keys::Keys,
+    project: &str,
+    id: &str,
+    at: i64,
+) {
+    pipe.zadd(keys.project_webhook_due(project), id, at)
+        .ignore()
+        .cmd("ZADD")
+        .arg(keys.webhook_due())
+        .arg("LT")
+        .arg(at)
+        .arg(project)
+        .ignore();
+}
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -127,6 +169,7 @@ impl Sender {
                     .arg(now)
                     .arg(free)
                     .arg(now + lease_ms)
+                    .arg(self.st.keys.project_webhook_due(""))
                     .invoke_async::<Vec<String>>(&mut con)
                     .await
                 {
@@ -175,15 +218,18 @@ impl Sender {
         let mut con = self.st.background.clone();
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.hget(self.st.keys.delivery(id), "url");
+            pipe.cmd("HMGET")
+                .arg(self.st.keys.delivery(id))
+                .arg("url")
+                .arg("project");
         }
-        let urls: Vec<Option<String>> = pipe.query_async(&mut con).await?;
+        let found: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut con).await?;
         let limit = self.st.settings.webhook.per_host_concurrency;
         let mut admitted = Vec::with_capacity(ids.len());
         let mut deferred = Vec::new();
         {
             let mut hosts = self.per_host.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, url) in ids.into_iter().zip(urls) {
+            for (id, (url, project)) in ids.into_iter().zip(found) {
                 let host = url
                     .and_then(|u| reqwest::Url::parse(&u).ok())
                     .and_then(|u| u.host_str().map(str::to_owned))
@@ -193,15 +239,15 @@ impl Sender {
                     *n += 1;
                     admitted.push((id, host));
                 } else {
-                    deferred.push(id);
+                    deferred.push((id, project.unwrap_or_default()));
                 }
             }
         }
         if !deferred.is_empty() {
             let at = docfleet_shared::now_millis() + 50;
             let mut pipe = redis::pipe();
-            for id in &deferred {
-                pipe.zadd(self.st.keys.webhook_due(), id, at).ignore();
+            for (id, project) in &deferred {
+                schedule(&mut pipe, &self.st.keys, project, id, at);
             }
             pipe.query_async::<()>(&mut con).await?;
         }
@@ -224,7 +270,8 @@ impl Sender {
         let d: HashMap<String, String> = con.hgetall(&key).await?;
         let get = |k: &str| d.get(k).cloned().unwrap_or_default();
         if get("status") != "pending" {
-            let _: () = con.zrem(self.st.keys.webhook_due(), id).await?;
+            let due = self.st.keys.project_webhook_due(&get("project"));
+            let _: () = con.zrem(due, id).await?;
             return Ok(());
         }
         let batch_id = get("batch_id");
@@ -384,7 +431,8 @@ impl Sender {
             .and_then(|a| a.parse().ok())
             .unwrap_or(now);
         let key = self.st.keys.delivery(id);
-        let due = self.st.keys.webhook_due();
+        let project = d.get("project").map(String::as_str).unwrap_or_default();
+        let due = self.st.keys.project_webhook_due(project);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset(&key, "attempts", attempts)
@@ -434,8 +482,8 @@ impl Sender {
                         .hset(&key, "next_attempt_at", "")
                         .zrem(&due, id);
                 } else {
-                    pipe.hset(&key, "next_attempt_at", next)
-                        .zadd(&due, id, next);
+                    pipe.hset(&key, "next_attempt_at", next);
+                    schedule(&mut pipe, &self.st.keys, project, id, next);
                 }
             }
         }

@@ -25,14 +25,19 @@ pub const GROUP: &str = "webhooks";
 /// Idle time after which another replica takes over an unacknowledged event.
 const RECLAIM_IDLE_MS: u64 = 30_000;
 
-/// Writes one delivery unless it exists. KEYS: delivery, due, batch deliveries.
-/// ARGV: now_ms, delivery id, then field/value pairs.
+/// Writes one delivery unless it exists, due now in its project's queue (see
+/// `delivery::schedule`). KEYS: delivery, the project's due deliveries, batch deliveries, the
+/// projects index. ARGV: now_ms, delivery id, project, then field/value pairs.
 const CREATE_DELIVERY: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[4], 'LT', ARGV[1], ARGV[3])
 return 1";
+
+/// A batch's endpoints and its project, as the outbox needs them.
+type Subscribers = (String, Arc<Vec<Endpoint>>);
 
 /// The endpoints a batch subscribed, from its record, credentials opened. One whose
 /// credentials cannot be opened (the key changed) gets nothing: an unsigned delivery would
@@ -70,7 +75,7 @@ pub async fn run(st: AppState, mut stop: watch::Receiver<bool>) {
         }
     };
     let consumer = st.replica_id.to_string();
-    let mut cache: HashMap<String, Arc<Vec<Endpoint>>> = HashMap::new();
+    let mut cache: HashMap<String, Subscribers> = HashMap::new();
     let mut last_reclaim = tokio::time::Instant::now() - Duration::from_secs(3600);
     let mut reclaim_from = String::from("0-0");
     while !*stop.borrow() {
@@ -248,7 +253,7 @@ async fn fill_item_records(
 /// one more per batch whose items they are about.
 async fn handle(
     st: &AppState,
-    cache: &mut HashMap<String, Arc<Vec<Endpoint>>>,
+    cache: &mut HashMap<String, Subscribers>,
     entries: &[StreamId],
 ) -> redis::RedisResult<()> {
     let mut events = Vec::new();
@@ -256,10 +261,15 @@ async fn handle(
         let field = |k: &str| entry.get::<String>(k).unwrap_or_default();
         let batch_id = field("batch_id");
         let eps = match cache.get(&batch_id) {
-            Some(e) => e.clone(),
+            Some((_, e)) => e.clone(),
             None => {
                 let e = endpoints(st, &batch_id).await?;
-                cache.insert(batch_id.clone(), e.clone());
+                let project: Option<String> = st
+                    .background
+                    .clone()
+                    .hget(st.keys.batch(&batch_id), "project_id")
+                    .await?;
+                cache.insert(batch_id.clone(), (project.unwrap_or_default(), e.clone()));
                 e
             }
         };
@@ -336,13 +346,14 @@ async fn handle(
             "data": data,
         })
         .to_string();
-        let eps = cache.get(&e.batch_id).cloned().unwrap_or_default();
+        let (project, eps) = cache.get(&e.batch_id).cloned().unwrap_or_default();
         for &idx in &e.wanted {
             let id = format!("whd-{}-{idx}", e.id);
             let url = eps.get(idx).map(|x| x.url.clone()).unwrap_or_default();
-            let fields: [(&str, String); 11] = [
+            let fields: [(&str, String); 12] = [
                 ("id", id.clone()),
                 ("batch_id", e.batch_id.clone()),
+                ("project", project.clone()),
                 ("event_id", event_id.clone()),
                 ("event_type", e.kind.clone()),
                 ("endpoint", idx.to_string()),
@@ -354,12 +365,14 @@ async fn handle(
                 ("next_attempt_at", now.to_string()),
             ];
             // EVAL rather than EVALSHA inside a pipeline: a NOSCRIPT there cannot be retried.
-            pipe.cmd("EVAL").arg(CREATE_DELIVERY).arg(3);
+            pipe.cmd("EVAL").arg(CREATE_DELIVERY).arg(4);
             pipe.arg(st.keys.delivery(&id))
-                .arg(st.keys.webhook_due())
+                .arg(st.keys.project_webhook_due(&project))
                 .arg(st.keys.batch_deliveries(&e.batch_id))
+                .arg(st.keys.webhook_due())
                 .arg(now)
-                .arg(&id);
+                .arg(&id)
+                .arg(&project);
             for (k, v) in &fields {
                 pipe.arg(*k).arg(v);
             }
