@@ -499,11 +499,12 @@ async fn a_hostile_client_costs_the_dispatcher_little() {
         ("{\"item_ids\": [".repeat(50_000), 422),
     ];
     for (body, want) in cases {
+        let large = body.len() > 1 << 20;
         match post(body).await {
             Ok(r) => assert_eq!(r.status().as_u16(), want, "{:?}", r.text().await),
-            // Refused while it was still being sent: the server answers 413 and closes, and the
-            // client may see the close before the answer.
-            Err(e) => assert_eq!(want, 413, "{e}"),
+            // Refused while it was still being sent (too large, or too many ids counted as they
+            // arrived): the server answers and closes, and the client may see the close first.
+            Err(e) => assert!(large, "{e}"),
         }
     }
     // Half-sent requests: each is closed once its header timeout passes.
