@@ -195,12 +195,7 @@ pub async fn revoke_key(
     project: &str,
     key: &str,
 ) -> redis::RedisResult<usize> {
-    let digests: Vec<String> = con.zrange(keys.project_keys(project), 0, -1).await?;
-    let wanted = digest(key);
-    let matching: Vec<String> = digests
-        .into_iter()
-        .filter(|d| *d == wanted || (key.len() >= 12 && d.starts_with(key)))
-        .collect();
+    let matching = matching_digests(con, keys, project, key).await?;
     for d in &matching {
         redis::pipe()
             .atomic()
@@ -212,6 +207,94 @@ pub async fn revoke_key(
             .await?;
     }
     Ok(matching.len())
+}
+
+/// The digests of `project`'s keys that `key` names: the key itself, or a digest prefix of at
+/// least 12 characters.
+async fn matching_digests(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &docfleet_shared::keys::Keys,
+    project: &str,
+    key: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let digests: Vec<String> = con.zrange(keys.project_keys(project), 0, -1).await?;
+    let wanted = digest(key);
+    Ok(digests
+        .into_iter()
+        .filter(|d| *d == wanted || (key.len() >= 12 && d.starts_with(key)))
+        .collect())
+}
+
+/// What rotating a key gave: its successor, and how long the old key still works.
+#[derive(Debug)]
+pub struct Rotated {
+    pub key: String,
+    pub old_expires_in_secs: u64,
+}
+
+/// Rotates the one key of `project` that `key` names: a successor (valid `ttl_secs` if given)
+/// and the old key cut to `overlap_secs` more (never lengthened), so clients can move over
+/// before it stops. `None` if `key` names no key or more than one.
+pub async fn rotate_key(
+    con: &mut redis::aio::ConnectionManager,
+    keys: &docfleet_shared::keys::Keys,
+    project: &str,
+    key: &str,
+    overlap_secs: u64,
+    ttl_secs: Option<u64>,
+) -> redis::RedisResult<Option<Rotated>> {
+    let matching = matching_digests(con, keys, project, key).await?;
+    let [old] = matching.as_slice() else {
+        return Ok(None);
+    };
+    let left: i64 = con.ttl(keys.api_key(old)).await?;
+    let overlap = match u64::try_from(left) {
+        Ok(t) => t.min(overlap_secs),
+        Err(_) if left == -1 => overlap_secs,
+        Err(_) => return Ok(None), // gone meanwhile
+    };
+    let successor = create_key(con, keys, project, ttl_secs).await?;
+    let _: () = con.expire(keys.api_key(old), overlap.max(1) as i64).await?;
+    Ok(Some(Rotated {
+        key: successor,
+        old_expires_in_secs: overlap.max(1),
+    }))
+}
+
+/// `POST /api/v1/admin/keys/{prefix}/rotate` body.
+#[derive(Debug, Default, Deserialize)]
+pub struct Rotation {
+    /// How long the old key keeps working, in seconds (default a day).
+    #[serde(default)]
+    overlap_secs: Option<u64>,
+    #[serde(default)]
+    expires_in_days: Option<u64>,
+}
+
+/// Operator route: rotates a project's key named by its digest prefix (`?project=`): the
+/// successor, shown this once, and how long the old key still works.
+pub async fn rotate_route(
+    State(st): State<AppState>,
+    _: Operator,
+    Path(prefix): Path<String>,
+    q: QueryParams,
+    JsonBody(body): JsonBody<Rotation>,
+) -> Result<Json<Value>, ApiError> {
+    let project = q.get("project").unwrap_or_default();
+    checked_project(project)?;
+    let overlap = body.overlap_secs.unwrap_or(86_400);
+    let ttl = body.expires_in_days.map(|d| d.saturating_mul(86_400));
+    let mut con = st.redis.clone();
+    match rotate_key(&mut con, &st.keys, project, &prefix, overlap, ttl).await? {
+        Some(r) => Ok(Json(json!({
+            "key": r.key,
+            "project": project,
+            "old_expires_in_secs": r.old_expires_in_secs,
+        }))),
+        None => Err(ApiError::NotFound(format!(
+            "no single key of project {project} has a digest starting {prefix:?}"
+        ))),
+    }
 }
 
 /// `POST /api/v1/admin/keys` body.

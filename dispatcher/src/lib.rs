@@ -186,6 +186,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/admin/keys/{digest}", delete(auth::revoke_route))
         .route(
+            "/api/v1/admin/keys/{digest}/rotate",
+            post(auth::rotate_route),
+        )
+        .route(
             "/api/v2/batches",
             post(batch_v2::create).get(batch_v2::list),
         )

@@ -41,8 +41,7 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
-    /// Create an API key for a project and print it. Rotating a key is creating its successor,
-    /// moving clients to it, and revoking the old one.
+    /// Create an API key for a project and print it.
     CreateKey {
         /// Project the key belongs to ([A-Za-z0-9_-], at most 64).
         #[arg(long, required_unless_present = "operator")]
@@ -61,6 +60,21 @@ enum Command {
         /// The project.
         #[arg(long)]
         project: String,
+    },
+    /// Rotate a key: print its successor and let the old one work for `--overlap-secs` more
+    /// (never longer than it had), so clients move over before it stops.
+    RotateKey {
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// The key (`dfk_…`) or at least 12 characters of its digest.
+        key: String,
+        /// How long the old key keeps working (default a day).
+        #[arg(long, default_value_t = 86_400)]
+        overlap_secs: u64,
+        /// The successor stops working after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u64>,
     },
     /// Revoke a key, given itself or its digest prefix from `list-keys`; refused everywhere
     /// within a second.
@@ -143,6 +157,29 @@ async fn run(command: Command, settings: DispatcherSettings) -> anyhow::Result<(
             for k in docfleet_dispatcher::auth::list_keys(&mut con, &keys, &project).await? {
                 println!("{k}");
             }
+            Ok(())
+        }
+        Command::RotateKey {
+            project,
+            key,
+            overlap_secs,
+            expires_in_days,
+        } => {
+            let (mut con, keys) = redis_and_keys(&settings).await?;
+            let rotated = docfleet_dispatcher::auth::rotate_key(
+                &mut con,
+                &keys,
+                &project,
+                &key,
+                overlap_secs,
+                expires_in_days.map(|d| d.saturating_mul(86_400)),
+            )
+            .await?;
+            let Some(r) = rotated else {
+                anyhow::bail!("no single key of project {project} matches {key:?}");
+            };
+            println!("{}", r.key);
+            eprintln!("the old key works for {} s more", r.old_expires_in_secs);
             Ok(())
         }
         Command::RevokeKey { project, key } => {

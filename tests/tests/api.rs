@@ -769,6 +769,48 @@ async fn keys_expire_and_are_revoked() {
     assert_eq!(s, 204);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(f.get_as(&fresh, "/api/v1/beta/directories").await.0, 401);
+    // Rotated with an overlap: the successor works at once, the old key until the overlap
+    // ends, and then only the successor; a prefix that names no key is a 404.
+    let before = docfleet_dispatcher::auth::list_keys(&mut con, &f.keys, "proj-keys")
+        .await
+        .unwrap();
+    let old = f.new_key("proj-keys").await;
+    let old_prefix = docfleet_dispatcher::auth::list_keys(&mut con, &f.keys, "proj-keys")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| !before.contains(l))
+        .and_then(|l| l.split(' ').next().map(str::to_owned))
+        .unwrap();
+    let (s, rotated) = f
+        .post_as(
+            &op,
+            &format!("/api/v1/admin/keys/{old_prefix}/rotate?project=proj-keys"),
+            &json!({ "overlap_secs": 2 }),
+        )
+        .await;
+    assert_eq!(s, 200, "{rotated}");
+    assert_eq!(rotated["old_expires_in_secs"], 2, "{rotated}");
+    let successor = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        f.get_as(&successor, "/api/v1/beta/directories").await.0,
+        200
+    );
+    assert_eq!(f.get_as(&old, "/api/v1/beta/directories").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    assert_eq!(f.get_as(&old, "/api/v1/beta/directories").await.0, 401);
+    assert_eq!(
+        f.get_as(&successor, "/api/v1/beta/directories").await.0,
+        200
+    );
+    let (s, _) = f
+        .post_as(
+            &op,
+            "/api/v1/admin/keys/000000000000/rotate?project=proj-keys",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
     // By digest prefix (what `list-keys` prints); another project's keys are out of reach.
     assert_eq!(
         docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-other", &prefix)

@@ -720,3 +720,67 @@ async fn the_parser_child_has_no_network() {
     assert!(error.contains("network: unreachable"), "{}", items[0]);
     f.shutdown().await;
 }
+
+/// The parser child is confined (Landlock, and a process limit in its own user namespace):
+/// a file cannot make it read or write outside its private folder, or start processes
+/// without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parser_child_reaches_no_file_and_starts_few_processes() {
+    assert!(
+        docfleet_worker::sandbox::filesystem_confined(),
+        "this kernel does not enforce Landlock"
+    );
+    let secret = std::env::temp_dir().join(format!("docfleet-secret-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&secret, b"redis://:password@redis").unwrap();
+    let mut f = Fleet::start(0).await;
+    let mut ws = f.worker_settings.clone();
+    ws.engine_binary = Some(docfleet_tests::bin_dir().join("docfleet-worker"));
+    f.start_worker_with(ws).await;
+    let dir = f.create_dir(&f.api_key, "sandbox").await;
+    let touch = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "touch.pdf",
+            format!("%PDF-1.4\nDOCFLEET-FAULT:TOUCH {}\n", secret.display()).into_bytes(),
+        )
+        .await;
+    let forks = f
+        .upload(
+            &f.api_key,
+            &dir,
+            "forks.pdf",
+            b"%PDF-1.4\nDOCFLEET-FAULT:FORKS\n".to_vec(),
+        )
+        .await;
+    let id = f
+        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [touch, forks] }))
+        .await;
+    f.wait_terminal(&id, Duration::from_secs(90)).await;
+    let items = f.items(&id).await;
+    let error_of = |name: &str| {
+        items
+            .iter()
+            .find(|i| i["item_name"] == name)
+            .map(|i| i["error_message"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("no item {name}: {items:?}"))
+    };
+    let touched = error_of("touch.pdf");
+    assert_eq!(
+        touched, "touch: read Err(PermissionDenied), write Err(PermissionDenied)",
+        "the parser reached a file outside its folder"
+    );
+    assert!(!secret.with_extension("touched").exists());
+    let started: u64 = error_of("forks.pdf")
+        .strip_prefix("forks: ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{items:?}"));
+    eprintln!("the parser child started {started} of 1,000 processes");
+    assert!(
+        started < docfleet_worker::sandbox::MAX_PROCESSES,
+        "{started} processes started"
+    );
+    let _ = std::fs::remove_file(&secret);
+    f.shutdown().await;
+}

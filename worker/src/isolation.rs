@@ -47,14 +47,32 @@ enum Answer {
     Error(String),
 }
 
-/// Whether `unshare` can give a child network and user namespaces of its own (util-linux;
-/// unprivileged user namespaces, or root): probed once. Where it cannot, the parser runs with
-/// the worker's network, and the worker says so once at start.
+/// The worker runs as root: its parser child then gets a network namespace without a user
+/// namespace (root may) and drops to `nobody` itself, so that no parse runs as root, whose
+/// processes no `RLIMIT_NPROC` binds.
+fn as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `unshare`'s arguments for a parser child of this worker: a network namespace, and a user
+/// namespace of its own unless the worker is root.
+fn unshare_args() -> &'static [&'static str] {
+    if as_root() {
+        &["--net", "--"]
+    } else {
+        &["--user", "--map-root-user", "--net", "--"]
+    }
+}
+
+/// Whether `unshare` can give a child a network namespace of its own (util-linux; root, or
+/// unprivileged user namespaces): probed once. Where it cannot, the parser runs with the
+/// worker's network (Landlock still refuses it TCP), and the worker says so once at start.
 pub fn network_namespaces() -> bool {
     static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PROBED.get_or_init(|| {
         let ok = Command::new("unshare")
-            .args(["--user", "--map-root-user", "--net", "--", "true"])
+            .args(unshare_args())
+            .arg("true")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -62,8 +80,8 @@ pub fn network_namespaces() -> bool {
             .is_ok_and(|s| s.success());
         if !ok {
             tracing::warn!(
-                "The parser child cannot get a network namespace (unshare --user --net failed): \
-                 it runs with the worker's network."
+                "The parser child cannot get a network namespace (unshare --net failed): \
+                 it runs with the worker's network, without TCP."
             );
         }
         ok
@@ -98,8 +116,7 @@ impl Isolation {
         // loopback that is down, where the system allows one.
         let mut cmd = if network_namespaces() {
             let mut c = Command::new("unshare");
-            c.args(["--user", "--map-root-user", "--net", "--"])
-                .arg(&self.binary);
+            c.args(unshare_args()).arg(&self.binary);
             c
         } else {
             Command::new(&self.binary)
@@ -122,7 +139,18 @@ impl Isolation {
             .arg("--memory-mb")
             .arg(self.memory_mb.to_string())
             .arg("--cpu-secs")
-            .arg(self.cpu_secs.to_string())
+            .arg(self.cpu_secs.to_string());
+        // The process limit binds a child that is `nobody` or in a user namespace of its own
+        // (where it counts that namespace's processes alone); a child of the worker's own
+        // user would share it with every process of that user.
+        if as_root() {
+            cmd.arg("--as-nobody");
+        }
+        if as_root() || network_namespaces() {
+            cmd.arg("--max-processes")
+                .arg(crate::sandbox::MAX_PROCESSES.to_string());
+        }
+        cmd
             // mimalloc reserves a 1 GiB arena up front, which RLIMIT_DATA counts: reserve less.
             .env("MIMALLOC_ARENA_RESERVE", "16MiB")
             .stdin(Stdio::piped())
@@ -193,7 +221,11 @@ impl Isolation {
 
 /// The child's side: `docfleet-worker engine`. Bounds itself, reads the request and the file
 /// from stdin, parses, answers on stdout.
-pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
+pub fn serve_child(
+    memory_mb: u64,
+    cpu_secs: u64,
+    confinement: crate::sandbox::Confinement,
+) -> ExitCode {
     let bytes = memory_mb.saturating_mul(1024 * 1024);
     // No file the parser or its tools write (scratch renders) may pass 1 GiB.
     const MAX_FILE: u64 = 1 << 30;
@@ -202,6 +234,10 @@ pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
         .and_then(|()| rlimit::setrlimit(rlimit::Resource::FSIZE, MAX_FILE, MAX_FILE))
     {
         eprintln!("engine: could not set resource limits: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = crate::sandbox::confine(confinement) {
+        eprintln!("engine: sandbox: {e}");
         return ExitCode::FAILURE;
     }
     let mut input = Vec::new();
@@ -246,6 +282,32 @@ pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
             let _ = serde_json::to_writer(std::io::stdout().lock(), &answer);
             return ExitCode::SUCCESS;
         }
+        // Test-only: whether the parser can read, and write beside, the path that follows
+        // the marker, as its error.
+        if let Some(path) = marked(file, "DOCFLEET-FAULT:TOUCH ") {
+            let read = std::fs::read(&path).map(|_| ()).map_err(|e| e.kind());
+            let write = std::fs::write(format!("{path}.touched"), b"x").map_err(|e| e.kind());
+            let answer = Answer::Error(format!("touch: read {read:?}, write {write:?}"));
+            let _ = serde_json::to_writer(std::io::stdout().lock(), &answer);
+            return ExitCode::SUCCESS;
+        }
+        // Test-only: how many processes the parser could start (of 1,000 asked).
+        if head.windows(20).any(|w| w == b"DOCFLEET-FAULT:FORKS") {
+            let mut started = Vec::new();
+            for _ in 0..1000 {
+                match std::process::Command::new("sleep").arg("30").spawn() {
+                    Ok(c) => started.push(c),
+                    Err(_) => break,
+                }
+            }
+            let answer = Answer::Error(format!("forks: {} started", started.len()));
+            for c in &mut started {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = serde_json::to_writer(std::io::stdout().lock(), &answer);
+            return ExitCode::SUCCESS;
+        }
         // Test-only: what the parser's environment holds, as its error.
         if head.windows(22).any(|w| w == b"DOCFLEET-FAULT:ENVIRON") {
             let names: Vec<String> = std::env::vars_os()
@@ -277,4 +339,12 @@ pub fn serve_child(memory_mb: u64, cpu_secs: u64) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Test-only: the rest of the line after `marker` in the file's head, if it has the marker.
+#[cfg(feature = "fault-injection")]
+fn marked(file: &[u8], marker: &str) -> Option<String> {
+    let head = String::from_utf8_lossy(&file[..file.len().min(512)]);
+    let rest = head.split_once(marker)?.1;
+    Some(rest.lines().next().unwrap_or_default().trim().to_owned())
 }

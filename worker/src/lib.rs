@@ -8,7 +8,8 @@
 //! - [`item`]: one item from claim to recorded outcome; the retry / fail / skip types;
 //!   [`ledger`]: claims and outcomes sent to Redis in groups.
 //! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`;
-//!   [`children`]: child processes in their own process groups, killed at a deadline.
+//!   [`children`]: child processes in their own process groups, killed at a deadline;
+//!   [`sandbox`]: what the parser child may touch (Landlock, process limit).
 //! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
 //! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
 //!   [`vision`]: MULTIMODAL through an OpenAI-compatible vision model.
@@ -26,6 +27,7 @@ pub mod ledger;
 pub mod ocr;
 pub mod office;
 pub mod parse;
+pub mod sandbox;
 pub mod vision;
 
 use std::future::Future;

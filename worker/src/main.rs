@@ -38,6 +38,10 @@ enum Command {
         memory_mb: u64,
         #[arg(long)]
         cpu_secs: u64,
+        #[arg(long)]
+        max_processes: Option<u64>,
+        #[arg(long)]
+        as_nobody: bool,
     },
 }
 
@@ -49,7 +53,15 @@ fn main() -> ExitCode {
         Some(Command::Engine {
             memory_mb,
             cpu_secs,
-        }) => return docfleet_worker::isolation::serve_child(*memory_mb, *cpu_secs),
+            max_processes,
+            as_nobody,
+        }) => {
+            let confinement = docfleet_worker::sandbox::Confinement {
+                max_processes: *max_processes,
+                as_nobody: *as_nobody,
+            };
+            return docfleet_worker::isolation::serve_child(*memory_mb, *cpu_secs, confinement);
+        }
         Some(Command::Probe { url }) => {
             return if docfleet_shared::probe::http_ok(url) {
                 ExitCode::SUCCESS

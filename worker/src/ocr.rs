@@ -351,7 +351,7 @@ impl Scratch {
 }
 
 /// What every scratch folder's name starts with.
-const SCRATCH: &str = "docfleet-ocr-";
+pub(crate) const SCRATCH: &str = "docfleet-ocr-";
 
 /// Removes the scratch folders a (finished or killed) process `pid` left.
 pub fn remove_scratch_of(pid: u32) {

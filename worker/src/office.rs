@@ -22,8 +22,6 @@ fn open(bytes: &[u8], format: &'static str) -> Result<Zip, ParseError> {
     })
 }
 
-/// The images embedded in a DOCX, PPTX or XLSX (its `*/media/` parts), named by their part's
-/// file name; at most `limit`, each at most `max_bytes`.
 /// Most bytes one XML part of a document may decompress to: a part past it is a zip bomb,
 /// not a document.
 const MAX_PART_BYTES: u64 = 256 << 20;
@@ -72,16 +70,28 @@ pub fn media(bytes: &[u8], limit: usize, max_bytes: u64, max_total: u64) -> Vec<
     out
 }
 
-/// A part of the document as text; `None` when it is missing or decompresses past
-/// [`MAX_PART_BYTES`] (what the archive declares, and what it really gives).
-fn entry(z: &mut Zip, name: &str) -> Option<String> {
-    let f = z.by_name(name).ok()?;
+/// A part of the document as text; `None` when it is missing or unreadable, an error when it
+/// decompresses past [`MAX_PART_BYTES`] (what the archive declares, or what it really gives).
+fn entry(z: &mut Zip, name: &str, format: &'static str) -> Result<Option<String>, ParseError> {
+    let Ok(f) = z.by_name(name) else {
+        return Ok(None);
+    };
+    let bomb = || ParseError::Corrupt {
+        format,
+        reason: format!(
+            "{name} decompresses to more than {} MiB: a zip bomb, not a document",
+            MAX_PART_BYTES >> 20
+        ),
+    };
     if f.size() > MAX_PART_BYTES {
-        return None;
+        return Err(bomb());
     }
     let mut s = String::new();
-    let read = f.take(MAX_PART_BYTES + 1).read_to_string(&mut s).ok()?;
-    (read as u64 <= MAX_PART_BYTES).then_some(s)
+    match f.take(MAX_PART_BYTES + 1).read_to_string(&mut s) {
+        Ok(read) if read as u64 > MAX_PART_BYTES => Err(bomb()),
+        Ok(_) => Ok(Some(s)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A block of a DOCX body.
@@ -207,7 +217,7 @@ fn page_from(number: u32, items: Vec<Value>, md: Vec<String>, text: Vec<String>)
 /// Parses a DOCX.
 pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let mut z = open(bytes, "docx")?;
-    let body = entry(&mut z, "word/document.xml").ok_or_else(|| ParseError::Corrupt {
+    let body = entry(&mut z, "word/document.xml", "docx")?.ok_or_else(|| ParseError::Corrupt {
         format: "docx",
         reason: "no word/document.xml (encrypted or not a Word document)".into(),
     })?;
@@ -215,11 +225,11 @@ pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let names = names(&z);
     for n in &names {
         if n.starts_with("word/header") && n.ends_with(".xml") {
-            if let Some(x) = entry(&mut z, n) {
+            if let Some(x) = entry(&mut z, n, "docx")? {
                 extra.push(("header", x));
             }
         } else if n.starts_with("word/footer") && n.ends_with(".xml") {
-            if let Some(x) = entry(&mut z, n) {
+            if let Some(x) = entry(&mut z, n, "docx")? {
                 extra.push(("footer", x));
             }
         }
@@ -377,7 +387,7 @@ pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let mut pages = Vec::new();
     let mut title = None;
     for (i, (num, name)) in slides.iter().enumerate() {
-        let xml = entry(&mut z, name).unwrap_or_default();
+        let xml = entry(&mut z, name, "pptx")?.unwrap_or_default();
         let (mut items, mut md, mut text) = (Vec::new(), Vec::new(), Vec::new());
         for (t, is_title) in slide_paragraphs(&xml) {
             if is_title {
@@ -391,7 +401,11 @@ pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
             }
             text.push(t);
         }
-        if let Some(nx) = notes.get(num).and_then(|n| entry(&mut z, n)) {
+        let note = match notes.get(num) {
+            Some(n) => entry(&mut z, n, "pptx")?,
+            None => None,
+        };
+        if let Some(nx) = note {
             let n: Vec<String> = slide_paragraphs(&nx)
                 .into_iter()
                 .map(|(t, _)| t)

@@ -237,7 +237,7 @@ pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, Par
             ocr_scanned_pages(&mut p, bytes, req);
             p
         }
-        "text" | "markdown" | "csv" => parse_text(bytes, format),
+        "text" | "markdown" | "csv" => parse_text(bytes, format, req)?,
         "zip" => {
             // A zip named otherwise may still be an Office document: look inside.
             if let Ok(p) = crate::office::docx(bytes) {
@@ -388,43 +388,112 @@ fn decode_text(bytes: &[u8]) -> String {
     }
 }
 
-fn parse_text(bytes: &[u8], format: &'static str) -> Parsed {
-    let text = decode_text(bytes);
-    // A form feed is the one page break plain text has.
-    let pages: Vec<Page> = text
-        .split('\u{000C}')
-        .enumerate()
-        .map(|(i, chunk)| {
-            let (md, items) = match format {
-                "markdown" => (chunk.to_owned(), markdown_items(chunk)),
-                "csv" => csv_page(chunk),
-                _ => (chunk.to_owned(), paragraph_items(chunk)),
-            };
-            Page {
-                page_number: i as u32 + 1,
-                text: chunk.to_owned(),
-                md,
-                items,
-                width: 0.0,
-                height: 0.0,
-                success: true,
-                error: None,
+/// Records in one page of a CSV file (ours: CSV has no pages; a thousand rows read well and
+/// let `max_pages` / `target_pages` take part of a long table).
+const CSV_PAGE_ROWS: u64 = 1000;
+
+/// Most bytes of a text, Markdown or CSV file that the pages asked for may hold: each page is
+/// kept as text, Markdown and items (a CSV page also as rows, CSV and HTML), so more would
+/// not fit the parser's memory bound.
+const MAX_SELECTED_TEXT: usize = 32 << 20;
+
+/// A CSV text cut into pages of [`CSV_PAGE_ROWS`] records, at record boundaries (a quoted
+/// field may hold line breaks). A malformed record ends the paging: the rest is one page.
+fn csv_chunks(text: &str) -> Vec<&str> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut record = csv::ByteRecord::new();
+    let (mut chunks, mut start, mut rows) = (Vec::new(), 0usize, 0u64);
+    while let Ok(true) = reader.read_byte_record(&mut record) {
+        rows += 1;
+        if rows % CSV_PAGE_ROWS == 0 {
+            let end = usize::try_from(reader.position().byte()).unwrap_or(text.len());
+            // Record boundaries are byte offsets after a line break: always char boundaries.
+            if let Some(chunk) = text.get(start..end) {
+                chunks.push(chunk);
+                start = end;
             }
-        })
-        .collect();
+        }
+    }
+    if start < text.len() || chunks.is_empty() {
+        chunks.push(&text[start..]);
+    }
+    chunks
+}
+
+/// Plain text, Markdown or CSV: cut into pages (form feeds; CSV records), and only the pages
+/// asked for are read into their forms.
+fn parse_text(
+    bytes: &[u8],
+    format: &'static str,
+    req: &ParseRequest,
+) -> Result<Parsed, ParseError> {
+    let text = decode_text(bytes);
+    let chunks: Vec<&str> = match format {
+        "csv" => csv_chunks(&text),
+        // A form feed is the one page break plain text has.
+        _ => text.split('\u{000C}').collect(),
+    };
+    let wanted = |i: usize| {
+        req.target_pages
+            .as_ref()
+            .is_none_or(|t| u32::try_from(i).is_ok_and(|i| t.contains(&i)))
+    };
+    let limit = req.max_pages.map_or(usize::MAX, |m| m as usize);
+    let mut pages = Vec::new();
+    let mut selected = 0usize;
+    for (i, chunk) in chunks.iter().enumerate().filter(|(i, _)| wanted(*i)) {
+        if pages.len() >= limit {
+            break;
+        }
+        selected += chunk.len();
+        if selected > MAX_SELECTED_TEXT {
+            return Err(ParseError::Corrupt {
+                format,
+                reason: format!(
+                    "the pages asked for hold more than {} MiB of text; ask for fewer with \
+                     max_pages or target_pages (the file has {} pages{})",
+                    MAX_SELECTED_TEXT >> 20,
+                    chunks.len(),
+                    if format == "csv" {
+                        " of 1,000 rows"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        let (md, items) = match format {
+            "markdown" => ((*chunk).to_owned(), markdown_items(chunk)),
+            "csv" => csv_page(chunk),
+            _ => ((*chunk).to_owned(), paragraph_items(chunk)),
+        };
+        pages.push(Page {
+            page_number: i as u32 + 1,
+            text: (*chunk).to_owned(),
+            md,
+            items,
+            width: 0.0,
+            height: 0.0,
+            success: true,
+            error: None,
+        });
+    }
     let title = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .map(|l| l.trim_start_matches('#').trim().chars().take(200).collect());
-    Parsed {
-        page_count: pages.len(),
+    Ok(Parsed {
+        page_count: chunks.len(),
         pages,
         format,
         title,
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
-    }
+    })
 }
 
 /// The charset an HTML document declares (BOM, then `<meta charset>` / `content=…charset=`).
@@ -772,6 +841,42 @@ mod tests {
         let c = parse(b"a,b\n1,\"x,y\"\n", "t.csv", &ParseRequest::default()).unwrap();
         assert_eq!(c.pages[0].items[0]["rows"][1][1], "x,y");
         assert!(c.pages[0].md.starts_with("| a | b |"));
+    }
+
+    #[test]
+    fn long_csv_is_paged_by_records_and_read_only_where_asked() {
+        // Record 1,000 holds a quoted line break: the page ends after it, not inside it.
+        let mut csv = String::new();
+        for i in 1..=2500 {
+            if i == 1000 {
+                csv.push_str("999,\"two\nlines\"\n");
+            } else {
+                csv.push_str(&format!("{i},row\n"));
+            }
+        }
+        let all = parse(csv.as_bytes(), "l.csv", &ParseRequest::default()).unwrap();
+        assert_eq!(all.page_count, 3);
+        assert_eq!(all.pages[0].items[0]["rows"][999][1], "two\nlines");
+        assert_eq!(all.pages[1].items[0]["rows"][0][0], "1001");
+        assert_eq!(all.pages[2].items[0]["rows"].as_array().unwrap().len(), 500);
+        let req = ParseRequest {
+            target_pages: Some(vec![2]),
+            ..ParseRequest::default()
+        };
+        let third = parse(csv.as_bytes(), "l.csv", &req).unwrap();
+        assert_eq!(third.pages.len(), 1);
+        assert_eq!(third.pages[0].page_number, 3);
+        // Past the bound, asking for less is the way.
+        let big = "a value in the only column\n".repeat((MAX_SELECTED_TEXT / 27) + 1000);
+        let e = parse(big.as_bytes(), "b.csv", &ParseRequest::default()).unwrap_err();
+        assert!(e.to_string().contains("max_pages or target_pages"), "{e}");
+        let req = ParseRequest {
+            max_pages: Some(2),
+            ..ParseRequest::default()
+        };
+        let head = parse(big.as_bytes(), "b.csv", &req).unwrap();
+        assert_eq!(head.pages.len(), 2);
+        assert!(head.page_count > 1000);
     }
 
     #[test]

@@ -189,21 +189,22 @@ async fn retention(rep: &mut Report, a: &Args) {
     f.dispatcher_settings.reconcile.retention_secs = 2;
     f.stop_dispatcher().await;
     f.start_dispatcher().await;
-    let (_, ids) = upload_many(&f, a.items).await;
+    let (dir, _) = upload_many(&f, a.items).await;
     let mut workers = vec![
         f.spawn_worker_process(TINY_ITEMS).await,
         f.spawn_worker_process(TINY_ITEMS).await,
     ];
     let base = redis_used_memory(&f).await;
+    // From the directory, so that any size fits one create (item_ids stop at 100,000).
     let (id, _, _) = create_timed(
         &f,
-        &json!({ "job_config": { "parameters": {} }, "item_ids": ids }),
+        &json!({ "job_config": { "parameters": {} }, "directory_id": dir, "page_size": 1000 }),
     )
     .await;
     wait_done(&f, &id).await;
     let held = redis_used_memory(&f).await;
     let t = Instant::now();
-    while f.get(&format!("{BATCH}/{id}")).await.0 != 404 && t.elapsed() < Duration::from_secs(120) {
+    while f.get(&format!("{BATCH}/{id}")).await.0 != 404 && t.elapsed() < Duration::from_secs(900) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let forgotten_after = t.elapsed().as_secs_f64();

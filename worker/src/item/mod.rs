@@ -130,6 +130,7 @@ impl Processor {
         if settings.parse_memory_mb > 0 {
             // Probed at start, so a worker that cannot isolate its parser says so at once.
             crate::isolation::network_namespaces();
+            crate::sandbox::filesystem_confined();
         }
         // What a worker killed with its children left in the scratch folder.
         crate::ocr::sweep_scratch();
