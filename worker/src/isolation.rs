@@ -43,8 +43,14 @@ struct Header {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Answer {
-    Ok(Parsed),
+    /// The parse, and the names of the images left in the child's `images` folder.
+    Ok(Parsed, Vec<String>),
     Error(String),
+}
+
+/// Where in its private folder the child leaves the images it made.
+fn images_folder(child_pid: u32) -> PathBuf {
+    crate::sandbox::private_folder(child_pid).join("images")
 }
 
 /// The worker runs as root: its parser child then gets a network namespace without a user
@@ -107,9 +113,9 @@ impl Isolation {
         name: &str,
         req: &ParseRequest,
         timeout: std::time::Duration,
-    ) -> Result<Parsed, ParseError> {
+    ) -> Result<(Parsed, Vec<crate::images::Image>), ParseError> {
         if in_process(parse::detect(bytes, name), bytes.len()) {
-            return parse::parse(bytes, name, req);
+            return parse::parse_with_images(bytes, name, req);
         }
         let failed = |why: String| ParseError::Isolated(why);
         // No network for code that reads hostile files: a namespace of its own, with only a
@@ -178,7 +184,7 @@ impl Isolation {
         // An answer is at most as large as the memory it was built in.
         let out = watched.wait_bounded(self.memory_mb.saturating_mul(1 << 20));
         // What the child left in its scratch folders goes with it, however it ended.
-        crate::ocr::remove_scratch_of(child_pid);
+        let _scratch = Scratch(child_pid);
         let out = out.map_err(|e| match e {
             None => failed(format!(
                 "the parser exceeded the {}s per-item deadline and was killed with its children",
@@ -210,12 +216,25 @@ impl Isolation {
             }));
         }
         match serde_json::from_slice::<Answer>(&out.stdout) {
-            Ok(Answer::Ok(parsed)) => Ok(parsed),
+            Ok(Answer::Ok(parsed, names)) => Ok((
+                parsed,
+                crate::images::take(&images_folder(child_pid), &names)?,
+            )),
             Ok(Answer::Error(message)) => Err(failed(message)),
             Err(e) => Err(failed(format!(
                 "unreadable answer from the parser process: {e}"
             ))),
         }
+    }
+}
+
+/// Removes a parser child's scratch and private folders when dropped, however the parse
+/// ended.
+struct Scratch(u32);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        crate::ocr::remove_scratch_of(self.0);
     }
 }
 
@@ -236,6 +255,8 @@ pub fn serve_child(
         eprintln!("engine: could not set resource limits: {e}");
         return ExitCode::FAILURE;
     }
+    // Named before the sandbox makes the private folder the child's TMPDIR.
+    let images_dir = images_folder(std::process::id());
     if let Err(e) = crate::sandbox::confine(confinement) {
         eprintln!("engine: sandbox: {e}");
         return ExitCode::FAILURE;
@@ -324,8 +345,11 @@ pub fn serve_child(
             }
         }
     }
-    let answer = match parse::parse(file, &header.name, &header.request) {
-        Ok(parsed) => Answer::Ok(parsed),
+    let answer = match parse::parse_with_images(file, &header.name, &header.request) {
+        Ok((parsed, images)) => match crate::images::leave(&images_dir, images) {
+            Ok(names) => Answer::Ok(parsed, names),
+            Err(e) => Answer::Error(format!("could not keep the images: {e}")),
+        },
         Err(e) => Answer::Error(e.to_string()),
     };
     let mut stdout = std::io::stdout().lock();

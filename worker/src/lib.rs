@@ -10,7 +10,8 @@
 //! - [`isolation`]: the memory bound: parsers in a child process under `RLIMIT_DATA`;
 //!   [`children`]: child processes in their own process groups, killed at a deadline;
 //!   [`sandbox`]: what the parser child may touch (Landlock, process limit).
-//! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract.
+//! - [`parse`]: the parse engine; [`office`]: DOCX, PPTX and spreadsheets; [`ocr`]: Tesseract;
+//!   [`images`]: screenshots and embedded images kept beside a result.
 //! - [`classify`]: the classify engine; [`embedding`]: the sentence-embedding model it uses;
 //!   [`vision`]: MULTIMODAL through an OpenAI-compatible vision model.
 
@@ -21,6 +22,7 @@ pub mod consumer;
 pub mod embedding;
 pub mod engines;
 pub mod health;
+pub mod images;
 pub mod isolation;
 pub mod item;
 pub mod ledger;

@@ -48,6 +48,12 @@ pub struct ParseRequest {
     /// parser child the parent's deadline kills everything sooner.
     #[serde(default)]
     pub tool_bound_secs: u64,
+    /// Screenshots of the selected pages (`images_to_save: ["screenshot"]`).
+    #[serde(default)]
+    pub screenshots: bool,
+    /// The images embedded in the document (`images_to_save: ["embedded"]`).
+    #[serde(default)]
+    pub embedded_images: bool,
 }
 
 impl ParseRequest {
@@ -228,6 +234,17 @@ fn looks_binary(head: &[u8]) -> bool {
 }
 
 /// Parses a document.
+/// [`parse`], then the images `req` asks for.
+pub fn parse_with_images(
+    bytes: &[u8],
+    name: &str,
+    req: &ParseRequest,
+) -> Result<(Parsed, Vec<crate::images::Image>), ParseError> {
+    let parsed = parse(bytes, name, req)?;
+    let images = crate::images::collect(&parsed, bytes, req)?;
+    Ok((parsed, images))
+}
+
 pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, ParseError> {
     let format = detect(bytes, name);
     let parsed = match format {

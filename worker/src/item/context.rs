@@ -30,10 +30,10 @@ impl BatchContext {
         name: &str,
         req: &ParseRequest,
         timeout: std::time::Duration,
-    ) -> Result<parse::Parsed, Failure> {
+    ) -> Result<(parse::Parsed, Vec<crate::images::Image>), Failure> {
         match &self.isolation {
             Some(i) => i.parse(bytes, name, req, timeout),
-            None => parse::parse(bytes, name, req),
+            None => parse::parse_with_images(bytes, name, req),
         }
         .map_err(|e| Failure::Fail(e.to_string()))
     }

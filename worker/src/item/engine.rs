@@ -11,52 +11,6 @@ use crate::classify::Document;
 use crate::parse::{self, ParseRequest};
 use crate::vision::VisionError;
 
-/// Images kept per document with `images_to_save: ["embedded"]`, and the largest kept.
-const EMBEDDED_LIMIT: usize = 200;
-const EMBEDDED_MAX_BYTES: u64 = 32 * 1024 * 1024;
-/// Most bytes of images kept per document, all kinds together.
-const IMAGES_MAX_TOTAL: u64 = 64 * 1024 * 1024;
-
-/// `images_to_save: ["embedded"]`: the images inside the document, named `embedded-…`
-/// (`embedded-p<page>-<n>.png` for PDFs, the part name for Office files).
-fn embedded_images(
-    parsed: &parse::Parsed,
-    bytes: &[u8],
-    bound: Duration,
-) -> Result<Vec<(String, Vec<u8>)>, Failure> {
-    let found = match parsed.format {
-        "pdf" => {
-            let first = parsed.pages.iter().map(|p| p.page_number).min();
-            let last = parsed.pages.iter().map(|p| p.page_number).max();
-            match first.zip(last) {
-                Some((f, l)) => crate::ocr::pdf_images(bytes, f, l, EMBEDDED_LIMIT, bound)
-                    .map_err(|e| Failure::Fail(e.to_string()))?,
-                None => Vec::new(),
-            }
-        }
-        "docx" | "pptx" | "xlsx" => {
-            crate::office::media(bytes, EMBEDDED_LIMIT, EMBEDDED_MAX_BYTES, IMAGES_MAX_TOTAL)
-        }
-        _ => Vec::new(),
-    };
-    // Part names inside a document are arbitrary; store keys take a safe alphabet only.
-    let safe = |name: &str| -> String {
-        name.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    Ok(found
-        .into_iter()
-        .map(|(name, data)| (format!("embedded-{}", safe(&name)), data))
-        .collect())
-}
-
 /// MULTIMODAL: the first pages' images and text to the configured vision model. Runs on the
 /// engine's blocking thread, so it waits on the runtime for the HTTP call.
 fn classify_with_vision(
@@ -212,6 +166,12 @@ pub(super) fn run_engine(
             if let Some(l) = &params.lang {
                 languages.insert(0, l.clone());
             }
+            let wants = |kind| {
+                params
+                    .images_to_save
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&kind))
+            };
             let req = ParseRequest {
                 target_pages,
                 max_pages: params.max_pages,
@@ -219,8 +179,10 @@ pub(super) fn run_engine(
                 languages,
                 max_ocr_pages,
                 tool_bound_secs: bound.as_secs(),
+                screenshots: wants(docfleet_shared::model::ImageKind::Screenshot),
+                embedded_images: wants(docfleet_shared::model::ImageKind::Embedded),
             };
-            let mut parsed = ctx.parse(bytes, name, &req, bound)?;
+            let (mut parsed, images) = ctx.parse(bytes, name, &req, bound)?;
             apply_failed_pages(&mut parsed, &params)?;
             parsed.hide(
                 params.hide_headers.unwrap_or(false),
@@ -271,30 +233,6 @@ pub(super) fn run_engine(
                     "custom_metadata": params.custom_metadata,
                 },
             });
-            let mut images = Vec::new();
-            let wants = |kind| {
-                params
-                    .images_to_save
-                    .as_ref()
-                    .is_some_and(|k| k.contains(&kind))
-            };
-            if wants(docfleet_shared::model::ImageKind::Screenshot) && parsed.format == "pdf" {
-                let numbers: Vec<u32> = parsed.pages.iter().map(|p| p.page_number).collect();
-                for (n, png) in
-                    crate::ocr::render_pdf_pages(bytes, &numbers, 100, bound).unwrap_or_default()
-                {
-                    images.push((format!("page-{n}.png"), png));
-                }
-            }
-            if wants(docfleet_shared::model::ImageKind::Embedded) {
-                images.extend(embedded_images(&parsed, bytes, bound)?);
-            }
-            // Whatever the document holds, the images kept for it are bounded in all.
-            let mut total = 0u64;
-            images.retain(|(_, png)| {
-                total += png.len() as u64;
-                total <= IMAGES_MAX_TOTAL
-            });
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
                 stored,
@@ -311,8 +249,9 @@ pub(super) fn run_engine(
                 languages: pc.lang.clone().into_iter().collect(),
                 max_ocr_pages,
                 tool_bound_secs: bound.as_secs(),
+                ..ParseRequest::default()
             };
-            let parsed = ctx.parse(bytes, name, &req, bound)?;
+            let (parsed, _) = ctx.parse(bytes, name, &req, bound)?;
             let text = parsed.full_text("\n");
             let c = if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
                 classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes, bound)?
@@ -344,41 +283,6 @@ pub(super) fn run_engine(
 mod tests {
     use super::*;
 
-    /// A one-page PDF drawing one 2×2 grey image.
-    fn pdf_with_an_image() -> Vec<u8> {
-        let content = b"q 50 0 0 50 10 10 cm /Im1 Do Q";
-        let objects: Vec<Vec<u8>> = vec![
-            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
-            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] /Resources << /XObject << /Im1 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
-            [&b"<< /Type /XObject /Subtype /Image /Width 2 /Height 2 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 4 >>\nstream\n"[..], &[0, 255, 255, 0], b"\nendstream"].concat(),
-            [format!("<< /Length {} >>\nstream\n", content.len()).as_bytes(), content, b"\nendstream"].concat(),
-        ];
-        crate::parse::pdf_of(&objects)
-    }
-
-    #[test]
-    fn embedded_images_come_out_of_pdfs() {
-        let bytes = pdf_with_an_image();
-        let parsed = parse::parse(
-            &bytes,
-            "image.pdf",
-            &ParseRequest {
-                disable_ocr: true,
-                ..ParseRequest::default()
-            },
-        )
-        .expect("parsed");
-        let images = embedded_images(&parsed, &bytes, Duration::from_secs(60)).expect("extracted");
-        assert_eq!(
-            images.len(),
-            1,
-            "{:?}",
-            images.iter().map(|i| &i.0).collect::<Vec<_>>()
-        );
-        assert_eq!(images[0].0, "embedded-p001-000.png");
-        assert!(images[0].1.starts_with(b"\x89PNG"));
-    }
     use docfleet_shared::model::{FailPageMode, ParseParameters};
 
     fn doc() -> parse::Parsed {
