@@ -375,26 +375,33 @@ impl Fleet {
         b["id"].as_str().expect("id").to_owned()
     }
 
-    /// Uploads a file and returns its directory-file id.
+    /// Uploads a file and returns its directory-file id; a 429 is waited out, as a client
+    /// does (bulk uploads can pass the project's request rate).
     pub async fn upload(&self, key: &str, dir: &str, name: &str, bytes: Vec<u8>) -> String {
-        let form = reqwest::multipart::Form::new().part(
-            "upload_file",
-            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
-        );
-        let r = self
-            .http
-            .post(format!(
-                "{}/api/v1/beta/directories/{dir}/files/upload",
-                self.base_url
-            ))
-            .bearer_auth(key)
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload");
-        let (s, b) = split(r).await;
-        assert_eq!(s, 200, "{b}");
-        b["id"].as_str().expect("id").to_owned()
+        loop {
+            let form = reqwest::multipart::Form::new().part(
+                "upload_file",
+                reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.to_owned()),
+            );
+            let r = self
+                .http
+                .post(format!(
+                    "{}/api/v1/beta/directories/{dir}/files/upload",
+                    self.base_url
+                ))
+                .bearer_auth(key)
+                .multipart(form)
+                .send()
+                .await
+                .expect("upload");
+            let (s, b) = split(r).await;
+            if s == 429 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(s, 200, "{b}");
+            return b["id"].as_str().expect("id").to_owned();
+        }
     }
 
     /// Uploads `n` small text files named `<prefix><i>.txt` and returns their ids.
