@@ -99,12 +99,16 @@ with tempfile.TemporaryDirectory() as tmp:
         worker = by[("Deployment", "docfleet-worker")]
         if worker["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") != grace:
             problem(f"{name}: worker grace period is not docfleet-timing's {grace}")
-        # OCR and image extraction write scratch files: a read-only root needs a /tmp volume.
-        for c in worker["spec"]["template"]["spec"]["containers"]:
-            read_only = c.get("securityContext", {}).get("readOnlyRootFilesystem")
-            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
-            if read_only and "/tmp" not in mounts:
-                problem(f"{name}: worker {c['name']} has a read-only root and no /tmp volume")
+        # OCR and image extraction write scratch files, and libraries expect a writable /tmp:
+        # every container with a read-only root needs a /tmp volume.
+        for d in docs:
+            if d["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+                continue
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                read_only = c.get("securityContext", {}).get("readOnlyRootFilesystem")
+                mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+                if read_only and "/tmp" not in mounts:
+                    problem(f"{name}: {d['metadata']['name']}/{c['name']} has a read-only root and no /tmp volume")
         scalers = [d for d in docs if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
                    and d["spec"]["scaleTargetRef"]["name"] == "docfleet-worker"]
         if len(scalers) != 1:

@@ -25,6 +25,11 @@ fn open(bytes: &[u8], format: &'static str) -> Result<Zip, ParseError> {
 /// Most bytes one XML part of a document may decompress to: a part past it is a zip bomb,
 /// not a document.
 const MAX_PART_BYTES: u64 = 256 << 20;
+/// Most a large part may claim to inflate, per compressed byte: XML compresses 5 to 100 times,
+/// deflate at most about 1,000;
+/// a part declaring more than this (and past [`RATIO_FROM_BYTES`]) is a bomb.
+const MAX_RATIO: u64 = 500;
+const RATIO_FROM_BYTES: u64 = 16 << 20;
 
 /// The archive's entry names that are readable text (a name that is not is no part we read).
 fn names(z: &Zip) -> Vec<String> {
@@ -79,11 +84,13 @@ fn entry(z: &mut Zip, name: &str, format: &'static str) -> Result<Option<String>
     let bomb = || ParseError::Corrupt {
         format,
         reason: format!(
-            "{name} decompresses to more than {} MiB: a zip bomb, not a document",
+            "{name} decompresses to more than {} MiB, or more than {MAX_RATIO} times its \
+             compressed size: a zip bomb, not a document",
             MAX_PART_BYTES >> 20
         ),
     };
-    if f.size() > MAX_PART_BYTES {
+    let inflates = f.size() > RATIO_FROM_BYTES && f.size() / f.compressed_size().max(1) > MAX_RATIO;
+    if f.size() > MAX_PART_BYTES || inflates {
         return Err(bomb());
     }
     let mut s = String::new();
@@ -489,6 +496,33 @@ pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_that_inflates_like_a_bomb_is_refused_naming_the_limit() {
+        use std::io::Write;
+        let mut buf = Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            w.start_file(
+                "word/document.xml",
+                zip::write::SimpleFileOptions::default(),
+            )
+            .expect("start");
+            w.write_all(b"<w:document><w:body>").expect("write");
+            w.write_all(&vec![b' '; 20 << 20]).expect("write");
+            w.write_all(b"</w:body></w:document>").expect("write");
+            w.finish().expect("finish");
+        }
+        assert!(
+            buf.get_ref().len() < 1 << 20,
+            "the test's bomb did not compress"
+        );
+        let e = docx(buf.get_ref()).unwrap_err().to_string();
+        assert!(
+            e.contains("zip bomb") && e.contains("times its compressed size"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn media_parts_are_the_embedded_images() {
