@@ -29,6 +29,11 @@ def pdf(pages, title):
     add(b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids))
     info = add(b"<< /Title (" + title.encode("latin-1") + b") /Producer (docfleet samples) >>")
     catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_obj_index)
+    return serialize(objs, catalog, info)
+
+
+def serialize(objs, root, info=None):
+    """A PDF file of numbered object bodies (from 1), with a correct xref table."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for i, body in enumerate(objs, 1):
@@ -38,7 +43,10 @@ def pdf(pages, title):
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
     for o in offsets:
         out += b"%010d 00000 n \n" % o
-    out += b"trailer\n<< /Size %d /Root %d 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, catalog, info, xref)
+    trailer = b"/Size %d /Root %d 0 R" % (len(objs) + 1, root)
+    if info is not None:
+        trailer += b" /Info %d 0 R" % info
+    out += b"trailer\n<< %s >>\nstartxref\n%d\n%%%%EOF\n" % (trailer, xref)
     return bytes(out)
 
 invoice = [
@@ -53,5 +61,6 @@ resume = [
      "  2015-2019 Backend developer at Sample AG.", "Education: MSc Computer Science, TU Berlin.",
      "Skills: Rust, Python, distributed systems, PostgreSQL.", "References available on request."],
 ]
-open(sys.argv[1] + "/invoice-1042.pdf", "wb").write(pdf(invoice, "Invoice 1042"))
-open(sys.argv[1] + "/jane-doe-cv.pdf", "wb").write(pdf(resume, "Jane Doe CV"))
+if __name__ == "__main__":
+    open(sys.argv[1] + "/invoice-1042.pdf", "wb").write(pdf(invoice, "Invoice 1042"))
+    open(sys.argv[1] + "/jane-doe-cv.pdf", "wb").write(pdf(resume, "Jane Doe CV"))

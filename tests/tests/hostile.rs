@@ -67,6 +67,17 @@ struct Case {
     ended: Option<(Instant, Value)>,
 }
 
+impl Case {
+    /// Seconds from first seen running to ended (polled every 250 ms), and the item.
+    fn outcome(&self) -> (f64, &Value) {
+        let (end, item) = self.ended.as_ref().expect("ended");
+        let secs = self
+            .started
+            .map_or(0.0, |s| end.duration_since(s).as_secs_f64());
+        (secs, item)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_hostile_file_holds_a_worker_or_its_memory() {
     let folder = std::env::temp_dir().join(format!("docfleet-hostile-{}", uuid::Uuid::new_v4()));
@@ -167,10 +178,7 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
     println!("| file | outcome | seconds | error_message |");
     println!("|---|---|---|---|");
     for c in &cases {
-        let (end, item) = c.ended.as_ref().expect("ended");
-        let secs = c
-            .started
-            .map_or(0.0, |s| end.duration_since(s).as_secs_f64());
+        let (secs, item) = c.outcome();
         println!(
             "| {} | {} | {secs:.1} | {} |",
             c.name,
@@ -181,14 +189,10 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
     println!("peak RSS: worker {peak_worker:.0} MB, its children together {peak_children:.0} MB");
 
     for c in &cases {
-        let (end, item) = c.ended.as_ref().expect("ended");
-        // Polled every 250 ms, and started at most one poll before it was seen.
-        let secs = c
-            .started
-            .map_or(0.0, |s| end.duration_since(s).as_secs_f64());
+        let (secs, item) = c.outcome();
         assert!(
             secs <= (deadline + 10) as f64,
-            "{} ran {secs:.1} s past its {deadline} s deadline",
+            "{} ran {secs:.1} s, past its {deadline} s deadline",
             c.name
         );
         if item["status"] != "completed" {
@@ -200,11 +204,11 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
             );
         }
     }
-    let tiny_item = &cases.last().expect("tiny").ended.as_ref().expect("ended").1;
+    let tiny_item = cases.last().expect("tiny").outcome().1;
     assert_eq!(tiny_item["status"], "completed", "{tiny_item}");
     // Every hostile item ran once: none was retried because another took the worker down.
     for c in &cases {
-        let item_id = c.ended.as_ref().expect("ended").1["item_id"]
+        let item_id = c.outcome().1["item_id"]
             .as_str()
             .unwrap_or_default()
             .to_owned();

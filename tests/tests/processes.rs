@@ -657,6 +657,37 @@ fn sleepers() -> Vec<u32> {
     out
 }
 
+/// Runs each (name, bytes) through the fleet's parser child, one batch; each file's error
+/// message (what the test-only markers answer with) by name.
+async fn parser_answers(f: &Fleet, files: Vec<(&str, Vec<u8>)>) -> Vec<(String, String)> {
+    let dir = f.create_dir(&f.api_key, "child").await;
+    let mut ids = Vec::new();
+    for (name, bytes) in files {
+        ids.push(f.upload(&f.api_key, &dir, name, bytes).await);
+    }
+    let id = f
+        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": ids }))
+        .await;
+    f.wait_terminal(&id, Duration::from_secs(90)).await;
+    f.items(&id)
+        .await
+        .iter()
+        .map(|i| {
+            let text = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
+            (text("item_name"), text("error_message"))
+        })
+        .collect()
+}
+
+/// The answer for `name` among [`parser_answers`]'.
+fn answer<'a>(answers: &'a [(String, String)], name: &str) -> &'a str {
+    answers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, e)| e.as_str())
+        .unwrap_or_else(|| panic!("no item {name}: {answers:?}"))
+}
+
 /// The parser child runs without the worker's environment: no Redis or broker URL, no
 /// credential reaches code that reads hostile files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,67 +696,28 @@ async fn the_parser_child_gets_no_credentials() {
     let mut w = f
         .spawn_worker_process(&[("DOCFLEET__VISION__API_KEY", "sk-secret")])
         .await;
-    let dir = f.create_dir(&f.api_key, "env").await;
-    let file = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "env.pdf",
-            b"%PDF-1.4\nDOCFLEET-FAULT:ENVIRON\n".to_vec(),
-        )
-        .await;
-    let id = f
-        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [file] }))
-        .await;
-    f.wait_terminal(&id, Duration::from_secs(60)).await;
-    let items = f.items(&id).await;
-    let error = items[0]["error_message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(error.contains("environment: "), "{}", items[0]);
+    let answers = parser_answers(
+        &f,
+        vec![("env.pdf", b"%PDF-1.4\nDOCFLEET-FAULT:ENVIRON\n".to_vec())],
+    )
+    .await;
+    let error = answer(&answers, "env.pdf");
+    assert!(error.contains("environment: "), "{error}");
     assert!(error.contains("PATH"), "{error}");
     assert!(!error.contains("DOCFLEET"), "{error}");
     w.kill().await;
     f.shutdown().await;
 }
 
-/// The parser child has no network where the system allows namespaces (this machine does):
-/// a file cannot make the parser reach Redis, the broker or anything else.
+/// The parser child is confined: no network (a namespace of its own, which this machine
+/// allows, and Landlock), no file outside its private folder (Landlock), and a bounded
+/// number of processes (`nobody` or a user namespace of its own, under `RLIMIT_NPROC`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_parser_child_has_no_network() {
+async fn the_parser_child_reaches_no_network_no_file_and_starts_few_processes() {
     assert!(
         docfleet_worker::isolation::network_namespaces(),
-        "unshare --user --net is not available here"
+        "unshare --net is not available here"
     );
-    let mut f = Fleet::start(0).await;
-    let mut ws = f.worker_settings.clone();
-    ws.engine_binary = Some(docfleet_tests::bin_dir().join("docfleet-worker"));
-    f.start_worker_with(ws).await;
-    let dir = f.create_dir(&f.api_key, "net").await;
-    let file = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "net.pdf",
-            b"%PDF-1.4\nDOCFLEET-FAULT:NETWORK\n".to_vec(),
-        )
-        .await;
-    let id = f
-        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [file] }))
-        .await;
-    f.wait_terminal(&id, Duration::from_secs(60)).await;
-    let items = f.items(&id).await;
-    let error = items[0]["error_message"].as_str().unwrap_or_default();
-    assert!(error.contains("network: unreachable"), "{}", items[0]);
-    f.shutdown().await;
-}
-
-/// The parser child is confined (Landlock, and a process limit in its own user namespace):
-/// a file cannot make it read or write outside its private folder, or start processes
-/// without end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_parser_child_reaches_no_file_and_starts_few_processes() {
     assert!(
         docfleet_worker::sandbox::filesystem_confined(),
         "this kernel does not enforce Landlock"
@@ -736,46 +728,29 @@ async fn the_parser_child_reaches_no_file_and_starts_few_processes() {
     let mut ws = f.worker_settings.clone();
     ws.engine_binary = Some(docfleet_tests::bin_dir().join("docfleet-worker"));
     f.start_worker_with(ws).await;
-    let dir = f.create_dir(&f.api_key, "sandbox").await;
-    let touch = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "touch.pdf",
-            format!("%PDF-1.4\nDOCFLEET-FAULT:TOUCH {}\n", secret.display()).into_bytes(),
-        )
-        .await;
-    let forks = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "forks.pdf",
-            b"%PDF-1.4\nDOCFLEET-FAULT:FORKS\n".to_vec(),
-        )
-        .await;
-    let id = f
-        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [touch, forks] }))
-        .await;
-    f.wait_terminal(&id, Duration::from_secs(90)).await;
-    let items = f.items(&id).await;
-    let error_of = |name: &str| {
-        items
-            .iter()
-            .find(|i| i["item_name"] == name)
-            .map(|i| i["error_message"].as_str().unwrap_or_default().to_owned())
-            .unwrap_or_else(|| panic!("no item {name}: {items:?}"))
-    };
-    let touched = error_of("touch.pdf");
+    let touch = format!("%PDF-1.4\nDOCFLEET-FAULT:TOUCH {}\n", secret.display());
+    let answers = parser_answers(
+        &f,
+        vec![
+            ("net.pdf", b"%PDF-1.4\nDOCFLEET-FAULT:NETWORK\n".to_vec()),
+            ("touch.pdf", touch.into_bytes()),
+            ("forks.pdf", b"%PDF-1.4\nDOCFLEET-FAULT:FORKS\n".to_vec()),
+        ],
+    )
+    .await;
+    let network = answer(&answers, "net.pdf");
+    assert!(network.contains("network: unreachable"), "{network}");
     assert_eq!(
-        touched, "touch: read Err(PermissionDenied), write Err(PermissionDenied)",
+        answer(&answers, "touch.pdf"),
+        "touch: read Err(PermissionDenied), write Err(PermissionDenied)",
         "the parser reached a file outside its folder"
     );
     assert!(!secret.with_extension("touched").exists());
-    let started: u64 = error_of("forks.pdf")
+    let started: u64 = answer(&answers, "forks.pdf")
         .strip_prefix("forks: ")
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{items:?}"));
+        .unwrap_or_else(|| panic!("{answers:?}"));
     eprintln!("the parser child started {started} of 1,000 processes");
     assert!(
         started < docfleet_worker::sandbox::MAX_PROCESSES,
