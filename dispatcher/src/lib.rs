@@ -1,6 +1,7 @@
 //! The docfleet dispatcher: the HTTP API, batch expansion onto RabbitMQ, status from Redis.
 //!
 //! # Layout
+//! - [`routes`]: every route, listed once for the router and the OpenAPI document.
 //! - [`http`], [`error`], [`auth`]: request plumbing: JSON `detail` errors, bearer keys.
 //! - [`directories`]: directories and uploads into the file store.
 //! - [`files`]: files on their own (`client.files`), signed downloads.
@@ -37,6 +38,7 @@ pub mod publisher;
 pub mod reconciler;
 pub mod records;
 pub mod retention;
+pub mod routes;
 pub mod server;
 pub mod state;
 pub mod status_cache;
@@ -47,7 +49,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use docfleet_shared::keys::Keys;
 use docfleet_shared::scripts::Scripts;
@@ -121,137 +123,8 @@ pub fn router(state: AppState) -> Router {
     let upload_limit = usize::try_from(state.settings.max_upload_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(1 << 20);
-    let v1 = "/api/v1/beta";
-    let api = Router::new()
-        .route(
-            &format!("{v1}/directories"),
-            post(directories::create).get(directories::list),
-        )
-        .route(
-            &format!("{v1}/directories/{{directory_id}}"),
-            get(directories::get)
-                .patch(directories::update)
-                .delete(directories::delete),
-        )
-        .route(
-            &format!("{v1}/directories/{{directory_id}}/files/{{directory_file_id}}"),
-            get(directories::get_file)
-                .patch(directories::update_file)
-                .delete(directories::delete_file),
-        )
-        .route(
-            &format!("{v1}/directories/{{directory_id}}/files"),
-            get(directories::list_files).post(directories::add_file),
-        )
-        .route(&format!("{v1}/files"), get(files::list))
-        .route(
-            &format!("{v1}/files/{{file_id}}"),
-            get(files::get).delete(files::delete),
-        )
-        .route(
-            &format!("{v1}/files/{{file_id}}/content"),
-            get(files::content),
-        )
-        .route(
-            &format!("{v1}/files/{{file_id}}/download"),
-            get(files::download),
-        )
-        .route(
-            &format!("{v1}/configurations"),
-            post(configurations::create).get(configurations::list),
-        )
-        .route(
-            &format!("{v1}/configurations/{{config_id}}"),
-            get(configurations::get)
-                .put(configurations::update)
-                .delete(configurations::delete),
-        )
-        .route(
-            &format!("{v1}/webhook-configs"),
-            post(webhook::saved::create).get(webhook::saved::list),
-        )
-        .route(
-            &format!("{v1}/webhook-configs/{{config_id}}"),
-            get(webhook::saved::get)
-                .put(webhook::saved::update)
-                .delete(webhook::saved::delete),
-        )
-        .route(
-            "/api/v2/webhook-configs",
-            get(webhook::saved::list_paginated),
-        )
-        .route(
-            "/api/v1/admin/keys",
-            post(auth::create_route).get(auth::list_route),
-        )
-        .route("/api/v1/admin/keys/{digest}", delete(auth::revoke_route))
-        .route(
-            "/api/v1/admin/keys/{digest}/rotate",
-            post(auth::rotate_route),
-        )
-        .route(
-            "/api/v2/batches",
-            post(batch_v2::create).get(batch_v2::list),
-        )
-        .route("/api/v2/batches/{batch_id}", get(batch_v2::get))
-        .route("/api/v2/batches/{batch_id}/cancel", post(batch_v2::cancel))
-        .route(
-            &format!("{v1}/batch-processing"),
-            post(batch::create).get(batch::list),
-        )
-        .route(
-            &format!("{v1}/batch-processing/{{job_id}}"),
-            get(batch::status),
-        )
-        .route(
-            &format!("{v1}/batch-processing/{{job_id}}/cancel"),
-            post(batch::cancel),
-        )
-        .route(
-            &format!("{v1}/batch-processing/{{job_id}}/items"),
-            get(batch::items),
-        )
-        .route(
-            &format!("{v1}/batch-processing/{{job_id}}/retry-failed"),
-            post(batch::retry_failed),
-        )
-        .route(
-            &format!("{v1}/batch-processing/items/{{item_id}}/processing-results"),
-            get(processing_results::processing_results),
-        )
-        .route(
-            &format!("{v1}/batch-processing/{{job_id}}/webhook-deliveries"),
-            get(webhook::api::list),
-        )
-        .route(
-            &format!(
-                "{v1}/batch-processing/{{job_id}}/webhook-deliveries/{{delivery_id}}/redeliver"
-            ),
-            post(webhook::api::redeliver),
-        )
-        .route(
-            "/api/v2/parse",
-            post(jobs::create_parse).get(jobs::list_parse),
-        )
-        .route("/api/v2/parse/{job_id}", get(job_results::parse))
-        .route("/api/v2/parse/{job_id}/cancel", post(jobs::cancel_parse))
-        .route(
-            "/api/v2/classify",
-            post(jobs::create_classify).get(jobs::list_classify),
-        )
-        .route("/api/v2/classify/{job_id}", get(job_results::classify))
-        .route(
-            "/api/v2/classify/{job_id}/cancel",
-            post(jobs::cancel_classify),
-        );
-    let uploads = Router::new()
-        .route(
-            &format!("{v1}/directories/{{directory_id}}/files/upload"),
-            post(directories::upload),
-        )
-        .route(&format!("{v1}/files"), post(files::create))
-        .route("/api/v2/parse/upload", post(jobs::upload_parse))
-        .layer(DefaultBodyLimit::max(upload_limit));
+    let api = routes::api();
+    let uploads = routes::uploads().layer(DefaultBodyLimit::max(upload_limit));
     // Probes answer however busy the API is.
     let probes = Router::new()
         .route(
@@ -259,6 +132,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/openapi.json", get(|| async { Json(routes::openapi()) }))
         .route(
             "/metrics",
             get(|State(st): State<AppState>| async move { st.metrics.encode() }),
