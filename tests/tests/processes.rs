@@ -219,6 +219,26 @@ async fn several_dispatchers_agree_and_expand_each_batch_once() {
         }
         assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
     }
+    // A key revoked is refused by every replica within a second, however recently each saw it.
+    let victim = f.new_key("proj-a").await;
+    for u in &urls {
+        f.base_url = u.clone();
+        assert_eq!(f.get_as(&victim, "/api/v1/beta/directories").await.0, 200);
+    }
+    let mut con = f.redis.clone();
+    let revoked = docfleet_dispatcher::auth::revoke_key(&mut con, &f.keys, "proj-a", &victim)
+        .await
+        .unwrap();
+    assert_eq!(revoked, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for u in &urls {
+        f.base_url = u.clone();
+        assert_eq!(
+            f.get_as(&victim, "/api/v1/beta/directories").await.0,
+            401,
+            "{u} still takes a revoked key"
+        );
+    }
     for o in &mut others {
         o.kill().await;
     }
