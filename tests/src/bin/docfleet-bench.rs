@@ -6,7 +6,8 @@
 //! behind a running `--items` batch), `status`, `webhooks`, `parse`, `scale`, `create`
 //! (create latency alone), `million` (status and memory through one batch of `--million`
 //! files, 1,000,000 unless told), `retention` (Redis bytes per item of an `--items` batch,
-//! and Redis's memory once retention has forgotten it);
+//! and Redis's memory once retention has forgotten it), `real` (the reference corpus'
+//! documents through the fleet, against the engine in-process and `pdftotext`);
 //! all of them when none is named. Runs against the local RabbitMQ and Redis under a fresh
 //! prefix, with the release binaries next to this one as worker processes. `ceiling`, `fleet`
 //! and `python` run in `--runs` rounds, one run of each per round, and their ratios are the
@@ -221,6 +222,224 @@ async fn retention(rep: &mut Report, a: &Args) {
         (after - base) / n,
         "bytes",
         json!({ "after_bytes": after, "forgotten_after_s": forgotten_after }),
+    );
+    for w in &mut workers {
+        w.terminate().await;
+    }
+    f.shutdown().await;
+}
+
+/// Copies of each reference document in the `real` scenario's batches.
+const REAL_COPIES: usize = 4;
+
+/// The reference corpus' text PDFs and every other document the parser reads, each
+/// `REAL_COPIES` times (a PDF made distinct by a comment after its end), as (name, bytes,
+/// is a PDF with a text layer).
+fn real_documents() -> Vec<(String, Vec<u8>, bool)> {
+    let root = docfleet_tests::repo_root().join("../shared/corpus");
+    let Ok(manifest) = std::fs::read(root.join("manifest.json")) else {
+        return Vec::new();
+    };
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for f in manifest["files"].as_array().into_iter().flatten() {
+        if f["encrypted"] == true || f["password"].is_string() {
+            continue;
+        }
+        let Some(path) = f["path"].as_str() else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(root.join(path)) else {
+            continue;
+        };
+        let pdf = f["format"] == "pdf";
+        let text_pdf = pdf && f["needs_ocr"] != true;
+        let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+        for copy in 0..REAL_COPIES {
+            let mut b = bytes.clone();
+            if pdf {
+                b.extend_from_slice(format!("\n% docfleet copy {copy}\n").as_bytes());
+            }
+            out.push((format!("{copy}-{name}"), b, text_pdf));
+        }
+    }
+    out
+}
+
+/// `real`: real documents through the fleet end to end (2 worker processes, production
+/// defaults), against docfleet's engine in-process and `pdftotext` with a process per core on
+/// the same files; text PDFs with OCR off and on, and every format with OCR on.
+async fn real(rep: &mut Report, a: &Args) {
+    let docs = real_documents();
+    if docs.is_empty() {
+        eprintln!("real: ../shared/corpus not found; skipped");
+        return;
+    }
+    let text_pdfs: Vec<&(String, Vec<u8>, bool)> = docs.iter().filter(|d| d.2).collect();
+    eprintln!(
+        "real: {} text-PDF copies, {} documents in all, {} rounds",
+        text_pdfs.len(),
+        docs.len(),
+        a.runs
+    );
+    // Pages per text PDF, as the engine reads them, to turn documents into pages.
+    let off = docfleet_worker::parse::ParseRequest {
+        disable_ocr: true,
+        ..Default::default()
+    };
+    let pages: usize = text_pdfs
+        .iter()
+        .filter_map(|d| docfleet_worker::parse::parse(&d.1, &d.0, &off).ok())
+        .map(|p| p.pages.len())
+        .sum();
+    let f = Fleet::start(0).await;
+    let pdf_dir = f.create_dir(&f.api_key, "real-pdf").await;
+    for d in &text_pdfs {
+        f.upload(&f.api_key, &pdf_dir, &d.0, d.1.clone()).await;
+    }
+    let all_dir = f.create_dir(&f.api_key, "real-all").await;
+    for d in &docs {
+        f.upload(&f.api_key, &all_dir, &d.0, d.1.clone()).await;
+    }
+    let mut workers = vec![
+        f.spawn_worker_process(&[]).await,
+        f.spawn_worker_process(&[]).await,
+    ];
+    let wpids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
+    // Workers and the parser children they waited for.
+    let worker_cpu = || -> f64 { wpids.iter().map(|p| stat_secs(*p, &[11, 12, 13, 14])).sum() };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let n = text_pdfs.len() as f64;
+    let (mut fleet_off, mut fleet_on, mut fleet_all) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu_off, mut engine, mut engine_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut theirs, mut theirs_cpu) = (Vec::new(), Vec::new());
+    for round in 0..a.runs {
+        for (params, dir, out, count) in [
+            (json!({ "disable_ocr": true }), &pdf_dir, &mut fleet_off, n),
+            (json!({}), &pdf_dir, &mut fleet_on, n),
+            (json!({}), &all_dir, &mut fleet_all, docs.len() as f64),
+        ] {
+            let cpu = worker_cpu();
+            let t = Instant::now();
+            let (id, _, _) = create_timed(
+                &f,
+                &json!({ "job_config": { "parameters": params }, "directory_id": dir }),
+            )
+            .await;
+            let done = wait_done(&f, &id).await;
+            let secs = t.elapsed().as_secs_f64();
+            out.push(count / secs);
+            if params["disable_ocr"] == true {
+                cpu_off.push((worker_cpu() - cpu) * 1000.0 / pages as f64);
+            }
+            eprintln!(
+                "  round {round}: {params} over {count} documents: {:.1} docs/s, {} failed",
+                count / secs,
+                done["job"]["failed_items"]
+            );
+        }
+        // The engine in this process, one document after another (it spreads a document's
+        // pages over the cores itself).
+        let cpu = cpu_secs(std::process::id());
+        let t = Instant::now();
+        for d in &text_pdfs {
+            let _ = docfleet_worker::parse::parse(&d.1, &d.0, &off);
+        }
+        engine.push(n / t.elapsed().as_secs_f64());
+        engine_cpu.push((cpu_secs(std::process::id()) - cpu) * 1000.0 / pages as f64);
+        // pdftotext, a process per core, over the same files.
+        let folder = std::env::temp_dir().join(format!("docfleet-real-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).ok();
+        let paths: Vec<std::path::PathBuf> = text_pdfs
+            .iter()
+            .map(|d| {
+                let p = folder.join(&d.0);
+                std::fs::write(&p, &d.1).ok();
+                p
+            })
+            .collect();
+        let cpu = children_cpu_secs();
+        let t = Instant::now();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..cores {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(p) = paths.get(i) else { break };
+                    let _ = std::process::Command::new("pdftotext")
+                        .arg("-layout")
+                        .arg(p)
+                        .arg("-")
+                        .output();
+                });
+            }
+        });
+        theirs.push(n / t.elapsed().as_secs_f64());
+        theirs_cpu.push((children_cpu_secs() - cpu) * 1000.0 / pages as f64);
+        let _ = std::fs::remove_dir_all(&folder);
+    }
+    let detail = json!({ "documents": n, "pages": pages, "copies": REAL_COPIES });
+    rep.add_median(
+        "real_fleet_docs_per_s_ocr_off",
+        fleet_off.clone(),
+        "docs/s",
+        detail.clone(),
+    );
+    rep.add_median(
+        "real_fleet_docs_per_s_ocr_on",
+        fleet_on.clone(),
+        "docs/s",
+        detail.clone(),
+    );
+    rep.add_median(
+        "real_fleet_docs_per_s_every_format",
+        fleet_all,
+        "docs/s",
+        json!({ "documents": docs.len() }),
+    );
+    rep.add_median(
+        "real_engine_docs_per_s",
+        engine.clone(),
+        "docs/s",
+        detail.clone(),
+    );
+    rep.add_median(
+        "real_pdftotext_docs_per_s",
+        theirs.clone(),
+        "docs/s",
+        json!({ "processes": cores }),
+    );
+    rep.add_median(
+        "real_fleet_cpu_ms_per_page_ocr_off",
+        cpu_off,
+        "ms",
+        json!({ "workers": "incl. parser children" }),
+    );
+    rep.add_median("real_engine_cpu_ms_per_page", engine_cpu, "ms", json!({}));
+    rep.add_median(
+        "real_pdftotext_cpu_ms_per_page",
+        theirs_cpu,
+        "ms",
+        json!({}),
+    );
+    let ratio = |x: &[f64], y: &[f64]| median(x.to_vec()) / median(y.to_vec()).max(1e-9);
+    rep.add(
+        "real_fleet_ocr_off_over_engine",
+        ratio(&fleet_off, &engine),
+        "ratio",
+        json!({ "target": 0.85 }),
+    );
+    rep.add(
+        "real_fleet_ocr_off_over_pdftotext",
+        ratio(&fleet_off, &theirs),
+        "ratio",
+        json!({ "target": 1.0 }),
+    );
+    rep.add(
+        "real_fleet_ocr_off_over_ocr_on",
+        ratio(&fleet_off, &fleet_on),
+        "ratio",
+        json!({ "target": "at most 1.2" }),
     );
     for w in &mut workers {
         w.terminate().await;
@@ -1723,6 +1942,7 @@ async fn scenario(name: &str, rep: &mut Report, a: &Args) {
         "many" => many(rep, a).await,
         "fair" => fair(rep, a).await,
         "retention" => retention(rep, a).await,
+        "real" => real(rep, a).await,
         "python" => python_queues(rep, a),
         other => eprintln!("unknown scenario {other}"),
     }
