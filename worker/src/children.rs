@@ -29,8 +29,10 @@ pub fn spawn(cmd: &mut Command, timeout: Duration) -> std::io::Result<Watched> {
         .name("docfleet-watchdog".into())
         .spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(timeout) {
-                let _ = killpg(group, Signal::SIGKILL);
+                // Said before the kill: the waiter wakes when the child dies and must then
+                // know why.
                 let _ = fire.send(());
+                let _ = killpg(group, Signal::SIGKILL);
             }
         })?;
     Ok(Watched { child, done, fired })

@@ -276,6 +276,63 @@ pub fn pdf_images(
     }
 }
 
+/// The area (square points) that images cover on each of pages `first..=last` of a PDF, from
+/// `pdfimages -list` (pixels over resolution): how a page that is a scan tells itself from a
+/// blank one or a page of drawings. Pages without images are absent.
+pub fn image_cover(
+    pdf: &[u8],
+    first: u32,
+    last: u32,
+    bound: Duration,
+) -> Result<std::collections::HashMap<u32, f64>, ParseError> {
+    let dir = Scratch::new()?;
+    let input = dir.path().join("doc.pdf");
+    std::fs::write(&input, pdf).map_err(io)?;
+    let out = crate::children::output(
+        Command::new("pdfimages")
+            .args(["-list", "-f", &first.to_string(), "-l", &last.to_string()])
+            .arg(&input),
+        bound,
+    );
+    match out {
+        Ok(o) if o.status.success() => Ok(cover_of_listing(&String::from_utf8_lossy(&o.stdout))),
+        Ok(o) => Err(ParseError::Corrupt {
+            format: "pdf",
+            reason: format!(
+                "images could not be listed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        }),
+        Err(e) => Err(killed("listing images", bound, e)),
+    }
+}
+
+/// Sums, per page, `width / x-ppi × height / y-ppi` (in points) of the `image` rows of a
+/// `pdfimages -list` listing (masks and stencils are not pictures of anything).
+fn cover_of_listing(listing: &str) -> std::collections::HashMap<u32, f64> {
+    let mut cover = std::collections::HashMap::new();
+    for line in listing.lines().skip(2) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| cols.get(i).and_then(|v| v.parse::<f64>().ok());
+        let (Some(page), Some("image")) = (num(0), cols.get(2).copied()) else {
+            continue;
+        };
+        // An inline image has `[inline]` where others have an object number and generation.
+        let ppi = if cols.get(10) == Some(&"[inline]") {
+            11
+        } else {
+            12
+        };
+        if let (Some(w), Some(h), Some(xppi), Some(yppi)) = (num(3), num(4), num(ppi), num(ppi + 1))
+        {
+            if xppi > 0.0 && yppi > 0.0 {
+                *cover.entry(page as u32).or_insert(0.0) += (w / xppi * 72.0) * (h / yppi * 72.0);
+            }
+        }
+    }
+    cover
+}
+
 /// One page's OCR: its number and its text, or why it could not be read.
 pub type PageText = (u32, Result<String, ParseError>);
 
@@ -383,6 +440,22 @@ fn sweep(owned: impl Fn(u32) -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listing_says_how_much_of_each_page_images_cover() {
+        let listing = "page   num  type   width height color comp bpc  enc interp  object ID x-ppi y-ppi size ratio
+--------------------------------------------------------------------------------------------
+   1     0 image    2550  3300  gray    1   1  jbig2  no         7  0   300   300 69.4K 6.8%
+   2     1 image     100   100  rgb     3   8  jpeg   no         9  0    72    72 2.0K  5%
+   2     2 smask     100   100  gray    1   8  image  no        10  0    72    72 1.0K  5%
+   4     0 image     144   144  gray    1   8  image  yes  [inline]      72    72    0B 0.0%
+";
+        let cover = cover_of_listing(listing);
+        assert!((cover[&1] - 612.0 * 792.0).abs() < 1.0, "{cover:?}");
+        assert!((cover[&2] - 100.0 * 100.0).abs() < 1.0, "{cover:?}");
+        assert!(!cover.contains_key(&3));
+        assert!((cover[&4] - 144.0 * 144.0).abs() < 1.0, "{cover:?}");
+    }
 
     #[test]
     fn scratch_of_dead_processes_is_swept() {

@@ -331,16 +331,42 @@ fn parse_image(
     })
 }
 
-/// Pages whose text layer is (nearly) empty are scans: render and OCR them, at most
-/// `max_ocr_pages` of them; the rest are named in `ocr_skipped`.
+/// The share of a page that images must cover for a page without text to be read as a scan
+/// (the corpus' scans: 0.3 to 1.0; its blank and drawn pages: 0).
+const SCAN_COVER: f64 = 0.2;
+
+/// Pages whose text layer is (nearly) empty and that images cover are scans: render and OCR
+/// them, at most `max_ocr_pages` of them; the rest are named in `ocr_skipped`.
 fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
     if req.disable_ocr {
         return;
     }
-    let mut scanned: Vec<u32> = parsed
+    let little_text: Vec<&Page> = parsed
         .pages
         .iter()
         .filter(|p| p.text.chars().filter(|c| !c.is_whitespace()).count() < 10)
+        .collect();
+    let (Some(first), Some(last)) = (
+        little_text.iter().map(|p| p.page_number).min(),
+        little_text.iter().map(|p| p.page_number).max(),
+    ) else {
+        return;
+    };
+    // A page with (almost) no text layer is a scan only if images cover most of it: a blank
+    // page, or one of drawings, has nothing OCR would read. Without the listing (no
+    // pdfimages), every such page is tried.
+    let cover = crate::ocr::image_cover(pdf, first, last, req.tool_bound()).ok();
+    let mut scanned: Vec<u32> = little_text
+        .iter()
+        .filter(|p| {
+            let Some(cover) = &cover else { return true };
+            let area = if p.width > 0.0 && p.height > 0.0 {
+                f64::from(p.width) * f64::from(p.height)
+            } else {
+                612.0 * 792.0
+            };
+            cover.get(&p.page_number).copied().unwrap_or(0.0) >= SCAN_COVER * area
+        })
         .map(|p| p.page_number)
         .collect();
     if scanned.is_empty() {
@@ -1017,6 +1043,47 @@ mod ocr_tests {
         super::pdf_of(&objects)
     }
 
+    /// A PDF of `pages` pages that are each one grey image over the whole page: a scan of
+    /// nothing.
+    fn scan_pdf(pages: usize) -> Vec<u8> {
+        let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 3 + i)).collect();
+        let (image, content) = (3 + pages, 4 + pages);
+        let mut objects = vec![
+            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+            format!(
+                "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+                kids.join(" ")
+            )
+            .into_bytes(),
+        ];
+        objects.extend((0..pages).map(|_| {
+            format!(
+                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] \
+                 /Resources << /XObject << /Im0 {image} 0 R >> >> /Contents {content} 0 R >>"
+            )
+            .into_bytes()
+        }));
+        let pixels = vec![0xEEu8; 300 * 300];
+        objects.push(
+            [
+                &b"<< /Type /XObject /Subtype /Image /Width 300 /Height 300 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 90000 >>\nstream\n"[..],
+                &pixels,
+                b"\nendstream",
+            ]
+            .concat(),
+        );
+        let draw = b"q 200 0 0 200 0 0 cm /Im0 Do Q";
+        objects.push(
+            [
+                format!("<< /Length {} >>\nstream\n", draw.len()).as_bytes(),
+                draw,
+                b"\nendstream",
+            ]
+            .concat(),
+        );
+        super::pdf_of(&objects)
+    }
+
     /// Needs Debian's tesseract-ocr and poppler-utils, which deploy/local/test installs.
     #[test]
     fn images_and_scanned_pdf_pages_are_read_by_ocr() {
@@ -1042,8 +1109,11 @@ mod ocr_tests {
             .unwrap_err()
             .to_string()
             .contains("disable_ocr"));
+        // A page without text is OCR'd only when images cover it: a blank page is not.
+        let p = parse(&blank_pdf(2), "blank.pdf", &ParseRequest::default()).unwrap();
+        assert!(p.ocr_pages.is_empty(), "{:?}", p.ocr_pages);
         // Only the pages asked for are OCR'd, and at most `max_ocr_pages` of them.
-        let blank = blank_pdf(3);
+        let blank = scan_pdf(3);
         let one = ParseRequest {
             target_pages: Some(vec![1]),
             ..Default::default()
