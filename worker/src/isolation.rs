@@ -228,6 +228,15 @@ impl Isolation {
     }
 }
 
+/// What a panic said, for the item's error message.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 /// Removes a parser child's scratch and private folders when dropped, however the parse
 /// ended.
 struct Scratch(u32);
@@ -345,7 +354,16 @@ pub fn serve_child(
             }
         }
     }
-    let answer = match parse::parse_with_images(file, &header.name, &header.request) {
+    // A reader's panic (a malformed font map, say) is this file's failure, said as such.
+    let parsed =
+        std::panic::catch_unwind(|| parse::parse_with_images(file, &header.name, &header.request))
+            .unwrap_or_else(|panic| {
+                Err(ParseError::Isolated(format!(
+                    "parser crashed: {}",
+                    panic_message(panic.as_ref())
+                )))
+            });
+    let answer = match parsed {
         Ok((parsed, images)) => match crate::images::leave(&images_dir, images) {
             Ok(names) => Answer::Ok(parsed, names),
             Err(e) => Answer::Error(format!("could not keep the images: {e}")),

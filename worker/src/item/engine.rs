@@ -56,12 +56,10 @@ fn classify_with_vision(
 /// Runs an engine call, turning a panic into the item's failure.
 pub(super) fn guarded<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Failure::Fail(format!("parser crashed: {what}"))
+        Failure::Fail(format!(
+            "parser crashed: {}",
+            crate::isolation::panic_message(panic.as_ref())
+        ))
     })?
 }
 
