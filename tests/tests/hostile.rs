@@ -99,13 +99,13 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
     // What fuzzing found (deploy/local/fuzz), kept as regression files: PDFs as they crashed
     // the in-process fuzz target, which must fail alone here.
     let regressions = docfleet_tests::repo_root().join("worker/fuzz/regressions/pdf");
-    let found: Vec<(String, Vec<u8>)> = std::fs::read_dir(&regressions)
+    let found: Vec<(String, std::path::PathBuf, Value)> = std::fs::read_dir(&regressions)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| {
             let name = format!("fuzz-{}.pdf", e.file_name().to_string_lossy());
-            (name, std::fs::read(e.path()).expect("regression file"))
+            (name, e.path(), json!({}))
         })
         .collect();
     assert!(
@@ -113,6 +113,18 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
         "no regression files in {}",
         regressions.display()
     );
+    // Queued last, behind them all.
+    let tiny = folder.join("tiny.txt");
+    std::fs::write(&tiny, b"a tiny file behind the hostile ones").unwrap();
+    let inputs: Vec<(String, std::path::PathBuf, Value)> = corpus
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap_or_default().to_owned();
+            (name.clone(), folder.join(&name), c["parameters"].clone())
+        })
+        .chain(found)
+        .chain([("tiny.txt".to_owned(), tiny, json!({}))])
+        .collect();
 
     let f = Fleet::start(0).await;
     // The production defaults but a shorter deadline and memory bound, as the test fleet's.
@@ -127,13 +139,12 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
     let wpid = worker.child.id().expect("worker pid");
     let dir = f.create_dir(&f.api_key, "hostile").await;
     let mut cases = Vec::new();
-    for c in &corpus {
-        let name = c["name"].as_str().unwrap_or_default().to_owned();
-        let bytes = std::fs::read(folder.join(&name)).expect("corpus file");
+    for (name, path, parameters) in inputs {
+        let bytes = std::fs::read(&path).expect("input file");
         let file = f.upload(&f.api_key, &dir, &name, bytes).await;
         let batch = f
             .create_batch(&json!({
-                "job_config": { "parameters": c["parameters"] },
+                "job_config": { "parameters": parameters },
                 "item_ids": [file],
             }))
             .await;
@@ -145,35 +156,6 @@ async fn no_hostile_file_holds_a_worker_or_its_memory() {
         });
     }
     let _ = std::fs::remove_dir_all(&folder);
-    for (name, bytes) in found {
-        let file = f.upload(&f.api_key, &dir, &name, bytes).await;
-        let batch = f
-            .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [file] }))
-            .await;
-        cases.push(Case {
-            name,
-            batch,
-            started: None,
-            ended: None,
-        });
-    }
-    let tiny = f
-        .upload(
-            &f.api_key,
-            &dir,
-            "tiny.txt",
-            b"a tiny file behind the hostile ones".to_vec(),
-        )
-        .await;
-    let tiny_batch = f
-        .create_batch(&json!({ "job_config": { "parameters": {} }, "item_ids": [tiny] }))
-        .await;
-    cases.push(Case {
-        name: "tiny.txt".into(),
-        batch: tiny_batch.clone(),
-        started: None,
-        ended: None,
-    });
     let queued = Instant::now();
 
     let (mut peak_worker, mut peak_children) = (0.0f64, 0.0f64);

@@ -1026,28 +1026,10 @@ mod ocr_tests {
         Some(std::fs::read(super::test_corpus()?.join(p)).expect("a corpus file"))
     }
 
-    /// A PDF of `pages` empty pages: what a scan looks like to the text layer.
-    fn blank_pdf(pages: usize) -> Vec<u8> {
+    /// A PDF of `pages` 200-point pages, each with `page` in its dictionary, and `extra`
+    /// objects after them (numbered from `3 + pages`).
+    fn pages_pdf(pages: usize, page: &str, extra: Vec<Vec<u8>>) -> Vec<u8> {
         let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 3 + i)).collect();
-        let mut objects = vec![
-            b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
-            format!(
-                "<< /Type /Pages /Kids [{}] /Count {pages} >>",
-                kids.join(" ")
-            )
-            .into_bytes(),
-        ];
-        objects.extend(
-            (0..pages).map(|_| b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>".to_vec()),
-        );
-        super::pdf_of(&objects)
-    }
-
-    /// A PDF of `pages` pages that are each one grey image over the whole page: a scan of
-    /// nothing.
-    fn scan_pdf(pages: usize) -> Vec<u8> {
-        let kids: Vec<String> = (0..pages).map(|i| format!("{} 0 R", 3 + i)).collect();
-        let (image, content) = (3 + pages, 4 + pages);
         let mut objects = vec![
             b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
             format!(
@@ -1057,31 +1039,41 @@ mod ocr_tests {
             .into_bytes(),
         ];
         objects.extend((0..pages).map(|_| {
-            format!(
-                "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] \
-                 /Resources << /XObject << /Im0 {image} 0 R >> >> /Contents {content} 0 R >>"
-            )
-            .into_bytes()
+            format!("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] {page} >>").into_bytes()
         }));
-        let pixels = vec![0xEEu8; 300 * 300];
-        objects.push(
-            [
-                &b"<< /Type /XObject /Subtype /Image /Width 300 /Height 300 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 90000 >>\nstream\n"[..],
-                &pixels,
-                b"\nendstream",
-            ]
-            .concat(),
-        );
-        let draw = b"q 200 0 0 200 0 0 cm /Im0 Do Q";
-        objects.push(
-            [
-                format!("<< /Length {} >>\nstream\n", draw.len()).as_bytes(),
-                draw,
-                b"\nendstream",
-            ]
-            .concat(),
-        );
+        objects.extend(extra);
         super::pdf_of(&objects)
+    }
+
+    /// A PDF of `pages` empty pages: no text layer, and nothing for OCR to read.
+    fn blank_pdf(pages: usize) -> Vec<u8> {
+        pages_pdf(pages, "", Vec::new())
+    }
+
+    /// A PDF of `pages` pages that are each one grey image over the whole page: a scan of
+    /// nothing.
+    fn scan_pdf(pages: usize) -> Vec<u8> {
+        let (image, content) = (3 + pages, 4 + pages);
+        let pixels = vec![0xEEu8; 300 * 300];
+        let draw = b"q 200 0 0 200 0 0 cm /Im0 Do Q";
+        pages_pdf(
+            pages,
+            &format!("/Resources << /XObject << /Im0 {image} 0 R >> >> /Contents {content} 0 R"),
+            vec![
+                [
+                    &b"<< /Type /XObject /Subtype /Image /Width 300 /Height 300 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 90000 >>\nstream\n"[..],
+                    &pixels,
+                    b"\nendstream",
+                ]
+                .concat(),
+                [
+                    format!("<< /Length {} >>\nstream\n", draw.len()).as_bytes(),
+                    draw,
+                    b"\nendstream",
+                ]
+                .concat(),
+            ],
+        )
     }
 
     /// Needs Debian's tesseract-ocr and poppler-utils, which deploy/local/test installs.
