@@ -184,7 +184,7 @@ impl Isolation {
         // An answer is at most as large as the memory it was built in.
         let out = watched.wait_bounded(self.memory_mb.saturating_mul(1 << 20));
         // What the child left in its scratch folders goes with it, however it ended.
-        let _scratch = Scratch(child_pid);
+        let _scratch = ChildFolders(child_pid);
         let out = out.map_err(|e| match e {
             None => failed(format!(
                 "the parser exceeded the {}s per-item deadline and was killed with its children",
@@ -239,9 +239,9 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Removes a parser child's scratch and private folders when dropped, however the parse
 /// ended.
-struct Scratch(u32);
+struct ChildFolders(u32);
 
-impl Drop for Scratch {
+impl Drop for ChildFolders {
     fn drop(&mut self) {
         crate::ocr::remove_scratch_of(self.0);
     }

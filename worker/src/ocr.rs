@@ -140,20 +140,32 @@ pub fn render_pdf_pages(
     dpi: u32,
     bound: Duration,
 ) -> Result<Vec<(u32, Vec<u8>)>, ParseError> {
-    let dir = Scratch::new()?;
-    let input = dir.path().join("doc.pdf");
-    std::fs::write(&input, pdf).map_err(io)?;
-    render(&dir, &input, pages, dpi, false, bound)?
+    render(&PdfOnDisk::write(pdf)?, pages, dpi, false, bound)?
         .into_iter()
         .map(|(n, path)| std::fs::read(path).map(|png| (n, png)).map_err(io))
         .collect()
 }
 
-/// Renders `pages` (1-based, ascending) of the PDF at `input` into `dir`: one `pdftoppm` per
-/// run of consecutive pages. The PNG of each page that rendered, by page number.
+/// A PDF written once into a scratch folder: the poppler tools read files.
+pub struct PdfOnDisk {
+    dir: Scratch,
+    path: std::path::PathBuf,
+}
+
+impl PdfOnDisk {
+    /// Writes `pdf` into a scratch folder of its own, removed when this is dropped.
+    pub fn write(pdf: &[u8]) -> Result<Self, ParseError> {
+        let dir = Scratch::new()?;
+        let path = dir.path().join("doc.pdf");
+        std::fs::write(&path, pdf).map_err(io)?;
+        Ok(Self { dir, path })
+    }
+}
+
+/// Renders `pages` (1-based, ascending) of `doc` into its folder: one `pdftoppm` per run of
+/// consecutive pages. The PNG of each page that rendered, by page number.
 fn render(
-    dir: &Scratch,
-    input: &std::path::Path,
+    doc: &PdfOnDisk,
     pages: &[u32],
     dpi: u32,
     grey: bool,
@@ -176,7 +188,8 @@ fn render(
             cmd.arg("-gray");
         }
         let out = crate::children::output(
-            cmd.arg(input).arg(dir.path().join(format!("run{i}"))),
+            cmd.arg(&doc.path)
+                .arg(doc.dir.path().join(format!("run{i}"))),
             bound,
         );
         match out {
@@ -199,7 +212,7 @@ fn render(
         }
     }
     // `pdftoppm` names each page `<root>-<n>.png`, `n` zero-padded to the document's width.
-    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir.path())
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(doc.dir.path())
         .map_err(io)?
         .flatten()
         .map(|e| e.path())
@@ -222,9 +235,8 @@ pub fn pdf_images(
     limit: usize,
     bound: Duration,
 ) -> Result<Vec<(String, Vec<u8>)>, ParseError> {
-    let dir = Scratch::new()?;
-    let input = dir.path().join("doc.pdf");
-    std::fs::write(&input, pdf).map_err(io)?;
+    let doc = PdfOnDisk::write(pdf)?;
+    let dir = &doc.dir;
     let out = crate::children::output(
         Command::new("pdfimages")
             .args([
@@ -235,7 +247,7 @@ pub fn pdf_images(
                 "-l",
                 &last.to_string(),
             ])
-            .arg(&input)
+            .arg(&doc.path)
             .arg(dir.path().join("img")),
         bound,
     );
@@ -280,18 +292,15 @@ pub fn pdf_images(
 /// `pdfimages -list` (pixels over resolution): how a page that is a scan tells itself from a
 /// blank one or a page of drawings. Pages without images are absent.
 pub fn image_cover(
-    pdf: &[u8],
+    doc: &PdfOnDisk,
     first: u32,
     last: u32,
     bound: Duration,
 ) -> Result<std::collections::HashMap<u32, f64>, ParseError> {
-    let dir = Scratch::new()?;
-    let input = dir.path().join("doc.pdf");
-    std::fs::write(&input, pdf).map_err(io)?;
     let out = crate::children::output(
         Command::new("pdfimages")
             .args(["-list", "-f", &first.to_string(), "-l", &last.to_string()])
-            .arg(&input),
+            .arg(&doc.path),
         bound,
     );
     match out {
@@ -336,11 +345,10 @@ fn cover_of_listing(listing: &str) -> std::collections::HashMap<u32, f64> {
 /// One page's OCR: its number and its text, or why it could not be read.
 pub type PageText = (u32, Result<String, ParseError>);
 
-/// Renders `pages` (1-based, ascending) of a PDF at 300 dpi and OCRs each: the PDF is
-/// written once, each run of consecutive pages rendered by one `pdftoppm`. Each call is
-/// bounded by `bound`.
+/// Renders `pages` (1-based, ascending) of `doc` at 300 dpi and OCRs each: each run of
+/// consecutive pages is rendered by one `pdftoppm`. Each call is bounded by `bound`.
 pub fn pdf_pages(
-    pdf: &[u8],
+    doc: &PdfOnDisk,
     pages: &[u32],
     lang: &str,
     bound: Duration,
@@ -348,10 +356,7 @@ pub fn pdf_pages(
     if !available() {
         return Err(unavailable());
     }
-    let dir = Scratch::new()?;
-    let input = dir.path().join("doc.pdf");
-    std::fs::write(&input, pdf).map_err(io)?;
-    let rendered = render(&dir, &input, pages, 300, true, bound)?;
+    let rendered = render(doc, pages, 300, true, bound)?;
     Ok(pages
         .iter()
         .map(|&n| {

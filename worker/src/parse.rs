@@ -233,7 +233,6 @@ fn looks_binary(head: &[u8]) -> bool {
     control * 10 > head.len()
 }
 
-/// Parses a document.
 /// [`parse`], then the images `req` asks for.
 pub fn parse_with_images(
     bytes: &[u8],
@@ -245,6 +244,7 @@ pub fn parse_with_images(
     Ok((parsed, images))
 }
 
+/// Parses a document.
 pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, ParseError> {
     let format = detect(bytes, name);
     let parsed = match format {
@@ -352,10 +352,15 @@ fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
     ) else {
         return;
     };
-    // A page with (almost) no text layer is a scan only if images cover most of it: a blank
-    // page, or one of drawings, has nothing OCR would read. Without the listing (no
-    // pdfimages), every such page is tried.
-    let cover = crate::ocr::image_cover(pdf, first, last, req.tool_bound()).ok();
+    // A page with (almost) no text layer is a scan only if images cover a good part of it
+    // ([`SCAN_COVER`]): a blank page, or one of drawings, has nothing OCR would read. Without
+    // the listing (no pdfimages), every such page is tried. The PDF is written once for both
+    // tools.
+    let doc = crate::ocr::PdfOnDisk::write(pdf);
+    let cover = doc
+        .as_ref()
+        .ok()
+        .and_then(|d| crate::ocr::image_cover(d, first, last, req.tool_bound()).ok());
     let mut scanned: Vec<u32> = little_text
         .iter()
         .filter(|p| {
@@ -377,7 +382,7 @@ fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
     }
     let lang = crate::ocr::lang_arg(&req.languages);
     let read: Vec<(u32, Result<String, String>)> =
-        match crate::ocr::pdf_pages(pdf, &scanned, &lang, req.tool_bound()) {
+        match doc.and_then(|d| crate::ocr::pdf_pages(&d, &scanned, &lang, req.tool_bound())) {
             Ok(r) => r
                 .into_iter()
                 .map(|(n, t)| (n, t.map_err(|e| e.to_string())))
@@ -501,9 +506,9 @@ fn parse_text(
                     MAX_SELECTED_TEXT >> 20,
                     chunks.len(),
                     if format == "csv" {
-                        " of 1,000 rows"
+                        format!(" of {CSV_PAGE_ROWS} rows")
                     } else {
-                        ""
+                        String::new()
                     }
                 ),
             });
