@@ -1,6 +1,8 @@
-//! Times docfleet's parser file by file: `parse_files <file>…` prints ms and pages per file
-//! (best of 5), to find where the parser is slow. The benchmark's `parse` scenario gives the
-//! totals against `pdftotext`.
+//! Times docfleet's parser file by file: `parse_files [--text DIR] [--ocr] <file>…` prints ms
+//! and pages per file (best of 5; one run with `--text`), to find where the parser is slow. With `--text`, each
+//! file's page text is also written to `DIR/<file name>.txt` (pages joined by form feeds),
+//! for `tests/pdfs/score.py`. The benchmark's `parse` scenario gives the totals against
+//! `pdftotext`.
 use std::time::Instant;
 
 // As in the worker: the allocator changes parse time by a fifth.
@@ -8,24 +10,44 @@ use std::time::Instant;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let text_dir = args.iter().position(|a| a == "--text").map(|i| {
+        let dir = args.remove(i + 1);
+        args.remove(i);
+        std::path::PathBuf::from(dir)
+    });
+    let ocr = args
+        .iter()
+        .position(|a| a == "--ocr")
+        .map(|i| args.remove(i));
     let req = docfleet_worker::parse::ParseRequest {
-        disable_ocr: true,
+        disable_ocr: ocr.is_none(),
         ..Default::default()
     };
-    for path in std::env::args().skip(1) {
+    for path in args {
         let Ok(bytes) = std::fs::read(&path) else {
             eprintln!("{path}: unreadable");
             continue;
         };
         let mut best = f64::MAX;
-        let mut pages = 0;
-        for _ in 0..5 {
+        let mut last = None;
+        for _ in 0..if text_dir.is_some() { 1 } else { 5 } {
             let t = Instant::now();
-            pages = docfleet_worker::parse::parse(&bytes, &path, &req)
-                .map(|d| d.pages.len())
-                .unwrap_or(0);
+            last = Some(docfleet_worker::parse::parse(&bytes, &path, &req));
             best = best.min(t.elapsed().as_secs_f64() * 1e3);
         }
+        let Some(parsed) = last else { continue };
+        let pages = parsed.as_ref().map(|d| d.pages.len()).unwrap_or(0);
         println!("{best:.2}\t{pages}\t{path}");
+        if let (Some(dir), Ok(doc)) = (&text_dir, &parsed) {
+            let name = std::path::Path::new(&path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text: Vec<&str> = doc.pages.iter().map(|p| p.text.as_str()).collect();
+            if let Err(e) = std::fs::write(dir.join(format!("{name}.txt")), text.join("\x0c")) {
+                eprintln!("{path}: {e}");
+            }
+        }
     }
 }
