@@ -303,8 +303,20 @@ impl FileStore {
 
     /// [`FileStore::get`] on the calling thread, for code already on a blocking thread.
     pub fn get_blocking(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        use std::io::Read;
+        let mut file = self.open_blocking(key)?;
+        let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(size + 1);
+        file.read_to_end(&mut bytes)
+            .map_err(|source| map_io(key, source))?;
+        Ok(bytes)
+    }
+
+    /// An object opened for reading on the calling thread, for a reader that streams it
+    /// rather than hold it whole.
+    pub fn open_blocking(&self, key: &str) -> Result<std::fs::File, StoreError> {
         let path = self.path(key)?;
-        read_without_atime(&path).map_err(|source| map_io(key, source))
+        open_without_atime(&path).map_err(|source| map_io(key, source))
     }
 
     /// The size of an object, without reading it.
@@ -317,30 +329,24 @@ impl FileStore {
     }
 }
 
-/// Reads a whole file without updating its access time. Under `relatime` the first read of a
-/// freshly written file dirties its inode, a journal write per document (perf: `touch_atime`
-/// was 5% of a worker's samples on tiny files). The kernel refuses `O_NOATIME` on a file the
-/// process does not own; such a file is read the ordinary way.
+/// Opens a file without updating its access time on reads. Under `relatime` the first read
+/// of a freshly written file dirties its inode, a journal write per document (perf:
+/// `touch_atime` was 5% of a worker's samples on tiny files). The kernel refuses `O_NOATIME`
+/// on a file the process does not own; such a file is opened the ordinary way.
 #[cfg(target_os = "linux")]
-fn read_without_atime(path: &Path) -> std::io::Result<Vec<u8>> {
+fn open_without_atime(path: &Path) -> std::io::Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags};
-    use std::io::Read;
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOATIME;
-    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::PERM) => return std::fs::read(path),
-        Err(e) => return Err(e.into()),
-    };
-    let mut file = std::fs::File::from(fd);
-    let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(size + 1);
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(rustix::io::Errno::PERM) => std::fs::File::open(path),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_without_atime(path: &Path) -> std::io::Result<Vec<u8>> {
-    std::fs::read(path)
+fn open_without_atime(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 /// Where an uploaded directory file of `project` is kept. The dispatcher stores uploads there

@@ -12,7 +12,8 @@
 //! code that reads hostile files.
 //!
 //! Protocol: the parent writes one JSON line (`name`, `request`) and then the file's bytes to
-//! the child's stdin; the child answers one JSON object on stdout, `{"ok": Parsed}` or
+//! the child's stdin (copied by the kernel from the stored file: the worker does not hold
+//! them); the child answers one JSON object on stdout, `{"ok": Parsed}` or
 //! `{"error": message}`.
 
 use std::io::{Read, Write};
@@ -21,6 +22,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use crate::input::Input;
 use crate::parse::{self, ParseError, ParseRequest, Parsed};
 
 /// How parses are bounded; one per worker process.
@@ -104,20 +106,23 @@ fn in_process(format: &str, size: usize) -> bool {
 }
 
 impl Isolation {
-    /// Parses `bytes`, in a bounded child unless the format is plain text.
-    /// Parses `bytes` within `timeout`: past it, the child and everything it started are
-    /// killed.
+    /// Parses `input` within `timeout`, in a bounded child unless the format is small plain
+    /// text: past the timeout, the child and everything it started are killed.
     pub fn parse(
         &self,
-        bytes: &[u8],
+        input: &Input,
         name: &str,
         req: &ParseRequest,
         timeout: std::time::Duration,
     ) -> Result<(Parsed, Vec<crate::images::Image>), ParseError> {
-        if in_process(parse::detect(bytes, name), bytes.len()) {
-            return parse::parse_with_images(bytes, name, req);
-        }
         let failed = |why: String| ParseError::Isolated(why);
+        let size = usize::try_from(input.size()).unwrap_or(usize::MAX);
+        if in_process(parse::detect(input.head(), name), size) {
+            let bytes = input
+                .bytes()
+                .map_err(|e| failed(format!("reading the file: {e}")))?;
+            return parse::parse_with_images(&bytes, name, req);
+        }
         // No network for code that reads hostile files: a namespace of its own, with only a
         // loopback that is down, where the system allows one.
         let mut cmd = if network_namespaces() {
@@ -179,7 +184,7 @@ impl Isolation {
             let _ = stdin
                 .write_all(&header)
                 .and_then(|()| stdin.write_all(b"\n"))
-                .and_then(|()| stdin.write_all(bytes));
+                .and_then(|()| input.copy_into(&mut stdin).map(drop));
         }
         // An answer is at most as large as the memory it was built in.
         let out = watched.wait_bounded(self.memory_mb.saturating_mul(1 << 20));

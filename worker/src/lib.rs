@@ -23,6 +23,7 @@ pub mod embedding;
 pub mod engines;
 pub mod health;
 pub mod images;
+pub mod input;
 pub mod isolation;
 pub mod item;
 pub mod ledger;

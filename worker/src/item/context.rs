@@ -5,9 +5,10 @@ use std::sync::Arc;
 use docfleet_shared::model::JobSpec;
 use serde_json::Value;
 
-use super::{Failure, Processor, BATCH_CACHE};
+use super::{whole, Failure, Processor, BATCH_CACHE};
 use crate::classify::Classifier;
 use crate::embedding::Embedder;
+use crate::input::Input;
 use crate::isolation::Isolation;
 use crate::parse::{self, ParseRequest};
 use crate::vision::VisionClient;
@@ -26,14 +27,14 @@ pub(super) struct BatchContext {
 impl BatchContext {
     pub(super) fn parse(
         &self,
-        bytes: &[u8],
+        input: &Input,
         name: &str,
         req: &ParseRequest,
         timeout: std::time::Duration,
     ) -> Result<(parse::Parsed, Vec<crate::images::Image>), Failure> {
         match &self.isolation {
-            Some(i) => i.parse(bytes, name, req, timeout),
-            None => parse::parse_with_images(bytes, name, req),
+            Some(i) => i.parse(input, name, req, timeout),
+            None => parse::parse_with_images(&whole(input)?, name, req),
         }
         .map_err(|e| Failure::Fail(e.to_string()))
     }

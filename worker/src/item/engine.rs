@@ -3,11 +3,13 @@
 use std::time::Duration;
 
 use docfleet_shared::model::{parse_page_selection, JobSpec};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::context::BatchContext;
-use super::Failure;
+use super::{whole, Failure};
 use crate::classify::Document;
+use crate::input::Input;
 use crate::parse::{self, ParseRequest};
 use crate::vision::VisionError;
 
@@ -18,13 +20,14 @@ fn classify_with_vision(
     rules: &[docfleet_shared::model::ClassifyRule],
     parsed: &parse::Parsed,
     text: &str,
-    bytes: &[u8],
+    input: &Input,
     bound: Duration,
 ) -> Result<crate::classify::Classification, Failure> {
     let client = ctx.vision.as_ref().ok_or_else(|| {
         Failure::Fail("MULTIMODAL batch, but this worker has no vision.url configured".into())
     })?;
     let mut images: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let bytes = whole(input)?;
     match parsed.format {
         "pdf" => {
             let numbers: Vec<u32> = parsed
@@ -34,13 +37,13 @@ fn classify_with_vision(
                 .map(|p| p.page_number)
                 .collect();
             for (_, png) in
-                crate::ocr::render_pdf_pages(bytes, &numbers, 100, bound).unwrap_or_default()
+                crate::ocr::render_pdf_pages(&bytes, &numbers, 100, bound).unwrap_or_default()
             {
                 images.push(("image/png", png));
             }
         }
-        "png" => images.push(("image/png", bytes.to_vec())),
-        "jpeg" => images.push(("image/jpeg", bytes.to_vec())),
+        "png" => images.push(("image/png", bytes)),
+        "jpeg" => images.push(("image/jpeg", bytes)),
         _ => {}
     }
     let runtime = tokio::runtime::Handle::try_current()
@@ -68,10 +71,48 @@ pub(super) struct EngineOutput {
     /// Files to store beside the result: (name, bytes), e.g. page screenshots.
     pub(super) images: Vec<(String, Vec<u8>)>,
     /// Written to the file store.
-    pub(super) stored: Value,
+    pub(super) stored: Stored,
     /// Stored on the item itself (classify); parse items point at the file instead.
     pub(super) summary: Option<Value>,
     pub(super) pages: usize,
+}
+
+/// An item's output as stored: encoded straight from the parse, never copied into a JSON
+/// value first (for a million-cell sheet that copy was the worker's largest allocation).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(super) enum Stored {
+    Parse(Box<ParseOutput>),
+    Classify(Value),
+}
+
+#[derive(Serialize)]
+pub(super) struct ParseOutput {
+    pages: Vec<parse::Page>,
+    text_full: String,
+    markdown_full: String,
+    pub(super) metadata: ParseMetadata,
+}
+
+#[derive(Serialize)]
+pub(super) struct ParseMetadata {
+    pages: Vec<PageNumber>,
+    format: &'static str,
+    page_count: usize,
+    pages_parsed: usize,
+    title: Option<String>,
+    ocr_pages: Vec<u32>,
+    ocr_skipped_pages: Vec<u32>,
+    language: Option<&'static str>,
+    custom_metadata: Option<Value>,
+    /// Where the images stored beside the output are, once they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) images: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct PageNumber {
+    page_number: u32,
 }
 
 /// `replace_failed_page_mode` and `page_error_tolerance`: what a page that could not be read
@@ -132,7 +173,7 @@ fn apply_failed_pages(
 /// before it, so the thread returns on time and its CPU slot is free again.
 pub(super) fn run_engine(
     ctx: &BatchContext,
-    bytes: &[u8],
+    input: &Input,
     name: &str,
     deadline: Duration,
     max_ocr_pages: Option<u32>,
@@ -142,6 +183,7 @@ pub(super) fn run_engine(
         .max(Duration::from_secs(1));
     #[cfg(feature = "fault-injection")]
     {
+        let bytes = input.head();
         if bytes.starts_with(b"DOCFLEET-FAULT:PANIC") {
             panic!("injected parser panic");
         }
@@ -180,7 +222,7 @@ pub(super) fn run_engine(
                 screenshots: wants(docfleet_shared::model::ImageKind::Screenshot),
                 embedded_images: wants(docfleet_shared::model::ImageKind::Embedded),
             };
-            let (mut parsed, images) = ctx.parse(bytes, name, &req, bound)?;
+            let (mut parsed, images) = ctx.parse(input, name, &req, bound)?;
             apply_failed_pages(&mut parsed, &params)?;
             parsed.hide(
                 params.hide_headers.unwrap_or(false),
@@ -215,25 +257,32 @@ pub(super) fn run_engine(
                 .map(|p| wrap(&p.md, p.page_number))
                 .collect::<Vec<_>>()
                 .join(&separator);
-            let stored = json!({
-                "pages": parsed.pages,
-                "text_full": text_full,
-                "markdown_full": markdown_full,
-                "metadata": {
-                    "pages": parsed.pages.iter().map(|p| json!({ "page_number": p.page_number })).collect::<Vec<_>>(),
-                    "format": parsed.format,
-                    "page_count": parsed.page_count,
-                    "pages_parsed": parsed.pages.len(),
-                    "title": parsed.title,
-                    "ocr_pages": parsed.ocr_pages,
-                    "ocr_skipped_pages": parsed.ocr_skipped,
-                    "language": parsed.language(),
-                    "custom_metadata": params.custom_metadata,
-                },
-            });
+            let metadata = ParseMetadata {
+                pages: parsed
+                    .pages
+                    .iter()
+                    .map(|p| PageNumber {
+                        page_number: p.page_number,
+                    })
+                    .collect(),
+                format: parsed.format,
+                page_count: parsed.page_count,
+                pages_parsed: parsed.pages.len(),
+                language: parsed.language(),
+                title: parsed.title,
+                ocr_pages: parsed.ocr_pages,
+                ocr_skipped_pages: parsed.ocr_skipped,
+                custom_metadata: params.custom_metadata,
+                images: None,
+            };
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
-                stored,
+                stored: Stored::Parse(Box::new(ParseOutput {
+                    pages: parsed.pages,
+                    text_full,
+                    markdown_full,
+                    metadata,
+                })),
                 summary: None,
                 images,
             })
@@ -249,10 +298,10 @@ pub(super) fn run_engine(
                 tool_bound_secs: bound.as_secs(),
                 ..ParseRequest::default()
             };
-            let (parsed, _) = ctx.parse(bytes, name, &req, bound)?;
+            let (parsed, _) = ctx.parse(input, name, &req, bound)?;
             let text = parsed.full_text("\n");
             let c = if cfg.mode == Some(docfleet_shared::model::ClassifyMode::Multimodal) {
-                classify_with_vision(ctx, &cfg.rules, &parsed, &text, bytes, bound)?
+                classify_with_vision(ctx, &cfg.rules, &parsed, &text, input, bound)?
             } else {
                 let classifier = ctx
                     .classifier
@@ -269,7 +318,7 @@ pub(super) fn run_engine(
                 .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
             Ok(EngineOutput {
                 pages: parsed.pages.len(),
-                stored: summary.clone(),
+                stored: Stored::Classify(summary.clone()),
                 summary: Some(summary),
                 images: Vec::new(),
             })

@@ -32,6 +32,7 @@ use tracing::Instrument;
 
 use crate::embedding::Embedder;
 use crate::engines::Engines;
+use crate::input::Input;
 use crate::isolation::Isolation;
 use crate::ledger::{ItemOutcome, Ledger};
 use crate::vision::VisionClient;
@@ -359,8 +360,9 @@ impl Processor {
         let placed = self
             .engines
             .run(deadline, move || {
-                let bytes = store.get_blocking(&storage_key)?;
-                let output = guarded(|| run_engine(&ctx, &bytes, &name, deadline, max_ocr_pages))?;
+                let input = Input::new(store.open_blocking(&storage_key)?)
+                    .map_err(|e| Failure::Retry(format!("reading the stored file: {e}")))?;
+                let output = guarded(|| run_engine(&ctx, &input, &name, deadline, max_ocr_pages))?;
                 place_output(&store, &key, output, inline_max)
             })
             .await
@@ -375,6 +377,13 @@ impl Processor {
         }
         Ok(placed)
     }
+}
+
+/// The whole stored file, for what reads it in the worker itself.
+fn whole(input: &Input) -> Result<Vec<u8>, Failure> {
+    input
+        .bytes()
+        .map_err(|e| Failure::Retry(format!("reading the stored file: {e}")))
 }
 
 /// A successful item, ready to record.

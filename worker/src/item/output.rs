@@ -4,7 +4,7 @@
 use docfleet_shared::store::FileStore;
 use serde_json::{json, Value};
 
-use super::engine::EngineOutput;
+use super::engine::{EngineOutput, Stored};
 use super::{Done, Failure};
 
 /// The output placed on the item record if it fits there, else handed back for a file with
@@ -80,7 +80,9 @@ fn write_output(store: &FileStore, key: &str, unplaced: ForFile) -> Result<Outpu
             store.write_blocking(&image_key, png)?;
             names.push(json!({ "name": name, "key": image_key, "uri": store.uri(&image_key) }));
         }
-        output.stored["metadata"]["images"] = json!(names);
+        if let Stored::Parse(parse) = &mut output.stored {
+            parse.metadata.images = Some(json!(names));
+        }
     }
     let body = match body {
         Some(body) => body,
