@@ -360,8 +360,7 @@ impl Processor {
         let placed = self
             .engines
             .run(deadline, move || {
-                let input = Input::new(store.open_blocking(&storage_key)?)
-                    .map_err(|e| Failure::Retry(format!("reading the stored file: {e}")))?;
+                let input = Input::new(store.open_blocking(&storage_key)?).map_err(unreadable)?;
                 let output = guarded(|| run_engine(&ctx, &input, &name, deadline, max_ocr_pages))?;
                 place_output(&store, &key, output, inline_max)
             })
@@ -381,9 +380,12 @@ impl Processor {
 
 /// The whole stored file, for what reads it in the worker itself.
 fn whole(input: &Input) -> Result<Vec<u8>, Failure> {
-    input
-        .bytes()
-        .map_err(|e| Failure::Retry(format!("reading the stored file: {e}")))
+    input.bytes().map_err(unreadable)
+}
+
+/// A stored file that could not be read: the store's trouble, so worth another try.
+fn unreadable(e: std::io::Error) -> Failure {
+    Failure::Retry(format!("reading the stored file: {e}"))
 }
 
 /// A successful item, ready to record.
