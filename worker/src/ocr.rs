@@ -162,6 +162,72 @@ impl PdfOnDisk {
     }
 }
 
+/// Ascending page numbers as runs of consecutive pages, `(first, last)`: one tool run each.
+fn runs(pages: &[u32]) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &p in pages {
+        match runs.last_mut() {
+            Some((_, hi)) if *hi + 1 == p => *hi = p,
+            _ => runs.push((p, p)),
+        }
+    }
+    runs
+}
+
+/// The text layer of `pages` (1-based, ascending; all of them when `None`) as poppler's
+/// `pdftotext` reads it: the second engine, for pages the first misread, and for documents it
+/// could not open. One run per run of consecutive pages; each page's text by number.
+pub fn text_layer(
+    doc: &PdfOnDisk,
+    pages: Option<&[u32]>,
+    bound: Duration,
+) -> Result<Vec<(u32, String)>, ParseError> {
+    let spans = match pages {
+        Some(pages) => runs(pages).into_iter().map(Some).collect(),
+        None => vec![None],
+    };
+    let mut texts = Vec::new();
+    for span in spans {
+        let mut cmd = Command::new("pdftotext");
+        cmd.args(["-q", "-enc", "UTF-8"]);
+        if let Some((first, last)) = span {
+            cmd.args(["-f", &first.to_string(), "-l", &last.to_string()]);
+        }
+        let out = crate::children::output(cmd.arg(&doc.path).arg("-"), bound);
+        let out = match out {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => {
+                return Err(ParseError::Corrupt {
+                    format: "pdf",
+                    reason: format!(
+                        "pdftotext could not read it: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                })
+            }
+            Err(Some(_)) => {
+                return Err(ParseError::Unsupported(
+                    "a second reading needs pdftotext (apt-get install poppler-utils)".into(),
+                ))
+            }
+            Err(None) => return Err(killed("reading the text layer", bound, None)),
+        };
+        // pdftotext ends every page with a form feed.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut split: Vec<&str> = text.split('\u{c}').collect();
+        if split.last().is_some_and(|p| p.trim().is_empty()) {
+            split.pop();
+        }
+        let first = span.map_or(1, |(first, _)| first);
+        texts.extend(
+            (first..)
+                .zip(split)
+                .map(|(n, t)| (n, t.trim_end().to_owned())),
+        );
+    }
+    Ok(texts)
+}
+
 /// Renders `pages` (1-based, ascending) of `doc` into its folder: one `pdftoppm` per run of
 /// consecutive pages. The PNG of each page that rendered, by page number.
 fn render(
@@ -171,14 +237,7 @@ fn render(
     grey: bool,
     bound: Duration,
 ) -> Result<Vec<(u32, std::path::PathBuf)>, ParseError> {
-    let mut runs: Vec<(u32, u32)> = Vec::new();
-    for &p in pages {
-        match runs.last_mut() {
-            Some((_, hi)) if *hi + 1 == p => *hi = p,
-            _ => runs.push((p, p)),
-        }
-    }
-    for (i, (first, last)) in runs.iter().enumerate() {
+    for (i, (first, last)) in runs(pages).iter().enumerate() {
         let mut cmd = Command::new("pdftoppm");
         cmd.args(["-r", &dpi.to_string(), "-png", "-f"])
             .arg(first.to_string())

@@ -312,6 +312,7 @@ pub fn docx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         title,
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
     })
 }
 
@@ -434,6 +435,7 @@ pub fn pptx(bytes: &[u8]) -> Result<Parsed, ParseError> {
         title,
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
     })
 }
 
@@ -490,6 +492,7 @@ pub fn spreadsheet(bytes: &[u8]) -> Result<Parsed, ParseError> {
         title: None,
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
     })
 }
 

@@ -104,6 +104,9 @@ pub struct Parsed {
     /// Pages that looked scanned but were not OCR'd: past the document's OCR page cap.
     #[serde(default)]
     pub ocr_skipped: Vec<u32>,
+    /// 1-based numbers of the PDF pages the first engine misread and the second read.
+    #[serde(default)]
+    pub reread_pages: Vec<u32>,
 }
 
 /// Spelled as an alias so serde does not treat the field as borrowed from the input.
@@ -249,9 +252,15 @@ pub fn parse(bytes: &[u8], name: &str, req: &ParseRequest) -> Result<Parsed, Par
     let format = detect(bytes, name);
     let parsed = match format {
         "pdf" => {
-            // Only the pages asked for are OCR'd.
-            let mut p = select(parse_pdf(bytes, req)?, req)?;
-            ocr_scanned_pages(&mut p, bytes, req);
+            let mut on_disk = OnDisk::new(bytes, req.tool_bound());
+            let mut p = match parse_pdf(bytes, req) {
+                Ok(p) => p,
+                Err(first) => read_with_second_engine(&mut on_disk).ok_or(first)?,
+            };
+            // Only the pages asked for are read again or OCR'd.
+            p = select(p, req)?;
+            reread_misread_pages(&mut p, &mut on_disk);
+            ocr_scanned_pages(&mut p, &mut on_disk, req);
             p
         }
         "text" | "markdown" | "csv" => parse_text(bytes, format, req)?,
@@ -325,9 +334,123 @@ fn parse_image(
         page_count: pages.len(),
         ocr_pages: pages.iter().map(|p| p.page_number).collect(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
         pages,
         format,
         title: None,
+    })
+}
+
+/// A PDF's bytes, written to scratch for the poppler tools the first time one needs them.
+struct OnDisk<'a> {
+    pdf: &'a [u8],
+    bound: std::time::Duration,
+    doc: Option<crate::ocr::PdfOnDisk>,
+}
+
+impl<'a> OnDisk<'a> {
+    fn new(pdf: &'a [u8], bound: std::time::Duration) -> Self {
+        Self {
+            pdf,
+            bound,
+            doc: None,
+        }
+    }
+
+    fn get(&mut self) -> Result<&crate::ocr::PdfOnDisk, ParseError> {
+        let doc = match self.doc.take() {
+            Some(doc) => doc,
+            None => crate::ocr::PdfOnDisk::write(self.pdf)?,
+        };
+        Ok(self.doc.insert(doc))
+    }
+}
+
+/// Whether a page's text looks misread: (nearly) none, glyphs that map to no character
+/// (U+FFFD, private-use and control characters: a font without a usable `ToUnicode`), or no
+/// word breaks (glyph positions read as one run). Such a page is read again by the second
+/// engine, and OCR'd when that finds no text either.
+fn misread(text: &str) -> bool {
+    let (mut chars, mut unmapped, mut longest, mut run) = (0usize, 0usize, 0usize, 0usize);
+    for c in text.chars() {
+        if c.is_whitespace() {
+            run = 0;
+            continue;
+        }
+        chars += 1;
+        run += 1;
+        longest = longest.max(run);
+        let private = matches!(c as u32, 0xE000..=0xF8FF | 0xF0000..=0x10FFFF);
+        if c == '\u{FFFD}' || private || c.is_control() {
+            unmapped += 1;
+        }
+    }
+    chars < 10 || unmapped * 50 >= chars || (longest > 60 && longest * 2 > chars)
+}
+
+/// Pages unpdf misread ([`misread`]) are read by `pdftotext`, and its text kept where it
+/// reads: two extractors fail on different fonts, and poppler's is the reference. Listed in
+/// `reread_pages`.
+fn reread_misread_pages(parsed: &mut Parsed, on_disk: &mut OnDisk) {
+    let pages: Vec<u32> = parsed
+        .pages
+        .iter()
+        .filter(|p| misread(&p.text))
+        .map(|p| p.page_number)
+        .collect();
+    if pages.is_empty() {
+        return;
+    }
+    let bound = on_disk.bound;
+    let Ok(texts) = on_disk
+        .get()
+        .and_then(|d| crate::ocr::text_layer(d, Some(&pages), bound))
+    else {
+        // Without the second engine the first one's text stays.
+        return;
+    };
+    for (number, text) in texts {
+        if misread(&text) {
+            continue;
+        }
+        let Some(page) = parsed.pages.iter_mut().find(|p| p.page_number == number) else {
+            continue;
+        };
+        page.items = paragraph_items(&text);
+        page.md = text.clone();
+        page.text = text;
+        parsed.reread_pages.push(number);
+    }
+}
+
+/// A PDF unpdf cannot open, read whole by `pdftotext`; `None` when that reads nothing either.
+fn read_with_second_engine(on_disk: &mut OnDisk) -> Option<Parsed> {
+    let bound = on_disk.bound;
+    let texts = crate::ocr::text_layer(on_disk.get().ok()?, None, bound).ok()?;
+    if texts.iter().all(|(_, t)| t.trim().is_empty()) {
+        return None;
+    }
+    let pages: Vec<Page> = texts
+        .into_iter()
+        .map(|(page_number, text)| Page {
+            page_number,
+            items: paragraph_items(&text),
+            md: text.clone(),
+            text,
+            width: 0.0,
+            height: 0.0,
+            success: true,
+            error: None,
+        })
+        .collect();
+    Some(Parsed {
+        page_count: pages.len(),
+        reread_pages: pages.iter().map(|p| p.page_number).collect(),
+        pages,
+        format: "pdf",
+        title: None,
+        ocr_pages: Vec::new(),
+        ocr_skipped: Vec::new(),
     })
 }
 
@@ -337,7 +460,7 @@ const SCAN_COVER: f64 = 0.2;
 
 /// Pages whose text layer is (nearly) empty and that images cover are scans: render and OCR
 /// them, at most `max_ocr_pages` of them; the rest are named in `ocr_skipped`.
-fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
+fn ocr_scanned_pages(parsed: &mut Parsed, on_disk: &mut OnDisk, req: &ParseRequest) {
     if req.disable_ocr {
         return;
     }
@@ -354,9 +477,8 @@ fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
     };
     // A page with (almost) no text layer is a scan only if images cover a good part of it
     // ([`SCAN_COVER`]): a blank page, or one of drawings, has nothing OCR would read. Without
-    // the listing (no pdfimages), every such page is tried. The PDF is written once for both
-    // tools.
-    let doc = crate::ocr::PdfOnDisk::write(pdf);
+    // the listing (no pdfimages), every such page is tried.
+    let doc = on_disk.get();
     let cover = doc
         .as_ref()
         .ok()
@@ -382,7 +504,7 @@ fn ocr_scanned_pages(parsed: &mut Parsed, pdf: &[u8], req: &ParseRequest) {
     }
     let lang = crate::ocr::lang_arg(&req.languages);
     let read: Vec<(u32, Result<String, String>)> =
-        match doc.and_then(|d| crate::ocr::pdf_pages(&d, &scanned, &lang, req.tool_bound())) {
+        match doc.and_then(|d| crate::ocr::pdf_pages(d, &scanned, &lang, req.tool_bound())) {
             Ok(r) => r
                 .into_iter()
                 .map(|(n, t)| (n, t.map_err(|e| e.to_string())))
@@ -541,6 +663,7 @@ fn parse_text(
         title,
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
     })
 }
 
@@ -600,6 +723,7 @@ fn parse_html(bytes: &[u8]) -> Parsed {
         title,
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
     }
 }
 
@@ -740,6 +864,7 @@ fn parse_pdf(bytes: &[u8], req: &ParseRequest) -> Result<Parsed, ParseError> {
         title: doc.metadata.title.clone().filter(|t| !t.trim().is_empty()),
         ocr_pages: Vec::new(),
         ocr_skipped: Vec::new(),
+        reread_pages: Vec::new(),
     })
 }
 
@@ -1079,6 +1204,71 @@ mod ocr_tests {
                 .concat(),
             ],
         )
+    }
+
+    #[test]
+    fn misread_pages_are_told_from_read_ones() {
+        assert!(!misread("A page of ordinary words, as most pages are."));
+        assert!(misread("  \n\t "));
+        assert!(misread("short"));
+        // Glyphs without a character: a font with no usable ToUnicode map.
+        assert!(misread(
+            "Total \u{FFFD}\u{FFFD}\u{FFFD} of the year's revenue"
+        ));
+        assert!(misread(
+            "\u{E001}\u{E002}\u{E003}\u{E004}\u{E005}\u{E006}\u{E007}\u{E008}\u{E009}\u{E00A}"
+        ));
+        // Glyph positions read with no word breaks.
+        assert!(misread(&"Thewordsofthispageranintooneanother".repeat(3)));
+        // One long token among words (a URL) is not a misreading.
+        let url = format!(
+            "see https://example.org/{} for the rest. {}",
+            "x".repeat(70),
+            "A page goes on with ordinary words. ".repeat(8)
+        );
+        assert!(!misread(&url));
+    }
+
+    /// A test PDF of the pdf set (`tests/pdfs`), which is part of the repository.
+    fn pdf_set(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/pdfs/files")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Needs Debian's poppler-utils, which deploy/local/test installs.
+    #[test]
+    fn the_second_engine_reads_what_the_first_missed() {
+        // unpdf reads no text from pdfcpu's annotTest; pdftotext reads its page.
+        let p = parse(
+            &pdf_set("pdfcpu__pkg_testdata_annotTest.pdf"),
+            "annotTest.pdf",
+            &ParseRequest::default(),
+        )
+        .unwrap();
+        assert_eq!(p.reread_pages, vec![1]);
+        assert!(p.pages[0].text.contains("gopher"), "{}", p.pages[0].text);
+        assert!(p.ocr_pages.is_empty());
+        // unpdf cannot open this PDF 2.0 file at all; pdftotext reads it whole.
+        let p = parse(
+            &pdf_set("pdfcpu__pkg_testdata_pdf20_withOffsetStart.pdf"),
+            "withOffsetStart.pdf",
+            &ParseRequest::default(),
+        )
+        .unwrap();
+        assert_eq!(p.reread_pages, vec![1]);
+        assert!(
+            p.pages[0].text.contains("PDF 2.0 document"),
+            "{}",
+            p.pages[0].text
+        );
+        // Pages the first engine read are not read again.
+        if let Some(paper) = corpus("pdf/pdfjs__tracemonkey.pdf") {
+            let p = parse(&paper, "tracemonkey.pdf", &ParseRequest::default()).unwrap();
+            assert_eq!(p.pages.len(), 14);
+            assert!(p.reread_pages.is_empty(), "{:?}", p.reread_pages);
+        }
     }
 
     /// Needs Debian's tesseract-ocr and poppler-utils, which deploy/local/test installs.

@@ -103,6 +103,7 @@ pub(super) struct ParseMetadata {
     title: Option<String>,
     ocr_pages: Vec<u32>,
     ocr_skipped_pages: Vec<u32>,
+    reread_pages: Vec<u32>,
     language: Option<&'static str>,
     custom_metadata: Option<Value>,
     /// Where the images stored beside the output are, once they are.
@@ -272,6 +273,7 @@ pub(super) fn run_engine(
                 title: parsed.title,
                 ocr_pages: parsed.ocr_pages,
                 ocr_skipped_pages: parsed.ocr_skipped,
+                reread_pages: parsed.reread_pages,
                 custom_metadata: params.custom_metadata,
                 images: None,
             };
@@ -350,6 +352,7 @@ mod tests {
             title: None,
             ocr_pages: Vec::new(),
             ocr_skipped: Vec::new(),
+            reread_pages: Vec::new(),
         }
     }
 
