@@ -142,6 +142,10 @@ impl BatchRecord {
             "processed_items": self.processed(),
             "failed_items": self.int("failed"),
             "skipped_items": self.int("skipped"),
+            // Ours: pages in the outputs of the batch's finished items, and how many of them
+            // OCR read (what OCR cost the batch).
+            "pages_processed": self.int("pages"),
+            "pages_ocr": self.int("pages_ocr"),
             "directory_id": self.get("directory_id"),
             "error_message": self.get("error_message"),
             "job_record_id": Value::Null,

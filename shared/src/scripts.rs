@@ -105,6 +105,8 @@ pub struct OutcomeFields<'a> {
     pub result: &'a str,
     /// How many pages the output has ('' if none): the file's processing results report it.
     pub pages: &'a str,
+    /// How many of them OCR read ('' if none): counted into the batch's `pages_ocr`.
+    pub pages_ocr: &'a str,
 }
 
 /// One item's outcome, for [`Scripts::finish`].
@@ -267,7 +269,8 @@ impl Scripts {
                 .arg(it.fields.error_message)
                 .arg(it.fields.skip_reason)
                 .arg(it.fields.result)
-                .arg(it.fields.pages);
+                .arg(it.fields.pages)
+                .arg(it.fields.pages_ocr);
         }
         let tags: Vec<String> = inv.invoke_async(con).await?;
         Ok(tags

@@ -45,6 +45,42 @@ async fn upload_samples(f: &Fleet, dir: &str) -> Vec<String> {
     ids
 }
 
+/// A one-page PDF with no text layer whose page an image covers: a scan, which OCR reads.
+fn scanned_page_pdf() -> Vec<u8> {
+    let pixels = vec![0xEEu8; 100 * 100];
+    let draw = b"q 200 0 0 200 0 0 cm /Im0 Do Q";
+    let objects: Vec<Vec<u8>> = vec![
+        b"<< /Type /Catalog /Pages 2 0 R >>".to_vec(),
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_vec(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Resources << /XObject << /Im0 4 0 R >> >> /Contents 5 0 R >>".to_vec(),
+        [&b"<< /Type /XObject /Subtype /Image /Width 100 /Height 100 /ColorSpace /DeviceGray /BitsPerComponent 8 /Length 10000 >>\nstream\n"[..], &pixels, b"\nendstream"].concat(),
+        [format!("<< /Length {} >>\nstream\n", draw.len()).as_bytes(), draw, b"\nendstream"].concat(),
+    ];
+    let mut pdf = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        offsets.push(pdf.len());
+        pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        pdf.extend_from_slice(o);
+        pdf.extend_from_slice(b"\nendobj\n");
+    }
+    let xref = pdf.len();
+    pdf.extend_from_slice(
+        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
+    );
+    for o in offsets {
+        pdf.extend_from_slice(format!("{o:010} 00000 n \n").as_bytes());
+    }
+    pdf.extend_from_slice(
+        format!(
+            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
+            objects.len() + 1
+        )
+        .as_bytes(),
+    );
+    pdf
+}
+
 fn assert_exact_accounting(status: &Value, items: &[Value]) {
     let job = &status["job"];
     let total = job["total_items"].as_u64().unwrap();
@@ -96,6 +132,8 @@ async fn parse_batch_over_a_directory_with_two_workers() {
         b"\x89PNG\r\n\x1a\n0000".to_vec(),
     )
     .await;
+    f.upload(&f.api_key, &dir, "scan.pdf", scanned_page_pdf())
+        .await;
     let (s, b) = f
         .post(
             BATCH,
@@ -110,8 +148,11 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     let id = b["id"].as_str().unwrap().to_owned();
     let status = f.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(status["job"]["status"], "completed", "{status}");
-    assert_eq!(status["job"]["total_items"], 7);
+    assert_eq!(status["job"]["total_items"], 8);
     assert_eq!(status["job"]["failed_items"], 2);
+    // Pages read by the six that completed (two, then one each), and the scan's one by OCR.
+    assert_eq!(status["job"]["pages_processed"], 7, "{status}");
+    assert_eq!(status["job"]["pages_ocr"], 1, "{status}");
     let items = f.items(&id).await;
     assert_exact_accounting(&status, &items);
     for i in &items {
@@ -172,7 +213,7 @@ async fn parse_batch_over_a_directory_with_two_workers() {
     assert_eq!(terminal, 1, "{events:?}");
     assert_eq!(
         events.iter().filter(|(t, _)| t == "parse.success").count(),
-        5
+        6
     );
     assert_eq!(events.iter().filter(|(t, _)| t == "parse.error").count(), 2);
     // Failed files are recorded and their messages acked, not dead-lettered; nothing is left

@@ -51,6 +51,8 @@ pub struct ItemOutcome {
     pub result: String,
     /// How many pages the output has, in decimal ('' for none).
     pub pages: String,
+    /// How many of them OCR read, in decimal ('' for none).
+    pub pages_ocr: String,
 }
 
 impl ItemOutcome {
@@ -62,13 +64,15 @@ impl ItemOutcome {
             skip_reason: String::new(),
             result: String::new(),
             pages: String::new(),
+            pages_ocr: String::new(),
         }
     }
 
-    /// With the result and its page count.
-    pub fn with_result(mut self, result: String, pages: usize) -> Self {
+    /// With the result, its page count and how many of those pages OCR read.
+    pub fn with_result(mut self, result: String, pages: usize, pages_ocr: usize) -> Self {
         self.result = result;
         self.pages = pages.to_string();
+        self.pages_ocr = pages_ocr.to_string();
         self
     }
 
@@ -264,6 +268,7 @@ async fn send_finishes(
                 skip_reason: &o.skip_reason,
                 result: &o.result,
                 pages: &o.pages,
+                pages_ocr: &o.pages_ocr,
             },
         })
         .collect();

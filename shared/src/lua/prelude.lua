@@ -100,8 +100,8 @@ local function move(iid, order, from_key, to_key)
     r[#r + 1] = iid
   end
 end
-local function count(field)
-  counts[field] = (counts[field] or 0) + 1
+local function count(field, n)
+  counts[field] = (counts[field] or 0) + (n or 1)
 end
 
 -- Writes what `move` and `count` gathered; every script that moves items calls it before it
@@ -146,11 +146,11 @@ local function flush(batch_key, now)
   return after
 end
 
--- Moves a non-terminal item to a terminal status and counts it once (when flushed). The
--- outcome's fields that are not '' (or nil) are written with the status (the result when
--- flushed).
+-- Moves a non-terminal item to a terminal status and counts it once (when flushed), with its
+-- pages and OCR'd pages into the batch's `pages` and `pages_ocr`. The outcome's fields that
+-- are not '' (or nil) are written with the status (the result when flushed).
 local function settle(batch_key, events_key, base, bid, iid, from, to, order, now,
-                      error_message, skip_reason, result, pages)
+                      error_message, skip_reason, result, pages, pages_ocr)
   if result and result ~= '' then
     results[#results + 1] = iid
     results[#results + 1] = result
@@ -172,6 +172,10 @@ local function settle(batch_key, events_key, base, bid, iid, from, to, order, no
   if pages and pages ~= '' then
     set[#set + 1] = 'pages'
     set[#set + 1] = pages
+    count('pages', tonumber(pages))
+  end
+  if pages_ocr and pages_ocr ~= '' and pages_ocr ~= '0' then
+    count('pages_ocr', tonumber(pages_ocr))
   end
   redis.call('HSET', ik, unpack(set))
 end

@@ -74,7 +74,25 @@ pub(super) struct EngineOutput {
     pub(super) stored: Stored,
     /// Stored on the item itself (classify); parse items point at the file instead.
     pub(super) summary: Option<Value>,
-    pub(super) pages: usize,
+    pub(super) pages: PageCounts,
+}
+
+/// An output's page counts: recorded on its item, and summed on its batch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PageCounts {
+    /// Pages in the output.
+    pub(super) read: usize,
+    /// Of them, pages whose text came from OCR.
+    pub(super) ocr: usize,
+}
+
+impl PageCounts {
+    fn of(parsed: &parse::Parsed) -> Self {
+        Self {
+            read: parsed.pages.len(),
+            ocr: parsed.ocr_pages.len(),
+        }
+    }
 }
 
 /// An item's output as stored: encoded straight from the parse, never copied into a JSON
@@ -258,6 +276,7 @@ pub(super) fn run_engine(
                 .map(|p| wrap(&p.md, p.page_number))
                 .collect::<Vec<_>>()
                 .join(&separator);
+            let pages = PageCounts::of(&parsed);
             let metadata = ParseMetadata {
                 pages: parsed
                     .pages
@@ -278,7 +297,7 @@ pub(super) fn run_engine(
                 images: None,
             };
             Ok(EngineOutput {
-                pages: parsed.pages.len(),
+                pages,
                 stored: Stored::Parse(Box::new(ParseOutput {
                     pages: parsed.pages,
                     text_full,
@@ -319,7 +338,7 @@ pub(super) fn run_engine(
             let summary = serde_json::to_value(&c)
                 .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
             Ok(EngineOutput {
-                pages: parsed.pages.len(),
+                pages: PageCounts::of(&parsed),
                 stored: Stored::Classify(summary.clone()),
                 summary: Some(summary),
                 images: Vec::new(),

@@ -267,7 +267,11 @@ impl Processor {
         let seconds = result.as_ref().ok().map(|d| d.seconds);
         let (outcome, verdict) = match result {
             Ok(done) => (
-                ItemOutcome::new(Outcome::Completed).with_result(done.result, done.pages),
+                ItemOutcome::new(Outcome::Completed).with_result(
+                    done.result,
+                    done.pages.read,
+                    done.pages.ocr,
+                ),
                 Verdict::Ack,
             ),
             Err(Failure::Skip(reason)) => (
@@ -391,7 +395,7 @@ fn unreadable(e: std::io::Error) -> Failure {
 /// A successful item, ready to record.
 struct Done {
     result: String,
-    pages: usize,
+    pages: engine::PageCounts,
     /// Time spent producing it.
     seconds: f64,
 }

@@ -4,7 +4,7 @@
 use docfleet_shared::store::FileStore;
 use serde_json::{json, Value};
 
-use super::engine::{EngineOutput, Stored};
+use super::engine::{EngineOutput, PageCounts, Stored};
 use super::{Done, Failure};
 
 /// The output placed on the item record if it fits there, else handed back for a file with
@@ -45,13 +45,13 @@ pub(super) enum Output {
         body: String,
         /// The body is the classify answer itself rather than a parse output.
         summary: bool,
-        pages: usize,
+        pages: PageCounts,
     },
     /// Written under the output key; durable only after the store's `sync_blocking`, which
     /// the caller awaits before recording the outcome.
     File {
         summary: Option<Value>,
-        pages: usize,
+        pages: PageCounts,
     },
 }
 
@@ -109,7 +109,7 @@ pub(super) fn done(placed: Output, output_key: &str, began: std::time::Instant) 
             summary: None,
             pages,
         } => (
-            json!({ "output_key": output_key, "pages": pages }).to_string(),
+            json!({ "output_key": output_key, "pages": pages.read }).to_string(),
             pages,
         ),
         Output::Inline {
@@ -122,7 +122,10 @@ pub(super) fn done(placed: Output, output_key: &str, began: std::time::Instant) 
             body,
             summary: false,
             pages,
-        } => (format!("{{\"pages\":{pages},\"output\":{body}}}"), pages),
+        } => (
+            format!("{{\"pages\":{},\"output\":{body}}}", pages.read),
+            pages,
+        ),
     };
     Done {
         result,
