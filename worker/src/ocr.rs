@@ -193,25 +193,7 @@ pub fn text_layer(
         if let Some((first, last)) = span {
             cmd.args(["-f", &first.to_string(), "-l", &last.to_string()]);
         }
-        let out = crate::children::output(cmd.arg(&doc.path).arg("-"), bound);
-        let out = match out {
-            Ok(o) if o.status.success() => o,
-            Ok(o) => {
-                return Err(ParseError::Corrupt {
-                    format: "pdf",
-                    reason: format!(
-                        "pdftotext could not read it: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                })
-            }
-            Err(Some(_)) => {
-                return Err(ParseError::Unsupported(
-                    "a second reading needs pdftotext (apt-get install poppler-utils)".into(),
-                ))
-            }
-            Err(None) => return Err(killed("reading the text layer", bound, None)),
-        };
+        let out = poppler(cmd.arg(&doc.path).arg("-"), "reading the text layer", bound)?;
         // pdftotext ends every page with a form feed.
         let text = String::from_utf8_lossy(&out.stdout);
         let mut split: Vec<&str> = text.split('\u{c}').collect();
@@ -246,29 +228,12 @@ fn render(
         if grey {
             cmd.arg("-gray");
         }
-        let out = crate::children::output(
+        poppler(
             cmd.arg(&doc.path)
                 .arg(doc.dir.path().join(format!("run{i}"))),
+            &format!("rendering pages {first}-{last}"),
             bound,
-        );
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
-                return Err(ParseError::Corrupt {
-                    format: "pdf",
-                    reason: format!(
-                        "pages {first}-{last} could not be rendered: {}",
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                })
-            }
-            Err(Some(_)) => {
-                return Err(ParseError::Unsupported(
-                    "rendering PDF pages needs pdftoppm (apt-get install poppler-utils)".into(),
-                ))
-            }
-            Err(None) => return Err(killed("rendering", bound, None)),
-        }
+        )?;
     }
     // `pdftoppm` names each page `<root>-<n>.png`, `n` zero-padded to the document's width.
     let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(doc.dir.path())
@@ -296,7 +261,7 @@ pub fn pdf_images(
 ) -> Result<Vec<(String, Vec<u8>)>, ParseError> {
     let doc = PdfOnDisk::write(pdf)?;
     let dir = &doc.dir;
-    let out = crate::children::output(
+    poppler(
         Command::new("pdfimages")
             .args([
                 "-png",
@@ -308,43 +273,29 @@ pub fn pdf_images(
             ])
             .arg(&doc.path)
             .arg(dir.path().join("img")),
+        "extracting embedded images",
         bound,
-    );
-    match out {
-        Ok(o) if o.status.success() => {
-            let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
-                .map_err(io)?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "png"))
-                .collect();
-            names.sort();
-            names
-                .into_iter()
-                .take(limit)
-                .map(|p| {
-                    // img-<page>-<n>.png → p<page>-<n>.png
-                    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
-                    let name = format!(
-                        "p{}.png",
-                        stem.as_deref().unwrap_or("").trim_start_matches("img-")
-                    );
-                    std::fs::read(&p).map(|b| (name, b)).map_err(io)
-                })
-                .collect()
-        }
-        Ok(o) => Err(ParseError::Corrupt {
-            format: "pdf",
-            reason: format!(
-                "embedded images could not be extracted: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        }),
-        Err(Some(_)) => Err(ParseError::Unsupported(
-            "extracting PDF images needs pdfimages (apt-get install poppler-utils)".into(),
-        )),
-        Err(None) => Err(killed("image extraction", bound, None)),
-    }
+    )?;
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path())
+        .map_err(io)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .take(limit)
+        .map(|p| {
+            // img-<page>-<n>.png → p<page>-<n>.png
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+            let name = format!(
+                "p{}.png",
+                stem.as_deref().unwrap_or("").trim_start_matches("img-")
+            );
+            std::fs::read(&p).map(|b| (name, b)).map_err(io)
+        })
+        .collect()
 }
 
 /// The area (square points) that images cover on each of pages `first..=last` of a PDF, from
@@ -356,23 +307,14 @@ pub fn image_cover(
     last: u32,
     bound: Duration,
 ) -> Result<std::collections::HashMap<u32, f64>, ParseError> {
-    let out = crate::children::output(
+    let out = poppler(
         Command::new("pdfimages")
             .args(["-list", "-f", &first.to_string(), "-l", &last.to_string()])
             .arg(&doc.path),
+        "listing images",
         bound,
-    );
-    match out {
-        Ok(o) if o.status.success() => Ok(cover_of_listing(&String::from_utf8_lossy(&o.stdout))),
-        Ok(o) => Err(ParseError::Corrupt {
-            format: "pdf",
-            reason: format!(
-                "images could not be listed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-        }),
-        Err(e) => Err(killed("listing images", bound, e)),
-    }
+    )?;
+    Ok(cover_of_listing(&String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Sums, per page, `width / x-ppi × height / y-ppi` (in points) of the `image` rows of a
@@ -429,6 +371,30 @@ pub fn pdf_pages(
             (n, text)
         })
         .collect())
+}
+
+/// Runs one poppler tool under `bound`: its output when it succeeded, or why `what` could not
+/// be done (the tool missing, failing, or stopped at its bound).
+fn poppler(
+    cmd: &mut Command,
+    what: &str,
+    bound: Duration,
+) -> Result<std::process::Output, ParseError> {
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    match crate::children::output(cmd, bound) {
+        Ok(o) if o.status.success() => Ok(o),
+        Ok(o) => Err(ParseError::Corrupt {
+            format: "pdf",
+            reason: format!(
+                "{what}: {tool} failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        }),
+        Err(Some(_)) => Err(ParseError::Unsupported(format!(
+            "{what} needs {tool} (apt-get install poppler-utils)"
+        ))),
+        Err(None) => Err(killed(what, bound, None)),
+    }
 }
 
 fn io(e: std::io::Error) -> ParseError {

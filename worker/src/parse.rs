@@ -957,9 +957,8 @@ fn pdf_items(page: &unpdf::Page) -> Vec<Value> {
 }
 
 /// A PDF of `objects` (numbered from 1; the first is the catalog), with a correct
-/// cross-reference table: what tests build their documents from.
-#[cfg(test)]
-pub(crate) fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
+/// cross-reference table: what the unit and integration tests build their documents from.
+pub fn pdf_of(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut pdf = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, o) in objects.iter().enumerate() {
@@ -1229,40 +1228,28 @@ mod ocr_tests {
         assert!(!misread(&url));
     }
 
-    /// A test PDF of the pdf set (`tests/pdfs`), which is part of the repository.
-    fn pdf_set(name: &str) -> Vec<u8> {
+    /// A test PDF of the pdf set (`tests/pdfs`, part of the repository), parsed.
+    fn parse_pdf_set(name: &str) -> Parsed {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/pdfs/files")
             .join(name);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        parse(&bytes, name, &ParseRequest::default()).unwrap()
     }
 
     /// Needs Debian's poppler-utils, which deploy/local/test installs.
     #[test]
     fn the_second_engine_reads_what_the_first_missed() {
         // unpdf reads no text from pdfcpu's annotTest; pdftotext reads its page.
-        let p = parse(
-            &pdf_set("pdfcpu__pkg_testdata_annotTest.pdf"),
-            "annotTest.pdf",
-            &ParseRequest::default(),
-        )
-        .unwrap();
+        let p = parse_pdf_set("pdfcpu__pkg_testdata_annotTest.pdf");
         assert_eq!(p.reread_pages, vec![1]);
         assert!(p.pages[0].text.contains("gopher"), "{}", p.pages[0].text);
         assert!(p.ocr_pages.is_empty());
         // unpdf cannot open this PDF 2.0 file at all; pdftotext reads it whole.
-        let p = parse(
-            &pdf_set("pdfcpu__pkg_testdata_pdf20_withOffsetStart.pdf"),
-            "withOffsetStart.pdf",
-            &ParseRequest::default(),
-        )
-        .unwrap();
+        let p = parse_pdf_set("pdfcpu__pkg_testdata_pdf20_withOffsetStart.pdf");
         assert_eq!(p.reread_pages, vec![1]);
-        assert!(
-            p.pages[0].text.contains("PDF 2.0 document"),
-            "{}",
-            p.pages[0].text
-        );
+        let text = &p.pages[0].text;
+        assert!(text.contains("PDF 2.0 document"), "{text}");
         // Pages the first engine read are not read again.
         if let Some(paper) = corpus("pdf/pdfjs__tracemonkey.pdf") {
             let p = parse(&paper, "tracemonkey.pdf", &ParseRequest::default()).unwrap();
