@@ -87,6 +87,30 @@ pub struct Page {
     pub error: Option<String>,
 }
 
+impl Page {
+    /// A page of plain text (OCR, the second engine): its Markdown is the text, its items its
+    /// paragraphs; its size is not known.
+    fn of_text(page_number: u32, text: String) -> Self {
+        Self {
+            page_number,
+            items: paragraph_items(&text),
+            md: text.clone(),
+            text,
+            width: 0.0,
+            height: 0.0,
+            success: true,
+            error: None,
+        }
+    }
+
+    /// The page's text, Markdown and items, replaced by plain `text` another reader read.
+    fn set_text(&mut self, text: String) {
+        self.items = paragraph_items(&text);
+        self.md = text.clone();
+        self.text = text;
+    }
+}
+
 /// A parsed document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Parsed {
@@ -319,16 +343,7 @@ fn parse_image(
     let pages: Vec<Page> = texts
         .into_iter()
         .enumerate()
-        .map(|(i, t)| Page {
-            page_number: i as u32 + 1,
-            items: paragraph_items(&t),
-            md: t.clone(),
-            text: t,
-            width: 0.0,
-            height: 0.0,
-            success: true,
-            error: None,
-        })
+        .map(|(i, t)| Page::of_text(i as u32 + 1, t))
         .collect();
     Ok(Parsed {
         page_count: pages.len(),
@@ -416,9 +431,7 @@ fn reread_misread_pages(parsed: &mut Parsed, on_disk: &mut OnDisk) {
         let Some(page) = parsed.pages.iter_mut().find(|p| p.page_number == number) else {
             continue;
         };
-        page.items = paragraph_items(&text);
-        page.md = text.clone();
-        page.text = text;
+        page.set_text(text);
         parsed.reread_pages.push(number);
     }
 }
@@ -432,16 +445,7 @@ fn read_with_second_engine(on_disk: &mut OnDisk) -> Option<Parsed> {
     }
     let pages: Vec<Page> = texts
         .into_iter()
-        .map(|(page_number, text)| Page {
-            page_number,
-            items: paragraph_items(&text),
-            md: text.clone(),
-            text,
-            width: 0.0,
-            height: 0.0,
-            success: true,
-            error: None,
-        })
+        .map(|(page_number, text)| Page::of_text(page_number, text))
         .collect();
     Some(Parsed {
         page_count: pages.len(),
@@ -517,9 +521,7 @@ fn ocr_scanned_pages(parsed: &mut Parsed, on_disk: &mut OnDisk, req: &ParseReque
         };
         match text {
             Ok(text) => {
-                page.items = paragraph_items(&text);
-                page.md = text.clone();
-                page.text = text;
+                page.set_text(text);
                 parsed.ocr_pages.push(number);
             }
             Err(e) => {
