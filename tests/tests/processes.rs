@@ -779,3 +779,95 @@ async fn the_parser_child_reaches_no_network_no_file_and_starts_few_processes() 
     let _ = std::fs::remove_file(&secret);
     f.shutdown().await;
 }
+
+/// The live parser children this test process started (`docfleet-worker engine`, possibly
+/// through `unshare`, which execs in place).
+fn parser_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // The parent's pid is the second field after the command's closing parenthesis.
+        let parent = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' ').nth(1));
+        let engine = cmd.split(|b| *b == 0).any(|a| a == b"engine");
+        if engine && parent == Some(Some(me.as_str())) && !stat.contains(") Z ") {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// A parser child serves one project's documents one after another; another project gets a
+/// child of its own; a failure ends the child, and the next document gets a fresh one.
+#[test]
+fn parser_children_are_reused_within_a_project_and_replaced_after_a_failure() {
+    use docfleet_worker::{input::Input, isolation::Isolation, parse::ParseRequest};
+    let dir = std::env::temp_dir().join(format!("docfleet-reuse-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        Input::new(std::fs::File::open(&path).unwrap()).unwrap()
+    };
+    let invoice = file("invoice.pdf", &docfleet_tests::sample("invoice-1042.pdf"));
+    let cv = file("cv.pdf", &docfleet_tests::sample("jane-doe-cv.pdf"));
+    let broken = file("broken.pdf", b"%PDF-1.4\nnot a pdf at all\n");
+    let isolation = Isolation::new(
+        docfleet_tests::bin_dir().join("docfleet-worker"),
+        512,
+        30,
+        2,
+    );
+    let req = ParseRequest {
+        disable_ocr: true,
+        ..ParseRequest::default()
+    };
+    let parse = |project: &str, input: &Input, name: &str| {
+        isolation.parse(project, input, name, &req, Duration::from_secs(30))
+    };
+    let text = |r: Result<(docfleet_worker::parse::Parsed, Vec<_>), _>| {
+        let (parsed, _) = r.expect("parsed");
+        parsed
+            .pages
+            .iter()
+            .map(|p| p.text.clone())
+            .collect::<String>()
+    };
+    assert!(parser_children().is_empty(), "{:?}", parser_children());
+
+    assert!(text(parse("p1", &invoice, "invoice.pdf")).contains("1042"));
+    let first = parser_children();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // The same child reads the project's next documents, each its own.
+    assert!(text(parse("p1", &cv, "cv.pdf")).contains("Jane"));
+    assert!(text(parse("p1", &invoice, "invoice.pdf")).contains("1042"));
+    assert_eq!(parser_children(), first);
+
+    // Another project's document is read by another child.
+    assert!(text(parse("p2", &cv, "cv.pdf")).contains("Jane"));
+    let both = parser_children();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(both.contains(&first[0]));
+
+    // A failure ends the child that met it; the project's next document gets a fresh one.
+    let failed = parse("p1", &broken, "broken.pdf");
+    assert!(failed.is_err(), "{:?}", failed.map(|_| ()));
+    let after = parser_children();
+    assert!(!after.contains(&first[0]), "{after:?} still has {first:?}");
+    assert!(text(parse("p1", &invoice, "invoice.pdf")).contains("1042"));
+    let fresh = parser_children();
+    assert_eq!(fresh.len(), 2, "{fresh:?}");
+    assert!(!fresh.contains(&first[0]));
+
+    // Dropped with the worker's last handle, the waiting children end.
+    drop(isolation);
+    assert!(parser_children().is_empty(), "{:?}", parser_children());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -33,7 +33,7 @@ impl BatchContext {
         timeout: std::time::Duration,
     ) -> Result<(parse::Parsed, Vec<crate::images::Image>), Failure> {
         match &self.isolation {
-            Some(i) => i.parse(input, name, req, timeout),
+            Some(i) => i.parse(&self.project_id, input, name, req, timeout),
             None => parse::parse_with_images(&whole(input)?, name, req),
         }
         .map_err(|e| Failure::Fail(e.to_string()))

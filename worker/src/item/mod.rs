@@ -135,14 +135,18 @@ impl Processor {
         }
         // What a worker killed with its children left in the scratch folder.
         crate::ocr::sweep_scratch();
-        let isolation = (settings.parse_memory_mb > 0).then(|| Isolation {
-            binary: settings
-                .engine_binary
-                .clone()
-                .or_else(|| std::env::current_exe().ok())
-                .unwrap_or_else(|| "docfleet-worker".into()),
-            memory_mb: settings.parse_memory_mb,
-            cpu_secs: settings.item_deadline_secs + 5,
+        let isolation = (settings.parse_memory_mb > 0).then(|| {
+            Isolation::new(
+                settings
+                    .engine_binary
+                    .clone()
+                    .or_else(|| std::env::current_exe().ok())
+                    .unwrap_or_else(|| "docfleet-worker".into()),
+                settings.parse_memory_mb,
+                settings.item_deadline_secs + 5,
+                // One waiting child per engine thread.
+                cpu_slots,
+            )
         });
         Self {
             store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
