@@ -17,8 +17,9 @@
 //! went wrong: any failure (an error answer, a crash, a deadline, a bound) ends it, and the
 //! next document gets a fresh one. A child serves one project only (a parser a hostile file
 //! took over cannot read the next project's documents), at most [`DOCS_PER_CHILD`]
-//! documents, and is retired once its data segment has grown past a quarter of the memory
-//! bound (the allocator keeps what it freed, and `RLIMIT_DATA` counts it).
+//! documents, and is retired once its data segment has grown past half the memory bound (the
+//! allocator keeps what it freed for the next document, and `RLIMIT_DATA` counts it; a child
+//! starts at about 75 MB).
 //!
 //! Protocol: per document, the parent writes one JSON line (`name`, `request`, `size`) and
 //! then the file's `size` bytes to the child's stdin (copied by the kernel from the stored
@@ -304,7 +305,7 @@ impl Isolation {
     /// served its share or grown.
     fn give_back(&self, project: &str, child: ParserChild) {
         let grown = data_segment(child.serving.id())
-            .is_none_or(|bytes| bytes > self.memory_mb.saturating_mul(1 << 20) / 4);
+            .is_none_or(|bytes| bytes > self.memory_mb.saturating_mul(1 << 20) / 2);
         if child.served >= DOCS_PER_CHILD || grown || self.keep == 0 {
             return;
         }
