@@ -306,8 +306,7 @@ async fn real(rep: &mut Report, a: &Args) {
         f.spawn_worker_process(&[]).await,
     ];
     let wpids: Vec<u32> = workers.iter().filter_map(|w| w.child.id()).collect();
-    // Workers and the parser children they waited for.
-    let worker_cpu = || -> f64 { wpids.iter().map(|p| stat_secs(*p, &[11, 12, 13, 14])).sum() };
+    let worker_cpu = || -> f64 { wpids.iter().map(|p| tree_cpu_secs(*p)).sum() };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let n = text_pdfs.len() as f64;
     let (mut fleet_off, mut fleet_on, mut fleet_all) = (Vec::new(), Vec::new(), Vec::new());
@@ -887,6 +886,22 @@ fn cpu_secs(pid: u32) -> f64 {
 fn children_cpu_secs() -> f64 {
     // cutime and cstime follow utime and stime.
     stat_secs(std::process::id(), &[13, 14])
+}
+
+/// CPU seconds of process `pid` and its children, those waited for and those still running
+/// (a worker's parser children live across documents): its tools are in their own counts.
+fn tree_cpu_secs(pid: u32) -> f64 {
+    let all = [11, 12, 13, 14];
+    let parent = pid.to_string();
+    let live: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|child| stat_fields(*child).get(1) == Some(&parent))
+        .map(|child| stat_secs(child, &all))
+        .sum();
+    stat_secs(pid, &all) + live
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces): index 0
