@@ -1,5 +1,6 @@
-//! Times docfleet's parser file by file: `parse_files [--text DIR] [--ocr] <file>…` prints ms
-//! and pages per file (best of 5; one run with `--text`), to find where the parser is slow. With `--text`, each
+//! Times docfleet's parser file by file: `parse_files [--text DIR] [--ocr] <file>…` prints ms,
+//! pages, pages the second engine read and pages OCR read per file (best of 5; one run with
+//! `--text`), to find where the parser is slow and which engine read what. With `--text`, each
 //! file's page text is also written to `DIR/<file name>.txt` (pages joined by form feeds),
 //! for `tests/pdfs/score.py`. The benchmark's `parse` scenario gives the totals against
 //! `pdftotext`.
@@ -37,8 +38,12 @@ fn main() {
             best = best.min(t.elapsed().as_secs_f64() * 1e3);
         }
         let Some(parsed) = last else { continue };
-        let pages = parsed.as_ref().map(|d| d.pages.len()).unwrap_or(0);
-        println!("{best:.2}\t{pages}\t{path}");
+        let count =
+            |f: fn(&docfleet_worker::parse::Parsed) -> usize| parsed.as_ref().map(f).unwrap_or(0);
+        let pages = count(|d| d.pages.len());
+        let reread = count(|d| d.reread_pages.len());
+        let ocr = count(|d| d.ocr_pages.len());
+        println!("{best:.2}\t{pages}\t{reread}\t{ocr}\t{path}");
         if let (Some(dir), Ok(doc)) = (&text_dir, &parsed) {
             let name = std::path::Path::new(&path)
                 .file_name()

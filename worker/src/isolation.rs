@@ -232,10 +232,12 @@ impl Isolation {
         child.served += 1;
         let answer = match asked {
             Ok(line) => line,
-            Err(Unanswered::Deadline) => return Err(failed(format!(
+            Err(Unanswered::Deadline) => {
+                return Err(failed(format!(
                 "the parser exceeded the {}s per-item deadline and was killed with its children",
                 timeout.as_secs()
-            ))),
+            )))
+            }
             Err(Unanswered::TooLong) => {
                 return Err(failed(format!(
                     "the parser's answer passed the memory bound of {} MB",

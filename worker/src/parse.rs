@@ -400,7 +400,65 @@ fn misread(text: &str) -> bool {
             unmapped += 1;
         }
     }
-    chars < 10 || unmapped * 50 >= chars || (longest > 60 && longest * 2 > chars)
+    chars < 10
+        || unmapped * 50 >= chars
+        || (longest > 60 && longest * 2 > chars)
+        || copied_share(text) >= COPIED
+}
+
+/// A page whose text is this much copies of itself was drawn more than once.
+const COPIED: f64 = 0.3;
+
+/// The share of a page's text that is a copy of what comes just before it: text drawn several
+/// times at small offsets (fake bold, shadows), which unpdf reads once per drawing
+/// ("公司公司公司", "LTD. ANHUI ANLI … LTD. ANHUI ANLI"). Spaces are left out, since each
+/// drawing may be spaced differently. A stretch counts when it equals the stretch right
+/// before it (a tandem copy, at a distance of at most 256 characters), found through
+/// 8-character windows with at least 4 distinct characters (not a rule of dashes or a row
+/// of zeros). A table's rows share words with the row above, but not all of it, so they do
+/// not count.
+fn copied_share(text: &str) -> f64 {
+    const UNIT: usize = 8;
+    const REACH: usize = 256;
+    // Where each window was last seen, by hash, as an LZ compressor looks for matches: a
+    // collision costs a missed repeat, never a false one (the windows are compared).
+    const SLOTS: usize = 1 << 12;
+    let chars: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if chars.len() < 5 * UNIT {
+        return 0.0;
+    }
+    let mut last = vec![usize::MAX; SLOTS];
+    let (mut covered, mut until) = (0usize, 0usize);
+    // The run of consecutive windows that repeat at one distance: (distance, first window).
+    let mut run: Option<(usize, usize)> = None;
+    for (i, unit) in chars.windows(UNIT).enumerate() {
+        let hash = unit.iter().fold(0u64, |h, c| {
+            (h ^ u64::from(*c)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let slot = &mut last[(hash >> 20) as usize % SLOTS];
+        let at = std::mem::replace(slot, i);
+        let distinct = || (0..UNIT).filter(|&k| !unit[..k].contains(&unit[k])).count();
+        let repeats =
+            at != usize::MAX && i - at <= REACH && chars[at..at + UNIT] == *unit && distinct() >= 4;
+        if !repeats {
+            run = None;
+            continue;
+        }
+        let distance = i - at;
+        let start = match run {
+            Some((d, start)) if d == distance => start,
+            _ => i,
+        };
+        run = Some((distance, start));
+        // The stretch from `start` to the window's end equals the one `distance` before it;
+        // once it is as long as the distance, it is a whole copy.
+        let end = i + UNIT;
+        if end - start >= distance {
+            covered += end - until.max(start);
+            until = end;
+        }
+    }
+    covered as f64 / chars.len() as f64
 }
 
 /// Pages unpdf misread ([`misread`]) are read by `pdftotext`, and its text kept where it
@@ -424,6 +482,7 @@ fn reread_misread_pages(parsed: &mut Parsed, on_disk: &mut OnDisk) {
         // Without the second engine the first one's text stays.
         return;
     };
+    let letters = |t: &str| t.chars().filter(|c| !c.is_whitespace()).count() as f64;
     for (number, text) in texts {
         if misread(&text) {
             continue;
@@ -431,6 +490,13 @@ fn reread_misread_pages(parsed: &mut Parsed, on_disk: &mut OnDisk) {
         let Some(page) = parsed.pages.iter_mut().find(|p| p.page_number == number) else {
             continue;
         };
+        // Text drawn several times is read right when the copies are gone: about the copied
+        // share shorter. Text that is itself repeated (a demo of rotations) is kept, not
+        // exchanged for another reading of the same repeats.
+        let copied = copied_share(&page.text);
+        if copied >= COPIED && letters(&text) > (1.1 - copied) * letters(&page.text) {
+            continue;
+        }
         page.set_text(text);
         parsed.reread_pages.push(number);
     }
@@ -1222,12 +1288,33 @@ mod ocr_tests {
         // Glyph positions read with no word breaks.
         assert!(misread(&"Thewordsofthispageranintooneanother".repeat(3)));
         // One long token among words (a URL) is not a misreading.
+        let prose = "The authors and publisher have taken care in the preparation of this book, \
+            but make no expressed or implied warranty of any kind and assume no responsibility \
+            for errors or omissions. No liability is assumed for incidental or consequential \
+            damages in connection with or arising out of the use of the information herein.";
         let url = format!(
-            "see https://example.org/{} for the rest. {}",
-            "x".repeat(70),
-            "A page goes on with ordinary words. ".repeat(8)
+            "see https://example.org/{} for the rest. {prose}",
+            "x".repeat(70)
         );
         assert!(!misread(&url));
+        // Text drawn several times over (fake bold), read once per drawing.
+        assert!(misread(
+            "安徽安利合成革股份有限公司 安徽安利合成革股份有限公司安徽安利合成革股份有限公司 \
+             ANHUI ANLI ARTIFICIAL LEATHER CO.,LTD. ANHUI ANLI ARTIFICIAL LEATHER CO.,LTD.\
+             ANHUI ANLI ARTIFICIAL LEATHER CO.,LTD. 2011 年年度报告201120112011 年年度报告"
+        ));
+        // A table's rows share most of their words with the row above, not all of them.
+        let table: String = (1..=12)
+            .map(|n| {
+                format!(
+                    "Item {n} | widget type {} | {}.50 EUR | ------------\n",
+                    n * 7,
+                    n * 3
+                )
+            })
+            .collect();
+        assert!(!misread(&table), "{table}");
+        assert!(!misread(prose));
     }
 
     /// A test PDF of the pdf set (`tests/pdfs`, part of the repository), parsed.
@@ -1252,6 +1339,20 @@ mod ocr_tests {
         assert_eq!(p.reread_pages, vec![1]);
         let text = &p.pages[0].text;
         assert!(text.contains("PDF 2.0 document"), "{text}");
+        // Text drawn four times over (fake bold) is read once, by pdftotext.
+        let p = parse_pdf_set("pdfplumber__tests_pdfs_issue-842-example.pdf");
+        assert_eq!(p.reread_pages, vec![1]);
+        let text = &p.pages[0].text;
+        assert_eq!(
+            text.matches("安徽安利合成革股份有限公司").count(),
+            1,
+            "{text}"
+        );
+        // Text that is itself repeated (one line drawn at many angles) keeps the first
+        // engine's reading, whole words in reading order; pdftotext splits the rotated ones.
+        let p = parse_pdf_set("pdfcpu__pkg_samples_basic_TextRotateDemo.pdf");
+        assert!(p.reread_pages.is_empty(), "{:?}", p.reread_pages);
+        assert!(p.pages[0].text.matches("Hello Gopher!").count() > 20);
         // Pages the first engine read are not read again.
         if let Some(paper) = corpus("pdf/pdfjs__tracemonkey.pdf") {
             let p = parse(&paper, "tracemonkey.pdf", &ParseRequest::default()).unwrap();
