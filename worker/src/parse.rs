@@ -411,7 +411,7 @@ const COPIED: f64 = 0.3;
 
 /// The share of a page's text that is a copy of what comes just before it: text drawn several
 /// times at small offsets (fake bold, shadows), which unpdf reads once per drawing
-/// ("公司公司公司", "LTD. ANHUI ANLI … LTD. ANHUI ANLI"). Spaces are left out, since each
+/// ("公司公司公司", "LTD. ANHUI ANLI … LTD. ANHUI ANLI", "项项目目"). Spaces are left out, since each
 /// drawing may be spaced differently. A stretch counts when it equals the stretch right
 /// before it (a tandem copy, at a distance of at most 256 characters), found through
 /// 8-character windows with at least 4 distinct characters (not a rule of dashes or a row
@@ -458,7 +458,12 @@ fn copied_share(text: &str) -> f64 {
             until = end;
         }
     }
-    covered as f64 / chars.len() as f64
+    // Each glyph drawn twice reads as doubled characters ("项项目目"): the second of each
+    // pair is a copy too (a run of one character, a rule or "000", counts once).
+    let doubled = (1..chars.len())
+        .filter(|&i| chars[i] == chars[i - 1] && (i < 2 || chars[i - 1] != chars[i - 2]))
+        .count();
+    covered.max(doubled) as f64 / chars.len() as f64
 }
 
 /// Pages unpdf misread ([`misread`]) are read by `pdftotext`, and its text kept where it
@@ -1302,6 +1307,10 @@ mod ocr_tests {
             "安徽安利合成革股份有限公司 安徽安利合成革股份有限公司安徽安利合成革股份有限公司 \
              ANHUI ANLI ARTIFICIAL LEATHER CO.,LTD. ANHUI ANLI ARTIFICIAL LEATHER CO.,LTD.\
              ANHUI ANLI ARTIFICIAL LEATHER CO.,LTD. 2011 年年度报告201120112011 年年度报告"
+        ));
+        // Each glyph drawn twice.
+        assert!(misread(
+            "项项目目描描述述：：负负责责四四川川省省甘甘孜孜州州丹丹巴巴磨磨子子电电站站引引水水隧隧洞洞"
         ));
         // A table's rows share most of their words with the row above, not all of them.
         let table: String = (1..=12)
