@@ -661,8 +661,8 @@ async fn a_stuck_parse_is_killed_with_its_tools_at_the_deadline() {
     f.shutdown().await;
 }
 
-/// Live `sleep 3600` processes (zombies are dead).
-fn sleepers() -> Vec<u32> {
+/// Live processes (zombies are dead) whose command line and `stat` pass `keep`.
+fn live_processes(keep: impl Fn(&[u8], &str) -> bool) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -670,11 +670,17 @@ fn sleepers() -> Vec<u32> {
         };
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if cmd == b"sleep\x003600\x00" && !stat.contains(") Z ") {
+        if !stat.contains(") Z ") && keep(&cmd, &stat) {
             out.push(pid);
         }
     }
+    out.sort_unstable();
     out
+}
+
+/// Live `sleep 3600` processes.
+fn sleepers() -> Vec<u32> {
+    live_processes(|cmd, _| cmd == b"sleep\x003600\x00")
 }
 
 /// Runs each (name, bytes) through the fleet's parser child, one batch; each file's error
@@ -780,28 +786,26 @@ async fn the_parser_child_reaches_no_network_no_file_and_starts_few_processes() 
     f.shutdown().await;
 }
 
-/// The live parser children this test process started (`docfleet-worker engine`, possibly
+/// Only the reuse test's children have this memory bound: the other tests' in-process
+/// workers start parser children of this process too.
+const REUSE_TEST_MB: u64 = 511;
+
+/// The live parser children the reuse test started (`docfleet-worker engine`, possibly
 /// through `unshare`, which execs in place).
 fn parser_children() -> Vec<u32> {
     let me = std::process::id().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+    let bound = REUSE_TEST_MB.to_string();
+    live_processes(|cmd, stat| {
         // The parent's pid is the second field after the command's closing parenthesis.
         let parent = stat
             .rsplit_once(") ")
-            .map(|(_, rest)| rest.split(' ').nth(1));
-        let engine = cmd.split(|b| *b == 0).any(|a| a == b"engine");
-        if engine && parent == Some(Some(me.as_str())) && !stat.contains(") Z ") {
-            out.push(pid);
-        }
-    }
-    out.sort_unstable();
-    out
+            .and_then(|(_, rest)| rest.split(' ').nth(1));
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == b"--memory-mb" && w[1] == bound.as_bytes());
+        args.contains(&&b"engine"[..]) && ours && parent == Some(me.as_str())
+    })
 }
 
 /// A parser child serves one project's documents one after another; another project gets a
@@ -821,7 +825,7 @@ fn parser_children_are_reused_within_a_project_and_replaced_after_a_failure() {
     let broken = file("broken.pdf", b"%PDF-1.4\nnot a pdf at all\n");
     let isolation = Isolation::new(
         docfleet_tests::bin_dir().join("docfleet-worker"),
-        512,
+        REUSE_TEST_MB,
         30,
         2,
     );
