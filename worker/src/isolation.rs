@@ -179,11 +179,28 @@ impl Isolation {
     /// Parses with the worker binary at `binary` as the child, each document under
     /// `memory_mb` and `cpu_secs`, keeping up to `keep` idle children.
     pub fn new(binary: PathBuf, memory_mb: u64, cpu_secs: u64, keep: usize) -> Self {
+        let idle: Arc<Mutex<VecDeque<Idle>>> = Arc::default();
+        // Children idle past `IDLE` end even when no document comes to find them: a worker
+        // between batches holds no parsers. The thread ends with the last handle.
+        let watched = Arc::downgrade(&idle);
+        let reaper = std::thread::Builder::new()
+            .name("docfleet-idle-children".into())
+            .spawn(move || loop {
+                std::thread::sleep(IDLE / 6);
+                let Some(idle) = watched.upgrade() else {
+                    return;
+                };
+                let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.retain(|i| i.since.elapsed() < IDLE);
+            });
+        if let Err(error) = reaper {
+            tracing::warn!(%error, "idle parser children are ended only when a document comes");
+        }
         Self {
             binary,
             memory_mb,
             cpu_secs,
-            idle: Arc::default(),
+            idle,
             keep,
         }
     }
