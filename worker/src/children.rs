@@ -2,147 +2,36 @@
 //! whatever it starts (the parser child's `tesseract` and `pdftoppm`) is in the group too,
 //! and at the deadline the whole group is killed: no grandchild outlives its item, and the
 //! engine thread waiting on the child returns, releasing its CPU slot. A tool runs once
-//! ([`output`]); the parser child serves one document after another
-//! ([`Serving`]), with a deadline per document.
+//! ([`output`]); the parser child serves one document after another ([`Serving`]), with a
+//! deadline per document. Both are watched the same way ([`Watchdog`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-/// A running child and the watchdog that kills its group at the deadline.
-struct Watched {
-    child: Child,
-    done: mpsc::Sender<()>,
-    fired: mpsc::Receiver<()>,
+/// The process group a child leads.
+fn group_of(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX))
 }
 
-/// Starts `cmd` as the leader of a new process group, killed with its group after `timeout`.
-fn spawn(cmd: &mut Command, timeout: Duration) -> std::io::Result<Watched> {
-    let child = cmd.process_group(0).spawn()?;
-    let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    let (done, stop) = mpsc::channel::<()>();
-    let (fire, fired) = mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name("docfleet-watchdog".into())
-        .spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(timeout) {
-                // Said before the kill: the waiter wakes when the child dies and must then
-                // know why.
-                let _ = fire.send(());
-                let _ = killpg(group, Signal::SIGKILL);
-            }
-        })?;
-    Ok(Watched { child, done, fired })
-}
-
-/// Most of a child's stderr kept: enough for its last words.
-const STDERR_KEPT: u64 = 64 << 10;
-
-impl Watched {
-    /// Waits for the child's output; `Err(None)` when the deadline killed it.
-    fn wait(mut self) -> Result<Output, Option<std::io::Error>> {
-        let stderr = self.child.stderr.take().map(|mut e| {
-            std::thread::spawn(move || {
-                let mut kept = Vec::new();
-                let _ = (&mut e).take(STDERR_KEPT).read_to_end(&mut kept);
-                let _ = std::io::copy(&mut e, &mut std::io::sink());
-                kept
-            })
-        });
-        let mut stdout = Vec::new();
-        let read = match self.child.stdout.take() {
-            Some(mut o) => o.read_to_end(&mut stdout).map(|_| ()),
-            None => Ok(()),
-        };
-        let status = self.child.wait();
-        let _ = self.done.send(());
-        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
-        if self.fired.try_recv().is_ok() {
-            return Err(None);
-        }
-        read.map_err(Some)?;
-        Ok(Output {
-            status: status.map_err(Some)?,
-            stdout,
-            stderr,
-        })
-    }
-}
-
-/// Runs `cmd` to completion within `timeout`, with its whole process group.
-pub fn output(cmd: &mut Command, timeout: Duration) -> Result<Output, Option<std::io::Error>> {
-    use std::process::Stdio;
-    let cmd = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    spawn(cmd, timeout).map_err(Some)?.wait()
-}
-
-/// A child that answers one request after another, each under a deadline of its own: the
-/// long-lived parser child. Its stderr is drained as it comes, and the tail kept for the
-/// message of a failure.
-pub struct Serving {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
-    /// `Some(timeout)` arms the watchdog for one request, `None` disarms it.
+/// A thread that kills a process group once an armed deadline passes. Armed and disarmed
+/// per request; stopped (and never to fire again) before the group's leader is reaped, so it
+/// cannot kill a group reused after the reap.
+struct Watchdog {
+    /// `Some(timeout)` arms it, `None` disarms it.
     arm: Option<mpsc::Sender<Option<Duration>>>,
     fired: Arc<AtomicBool>,
-    reaped: bool,
 }
 
-/// How a request to a [`Serving`] child went wrong.
-#[derive(Debug)]
-pub enum Unanswered {
-    /// The deadline killed the child and its group.
-    Deadline,
-    /// The child said more than the bound allows; it was killed.
-    TooLong,
-    /// The child closed its answer (it died) or the pipe failed.
-    Ended(std::io::Error),
-}
-
-impl Serving {
-    /// Starts `cmd` as the leader of a new process group with piped stdin, stdout and stderr.
-    pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
-        use std::process::Stdio;
-        let mut child = cmd
-            .process_group(0)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let (Some(stdin), Some(stdout), Some(mut err)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::other("the child's pipes are missing"));
-        };
-        let stderr = std::thread::Builder::new()
-            .name("docfleet-child-stderr".into())
-            .spawn(move || {
-                // The last words matter: keep a sliding tail of what the child says.
-                let mut tail = Vec::new();
-                let mut chunk = [0u8; 8192];
-                while let Ok(n @ 1..) = std::io::Read::read(&mut err, &mut chunk) {
-                    tail.extend_from_slice(&chunk[..n]);
-                    if tail.len() as u64 > STDERR_KEPT {
-                        let cut = tail.len() - STDERR_KEPT as usize / 2;
-                        tail.drain(..cut);
-                    }
-                }
-                tail
-            })?;
-        let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+impl Watchdog {
+    fn start(group: Pid) -> std::io::Result<Self> {
         let fired = Arc::new(AtomicBool::new(false));
         let (arm, armed) = mpsc::channel::<Option<Duration>>();
         let fire = fired.clone();
@@ -162,6 +51,8 @@ impl Serving {
                     match next {
                         Ok(timeout) => until = timeout.map(|t| Instant::now() + t),
                         Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // Said before the kill: the waiter wakes when the child dies and
+                            // must then know why.
                             fire.store(true, Ordering::SeqCst);
                             let _ = killpg(group, Signal::SIGKILL);
                             return;
@@ -171,14 +62,150 @@ impl Serving {
                 }
             })?;
         Ok(Self {
-            child,
-            stdin,
-            stdout: BufReader::new(stdout),
-            stderr: Some(stderr),
             arm: Some(arm),
             fired,
-            reaped: false,
         })
+    }
+
+    fn arm(&self, timeout: Option<Duration>) {
+        if let Some(arm) = &self.arm {
+            let _ = arm.send(timeout);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.arm = None;
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+/// Most of a child's stderr kept: enough for its last words.
+const STDERR_KEPT: usize = 64 << 10;
+
+/// Drains a child's stderr as it comes (a full pipe would stall the child), keeping its tail.
+fn keep_tail(mut err: impl Read + Send + 'static) -> std::io::Result<JoinHandle<Vec<u8>>> {
+    std::thread::Builder::new()
+        .name("docfleet-child-stderr".into())
+        .spawn(move || {
+            let mut tail = Vec::new();
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = err.read(&mut chunk) {
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > STDERR_KEPT {
+                    tail.drain(..tail.len() - STDERR_KEPT / 2);
+                }
+            }
+            tail
+        })
+}
+
+/// Runs `cmd` to completion within `timeout`, with its whole process group; `Err(None)`
+/// when the deadline killed it.
+pub fn output(cmd: &mut Command, timeout: Duration) -> Result<Output, Option<std::io::Error>> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(Some)?;
+    let mut watchdog = match Watchdog::start(group_of(&child)) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = killpg(group_of(&child), Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(Some(e));
+        }
+    };
+    watchdog.arm(Some(timeout));
+    let stderr = child
+        .stderr
+        .take()
+        .map(keep_tail)
+        .transpose()
+        .map_err(Some)?;
+    let mut stdout = Vec::new();
+    let read = match child.stdout.take() {
+        Some(mut o) => o.read_to_end(&mut stdout).map(|_| ()),
+        None => Ok(()),
+    };
+    let status = child.wait();
+    watchdog.stop();
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if watchdog.fired() {
+        return Err(None);
+    }
+    read.map_err(Some)?;
+    Ok(Output {
+        status: status.map_err(Some)?,
+        stdout,
+        stderr,
+    })
+}
+
+/// A child that answers one request after another, each under a deadline of its own: the
+/// long-lived parser child. Its stderr is drained as it comes, and the tail kept for the
+/// message of a failure.
+pub struct Serving {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    watchdog: Watchdog,
+    reaped: bool,
+}
+
+/// How a request to a [`Serving`] child went wrong.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// The deadline killed the child and its group.
+    Deadline,
+    /// The child said more than the bound allows.
+    TooLong,
+    /// The child closed its answer (it died) or the pipe failed.
+    Ended(std::io::Error),
+}
+
+impl Serving {
+    /// Starts `cmd` as the leader of a new process group with piped stdin, stdout and stderr.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
+        let mut child = cmd
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let started = (|| {
+            let (Some(stdin), Some(stdout), Some(err)) =
+                (child.stdin.take(), child.stdout.take(), child.stderr.take())
+            else {
+                return Err(std::io::Error::other("the child's pipes are missing"));
+            };
+            Ok((
+                stdin,
+                stdout,
+                keep_tail(err)?,
+                Watchdog::start(group_of(&child))?,
+            ))
+        })();
+        match started {
+            Ok((stdin, stdout, stderr, watchdog)) => Ok(Self {
+                child,
+                stdin,
+                stdout: BufReader::new(stdout),
+                stderr: Some(stderr),
+                watchdog,
+                reaped: false,
+            }),
+            Err(e) => {
+                let _ = killpg(group_of(&child), Signal::SIGKILL);
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
 
     /// The child's pid, which is also its process group.
@@ -194,19 +221,15 @@ impl Serving {
         max_answer: u64,
         request: impl FnOnce(&mut ChildStdin) -> std::io::Result<()>,
     ) -> Result<Vec<u8>, Unanswered> {
-        if let Some(arm) = &self.arm {
-            let _ = arm.send(Some(timeout));
-        }
+        self.watchdog.arm(Some(timeout));
         // A child that dies while reading closes the pipe; its answer (none) says why.
         let _ = request(&mut self.stdin).and_then(|()| self.stdin.flush());
         let mut answer = Vec::new();
         let read = (&mut self.stdout)
             .take(max_answer.saturating_add(1))
             .read_until(b'\n', &mut answer);
-        if let Some(arm) = &self.arm {
-            let _ = arm.send(None);
-        }
-        if self.fired.load(Ordering::SeqCst) {
+        self.watchdog.arm(None);
+        if self.watchdog.fired() {
             return Err(Unanswered::Deadline);
         }
         match read {
@@ -222,7 +245,7 @@ impl Serving {
 
     /// Ends the child with its group and says how it ended and the tail of its stderr.
     pub fn end(&mut self) -> (Option<std::process::ExitStatus>, String) {
-        let status = self.reap();
+        let status = self.kill();
         let stderr = self
             .stderr
             .take()
@@ -231,14 +254,13 @@ impl Serving {
         (status, String::from_utf8_lossy(&stderr).into_owned())
     }
 
-    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+    /// Kills the child with its group and reaps it (once).
+    pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
         if self.reaped {
             return None;
         }
-        // The watchdog goes first, so it cannot fire at a group reused after the reap.
-        self.arm = None;
-        let group = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
-        let _ = killpg(group, Signal::SIGKILL);
+        self.watchdog.stop();
+        let _ = killpg(group_of(&self.child), Signal::SIGKILL);
         self.reaped = true;
         self.child.wait().ok()
     }
@@ -246,7 +268,7 @@ impl Serving {
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.reap();
+        self.kill();
     }
 }
 

@@ -90,7 +90,7 @@ impl Drop for ParserChild {
     /// however its work ended.
     fn drop(&mut self) {
         let pid = self.serving.id();
-        self.serving.end();
+        self.serving.kill();
         crate::ocr::remove_scratch_of(pid);
     }
 }
