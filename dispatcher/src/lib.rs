@@ -81,6 +81,9 @@ pub enum DispatcherError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The file store cannot be opened or does not answer.
+    #[error(transparent)]
+    Store(#[from] docfleet_shared::store::StoreError),
 }
 
 /// Connects to Redis and RabbitMQ and builds the shared state.
@@ -95,8 +98,10 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let topology = Topology::for_broker(&settings.broker);
     let publisher = publisher::Publisher::connect(&settings.broker, topology).await?;
+    let store = FileStore::open(&settings.store)?;
+    store.check().await?;
     Ok(AppState {
-        store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
+        store,
         scripts: Scripts::new(keys.clone()),
         keys,
         redis,

@@ -111,6 +111,11 @@ pub struct StoreSettings {
     /// the item's record in Redis, written by the same script that records the outcome, instead
     /// of in a file: no file to create and sync per item. 0 puts every result in a file.
     pub inline_max_bytes: usize,
+    /// Where objects live: `local` (the folder `root`, shared by every replica) or `s3` (a
+    /// bucket of an S3-compatible server, `store.s3`; no shared volume).
+    pub backend: StoreBackend,
+    /// The bucket, for `backend = "s3"`.
+    pub s3: S3Settings,
 }
 
 impl Default for StoreSettings {
@@ -119,7 +124,65 @@ impl Default for StoreSettings {
             root: PathBuf::from("var/store"),
             fsync: true,
             inline_max_bytes: 4096,
+            backend: StoreBackend::Local,
+            s3: S3Settings::default(),
         }
+    }
+}
+
+/// The kind of file store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// A local folder.
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3,
+}
+
+/// A bucket of an S3-compatible server.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct S3Settings {
+    /// The server's URL (`http://127.0.0.1:9000`); unset means AWS itself, by region.
+    pub endpoint: Option<String>,
+    /// The bucket; it must exist.
+    pub bucket: String,
+    /// A folder of the bucket that holds every object of this deployment (empty: the
+    /// bucket's top), so several deployments can share one bucket.
+    pub prefix: String,
+    /// The region signed for (`us-east-1` where the server has none).
+    pub region: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: String::new(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            access_key: String::new(),
+            secret_key: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Settings {
+    // The secret stays out of logs and start-up dumps.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -533,6 +596,34 @@ fn validate_common(
     }
     if store.root.as_os_str().is_empty() {
         return Err("store.root must be set".into());
+    }
+    if store.backend == StoreBackend::S3 {
+        let s3 = &store.s3;
+        for (field, value) in [
+            ("bucket", &s3.bucket),
+            ("region", &s3.region),
+            ("access_key", &s3.access_key),
+            ("secret_key", &s3.secret_key),
+        ] {
+            if value.is_empty() {
+                return Err(format!(
+                    "store.s3.{field} must be set for store.backend = \"s3\""
+                ));
+            }
+        }
+        if !s3.prefix.is_empty() && crate::store::check_key(&s3.prefix).is_err() {
+            return Err(format!(
+                "store.s3.prefix must be folder names of [A-Za-z0-9._-] joined by '/', got {:?}",
+                s3.prefix
+            ));
+        }
+        if let Some(endpoint) = &s3.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(format!(
+                    "store.s3.endpoint must be an http:// or https:// URL, got {endpoint:?}"
+                ));
+            }
+        }
     }
     // Large values on one Redis key stall every client behind the command that moves them.
     if store.inline_max_bytes > INLINE_LIMIT {

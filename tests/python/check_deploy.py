@@ -128,6 +128,28 @@ with tempfile.TemporaryDirectory() as tmp:
                         problem(f"{name}: {d['metadata']['name']} lacks a {probe}")
             if "terminationGracePeriodSeconds" not in d["spec"]["template"]["spec"]:
                 problem(f"{name}: {d['metadata']['name']} sets no termination grace period")
+        # The store: a bucket with no shared volume at all, or a volume every replica mounts.
+        config = by[("ConfigMap", "docfleet-config")]["data"]
+        pods = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].startswith("docfleet-")]
+        claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "docfleet-store"]
+        if config.get("DOCFLEET__STORE__BACKEND") == "s3":
+            for field in ("BUCKET", "ENDPOINT"):
+                if not config.get(f"DOCFLEET__STORE__S3__{field}"):
+                    problem(f"{name}: an S3 store without DOCFLEET__STORE__S3__{field}")
+            if claims:
+                problem(f"{name}: an S3 store still claims the store volume")
+            for d in pods:
+                for v in d["spec"]["template"]["spec"].get("volumes", []):
+                    if "persistentVolumeClaim" in v:
+                        problem(f"{name}: {d['metadata']['name']} mounts a volume claim with an S3 store")
+        else:
+            if len(claims) != 1 or "ReadWriteMany" not in claims[0]["spec"].get("accessModes", []):
+                if name != "local":
+                    problem(f"{name}: a local-folder store needs one ReadWriteMany docfleet-store claim")
+            for d in pods:
+                volumes = d["spec"]["template"]["spec"].get("volumes", [])
+                if not any(v.get("persistentVolumeClaim", {}).get("claimName") == "docfleet-store" for v in volumes):
+                    problem(f"{name}: {d['metadata']['name']} does not mount the store")
         for pdb in ("docfleet-dispatcher", "docfleet-worker"):
             if ("PodDisruptionBudget", pdb) not in by:
                 problem(f"{name}: no PodDisruptionBudget {pdb}")

@@ -1,8 +1,13 @@
 //! Test harness: a whole docfleet fleet in one process, against the real RabbitMQ and Redis.
 //!
-//! Each [`Fleet`] gets its own queue prefix, Redis key prefix and file-store folder, so tests
-//! run in parallel, and its [`Drop`] removes all three, so a test leaves nothing behind even
-//! when it fails.
+//! Each [`Fleet`] gets its own queue prefix, Redis key prefix and file-store folder (or folder
+//! of the test bucket), so tests run in parallel, and its [`Drop`] removes all three, so a test
+//! leaves nothing behind even when it fails.
+//!
+//! The store is the local folder unless `DOCFLEET_TEST_STORE=s3`: then every fleet keeps its
+//! files in the bucket `DOCFLEET_TEST_S3_BUCKET` of the S3-compatible server at
+//! `DOCFLEET_TEST_S3_ENDPOINT` (credentials `DOCFLEET_TEST_S3_ACCESS_KEY` and
+//! `DOCFLEET_TEST_S3_SECRET_KEY`), which `deploy/local/test` starts.
 
 pub mod receiver;
 
@@ -11,9 +16,10 @@ use std::time::Duration;
 
 use docfleet_shared::keys::Keys;
 use docfleet_shared::settings::{
-    BrokerSettings, DispatcherSettings, RedisSettings, StoreSettings, WebhookSettings,
-    WorkerSettings,
+    BrokerSettings, DispatcherSettings, RedisSettings, S3Settings, StoreBackend, StoreSettings,
+    WebhookSettings, WorkerSettings,
 };
+use docfleet_shared::store::FileStore;
 use docfleet_shared::topology::Topology;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -116,10 +122,7 @@ impl Fleet {
                 allow_no_persistence: true,
                 ..RedisSettings::default()
             },
-            store: StoreSettings {
-                root: std::env::temp_dir().join(&prefix),
-                ..StoreSettings::default()
-            },
+            store: test_store(&prefix),
             expansion_lease_secs: 3,
             webhook: WebhookSettings {
                 allow_cidrs: vec!["127.0.0.0/8".parse().expect("cidr")],
@@ -611,6 +614,60 @@ async fn cleanup(settings: &DispatcherSettings) {
         }
     }
     let _ = std::fs::remove_dir_all(&settings.store.root);
+    if settings.store.backend == StoreBackend::S3 {
+        if let Ok(store) = FileStore::open(&settings.store) {
+            let _ = store.remove_dir("projects").await;
+        }
+    }
+}
+
+/// The store of a fleet named `prefix`: its own folder, or its own folder of the test bucket.
+pub fn test_store(prefix: &str) -> StoreSettings {
+    let root = std::env::temp_dir().join(prefix);
+    if std::env::var("DOCFLEET_TEST_STORE").as_deref() != Ok("s3") {
+        return StoreSettings {
+            root,
+            ..StoreSettings::default()
+        };
+    }
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("DOCFLEET_TEST_STORE=s3 needs {name} (deploy/local/test sets it)")
+        })
+    };
+    StoreSettings {
+        root,
+        backend: StoreBackend::S3,
+        s3: S3Settings {
+            endpoint: Some(var("DOCFLEET_TEST_S3_ENDPOINT")),
+            bucket: var("DOCFLEET_TEST_S3_BUCKET"),
+            prefix: prefix.to_owned(),
+            access_key: var("DOCFLEET_TEST_S3_ACCESS_KEY"),
+            secret_key: var("DOCFLEET_TEST_S3_SECRET_KEY"),
+            ..S3Settings::default()
+        },
+        ..StoreSettings::default()
+    }
+}
+
+/// The `DOCFLEET__STORE__…` variables that give a spawned binary this store.
+pub fn store_env(store: &StoreSettings) -> Vec<(&'static str, String)> {
+    let mut env = vec![("DOCFLEET__STORE__ROOT", store.root.display().to_string())];
+    if store.backend == StoreBackend::S3 {
+        let s3 = &store.s3;
+        env.extend([
+            ("DOCFLEET__STORE__BACKEND", "s3".to_owned()),
+            (
+                "DOCFLEET__STORE__S3__ENDPOINT",
+                s3.endpoint.clone().unwrap_or_default(),
+            ),
+            ("DOCFLEET__STORE__S3__BUCKET", s3.bucket.clone()),
+            ("DOCFLEET__STORE__S3__PREFIX", s3.prefix.clone()),
+            ("DOCFLEET__STORE__S3__ACCESS_KEY", s3.access_key.clone()),
+            ("DOCFLEET__STORE__S3__SECRET_KEY", s3.secret_key.clone()),
+        ]);
+    }
+    env
 }
 
 async fn split(r: reqwest::Response) -> (u16, Value) {
@@ -687,7 +744,7 @@ impl Fleet {
                 "DOCFLEET__REDIS__ALLOW_NO_PERSISTENCE",
                 d.redis.allow_no_persistence.to_string(),
             )
-            .env("DOCFLEET__STORE__ROOT", &d.store.root)
+            .envs(store_env(&d.store))
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -751,6 +808,11 @@ impl Fleet {
             .await
             .expect("bind");
         l.local_addr().expect("addr").port()
+    }
+
+    /// The fleet's file store, as its workers and dispatcher see it.
+    pub fn store(&self) -> FileStore {
+        FileStore::open(&self.dispatcher_settings.store).expect("the fleet's store")
     }
 
     /// Reads a batch hash field straight from Redis.

@@ -921,14 +921,12 @@ async fn screenshots_language_and_stored_outputs() {
     let images = meta["images"].as_array().unwrap();
     assert_eq!(images.len(), 2, "{meta}");
     // The outputs live in the store under a stable layout users can read without the API.
+    let store = f.store();
     for img in images {
-        let path = f
-            .dispatcher_settings
-            .store
-            .root
-            .join(img["key"].as_str().unwrap());
-        let png = std::fs::read(&path).unwrap();
-        assert!(png.starts_with(b"\x89PNG"), "{}", path.display());
+        let key = img["key"].as_str().unwrap();
+        assert_eq!(img["uri"], store.uri(key), "{img}");
+        let png = store.get(key).await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{key}");
     }
     f.shutdown().await;
 }
@@ -1073,7 +1071,8 @@ async fn small_outputs_live_in_redis_and_large_ones_in_files() {
             .as_str()
             .unwrap()
             .to_owned();
-        let stored = files_named(&f.worker_settings.store.root, &format!("{job}.json"));
+        let key = docfleet_shared::store::result_key("proj-a", &batch, &job);
+        let stored = f.store().get(&key).await.ok().map(|_| f.store().uri(&key));
         outputs.push((r, path, job, stored));
     }
     let (file, inline) = (&outputs[0], &outputs[1]);
@@ -1088,24 +1087,14 @@ async fn small_outputs_live_in_redis_and_large_ones_in_files() {
     for section in ["text", "markdown_full", "metadata"] {
         assert_eq!(file.0[section], inline.0[section], "{section}");
     }
-    let path = file.1.strip_prefix("file://").unwrap();
-    assert_eq!(file.3, vec![std::path::PathBuf::from(path)]);
+    assert_eq!(
+        file.3.as_ref(),
+        Some(&file.1),
+        "the output is where its record says"
+    );
     assert_eq!(inline.1, format!("/api/v2/parse/{}", inline.2));
-    assert!(inline.3.is_empty(), "an inline output writes no file");
+    assert_eq!(inline.3, None, "an inline output writes no file");
     f.shutdown().await;
-}
-
-fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_named(&path, name));
-        } else if entry.file_name() == name {
-            found.push(std::path::absolute(&path).unwrap());
-        }
-    }
-    found
 }
 
 /// The queues docfleet declares are classic queues of storage version 2: the broker refuses

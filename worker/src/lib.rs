@@ -55,6 +55,9 @@ pub enum WorkerError {
     /// The health endpoint could not bind.
     #[error("health endpoint: {0}")]
     Health(#[from] std::io::Error),
+    /// The file store cannot be opened or does not answer.
+    #[error(transparent)]
+    Store(#[from] docfleet_shared::store::StoreError),
 }
 
 /// Runs the worker until `shutdown` resolves, then drains: stops consuming, lets in-flight
@@ -71,9 +74,12 @@ pub async fn run(
         docfleet_shared::services::check_wait_aof(&mut redis).await?;
         tracing::info!("Redis: acks wait until outcomes are in the AOF on disk (WAITAOF).");
     }
+    let store = docfleet_shared::store::FileStore::open(&settings.store)?;
+    store.check().await?;
     let metrics = Arc::new(docfleet_shared::metrics::Metrics::default());
     let processor = Arc::new(item::Processor::new(
         settings.clone(),
+        store,
         redis,
         metrics.clone(),
     ));

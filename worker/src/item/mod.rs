@@ -116,6 +116,7 @@ impl Processor {
     /// within a Tokio runtime.
     pub fn new(
         settings: Arc<WorkerSettings>,
+        store: FileStore,
         redis: redis::aio::ConnectionManager,
         metrics: Arc<docfleet_shared::metrics::Metrics>,
     ) -> Self {
@@ -149,7 +150,7 @@ impl Processor {
             )
         });
         Self {
-            store: FileStore::local(settings.store.root.clone()).with_fsync(settings.store.fsync),
+            store,
             ledger: Ledger::start(
                 Scripts::new(keys.clone()),
                 redis.clone(),
