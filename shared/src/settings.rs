@@ -839,4 +839,34 @@ mod tests {
         std::fs::remove_file(&not_pem).unwrap();
         assert!(refused.contains("holds no PEM certificate"), "{refused}");
     }
+
+    #[test]
+    fn an_s3_store_names_what_it_lacks() {
+        let mut d = DispatcherSettings::default();
+        d.store.backend = StoreBackend::S3;
+        assert_eq!(
+            d.validate().unwrap_err(),
+            "store.s3.bucket must be set for store.backend = \"s3\""
+        );
+        d.store.s3 = S3Settings {
+            endpoint: Some("127.0.0.1:9000".into()),
+            bucket: "b".into(),
+            access_key: "k".into(),
+            secret_key: "s".into(),
+            ..S3Settings::default()
+        };
+        assert!(d
+            .validate()
+            .unwrap_err()
+            .starts_with("store.s3.endpoint must be an http:// or https:// URL"));
+        d.store.s3.endpoint = Some("http://127.0.0.1:9000".into());
+        d.store.s3.prefix = "../up".into();
+        assert!(d.validate().unwrap_err().starts_with("store.s3.prefix"));
+        d.store.s3.prefix = "team-a/docfleet".into();
+        assert_eq!(d.validate(), Ok(()));
+        assert!(
+            !format!("{:?}", d.store).contains("\"s\""),
+            "the secret key is logged"
+        );
+    }
 }
