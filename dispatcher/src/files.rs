@@ -11,16 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use docfleet_shared::store::Staged;
 use docfleet_shared::{now_millis, now_rfc3339};
-use hmac::{Hmac, Mac};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::auth::Project;
 use crate::catalog::{Owned, FILE};
 use crate::error::ApiError;
 use crate::http::{Cursor, QueryParams};
+use crate::links;
 use crate::state::AppState;
 
 /// Longest text part of an upload form (`display_name`, `metadata`, …).
@@ -304,12 +303,11 @@ pub async fn content(
     q: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let rec: FileRecord = FILE.load(&st, &project, &file_id).await?;
-    let secs = q.int("expires_at_seconds", 3600, 1, 7 * 24 * 3600)?;
-    let expires = now_millis() / 1000 + secs as i64;
-    let signature = hex::encode(signer(&st, &rec.id, expires).await?.finalize().into_bytes());
+    let secs = q.int("expires_at_seconds", 3600, 1, links::MAX_SECS)?;
+    let (expires, signature) = links::sign(&st, &rec.id, secs).await?;
     let url = format!(
         "{}/api/v1/beta/files/{}/download?expires={expires}&signature={signature}",
-        public_base(&headers),
+        links::public_base(&headers),
         rec.id
     );
     let expires_at = chrono::DateTime::from_timestamp(expires, 0)
@@ -323,23 +321,13 @@ pub async fn download(
     Path(file_id): Path<String>,
     q: QueryParams,
 ) -> Result<Response, ApiError> {
-    let refused = || ApiError::NotFound("this download link is not valid or has expired".into());
-    let expires: i64 = q
-        .get("expires")
-        .and_then(|e| e.parse().ok())
-        .ok_or_else(refused)?;
-    let given = q.get("signature").ok_or_else(refused)?;
-    if expires < now_millis() / 1000 || !FILE.well_formed(&file_id) {
-        return Err(refused());
+    if !FILE.well_formed(&file_id) {
+        return Err(links::refused());
     }
-    let given = hex::decode(given).map_err(|_| refused())?;
-    signer(&st, &file_id, expires)
-        .await?
-        .verify_slice(&given)
-        .map_err(|_| refused())?;
+    links::verify(&st, &file_id, &q).await?;
     let mut con = st.redis.clone();
     let raw: Option<String> = con.get(st.keys.file(&file_id)).await?;
-    let rec: FileRecord = serde_json::from_str(&raw.ok_or_else(refused)?)?;
+    let rec: FileRecord = serde_json::from_str(&raw.ok_or_else(links::refused)?)?;
     let bytes = st
         .store
         .read_stream(&rec.storage_key)
@@ -359,38 +347,4 @@ pub async fn download(
         body,
     )
         .into_response())
-}
-
-/// Where clients reach this server, as the request says (a proxy's `X-Forwarded-*` first).
-fn public_base(headers: &HeaderMap) -> String {
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    let host = h("x-forwarded-host")
-        .or_else(|| h("host"))
-        .unwrap_or("localhost");
-    let scheme = h("x-forwarded-proto").unwrap_or("http");
-    format!("{scheme}://{host}")
-}
-
-/// HMAC of a file id and an expiry under the deployment's URL key, drawn once and kept in
-/// Redis so every replica signs and checks alike.
-async fn signer(st: &AppState, file_id: &str, expires: i64) -> Result<Hmac<Sha256>, ApiError> {
-    let mut con = st.redis.clone();
-    let drawn = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let _: bool = con.set_nx(st.keys.url_key(), &drawn).await?;
-    let key: String = con.get(st.keys.url_key()).await?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes())
-        .map_err(|e| ApiError::Unavailable(format!("url key: {e}")))?;
-    mac.update(format!("{file_id}\n{expires}").as_bytes());
-    Ok(mac)
 }

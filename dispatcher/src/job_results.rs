@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use docfleet_shared::model::{parse_job_id, ClassifyJobConfig, JobType};
 use redis::AsyncCommands;
@@ -11,6 +14,7 @@ use serde_json::{json, Value};
 use crate::auth::Project;
 use crate::error::ApiError;
 use crate::http::QueryParams;
+use crate::links;
 use crate::records::BatchRecord;
 use crate::state::AppState;
 
@@ -155,6 +159,7 @@ pub async fn parse(
     State(st): State<AppState>,
     Project(project): Project,
     Path(job_id): Path<String>,
+    headers: HeaderMap,
     q: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let job = resolve(&st, &project, &job_id, JobType::Parse).await?;
@@ -167,21 +172,7 @@ pub async fn parse(
     if status != "completed" || expand.is_empty() {
         return Ok(Json(body));
     }
-    let mut result = job
-        .field("result")
-        .and_then(|r| serde_json::from_str::<Value>(r).ok())
-        .unwrap_or_default();
-    // Small outputs ride on the item record; the rest are files in the store.
-    let inline = result.get_mut("output").map(Value::take);
-    let output = match (inline, result.get("output_key")) {
-        (Some(output), _) => output,
-        (None, Some(Value::String(key))) => serde_json::from_slice(&st.store.get(key).await?)?,
-        _ => {
-            return Err(ApiError::Unavailable(format!(
-                "job {job_id} has no stored output"
-            )))
-        }
-    };
+    let (output, key) = output_of(&st, &job, &job_id).await?;
     let pages = output
         .get("pages")
         .and_then(Value::as_array)
@@ -213,11 +204,198 @@ pub async fn parse(
             "markdown_full" => output["markdown_full"].clone(),
             "metadata" => output["metadata"].clone(),
             "job_metadata" => json!({ "batch_id": job.batch.get("id"), "item_id": job.item_id }),
+            "images_content_metadata" => {
+                let wanted: Vec<&str> = q
+                    .get("image_filenames")
+                    .map(|f| f.split(',').map(str::trim).collect())
+                    .unwrap_or_default();
+                let link = Link::new(&st, &headers, &project, &job_id);
+                let mut images = Vec::new();
+                for (index, image) in kept_images(&output).enumerate() {
+                    if !wanted.is_empty() && !wanted.contains(&image.name) {
+                        continue;
+                    }
+                    let category = if image.name.starts_with("page-") {
+                        "screenshot"
+                    } else {
+                        "embedded"
+                    };
+                    images.push(json!({
+                        "filename": image.name,
+                        "index": index,
+                        "category": category,
+                        "content_type": "image/png",
+                        "presigned_url": link.to(image.name, Some(image.key)).await?,
+                    }));
+                }
+                json!({ "total_count": images.len(), "images": images })
+            }
+            "result_content_metadata" => {
+                let link = Link::new(&st, &headers, &project, &job_id);
+                let json_size = match &key {
+                    Some(key) => st.store.size(key).await?,
+                    None => serde_json::to_vec(&output)?.len() as u64,
+                };
+                let mut files = serde_json::Map::new();
+                files.insert(
+                    "json".into(),
+                    json!({ "size_bytes": json_size, "exists": true,
+                            "presigned_url": link.to("json", key.as_deref()).await? }),
+                );
+                for (name, field) in [("markdown", "markdown_full"), ("text", "text_full")] {
+                    let size = output[field].as_str().map_or(0, str::len);
+                    files.insert(
+                        name.into(),
+                        json!({ "size_bytes": size, "exists": true,
+                                "presigned_url": link.to(name, None).await? }),
+                    );
+                }
+                Value::Object(files)
+            }
             _ => continue,
         };
         body[e] = v;
     }
     Ok(Json(body))
+}
+
+/// A completed parse job's output, and its store key when it is a file rather than on the
+/// item's record.
+async fn output_of(
+    st: &AppState,
+    job: &Job,
+    job_id: &str,
+) -> Result<(Value, Option<String>), ApiError> {
+    let mut result = job
+        .field("result")
+        .and_then(|r| serde_json::from_str::<Value>(r).ok())
+        .unwrap_or_default();
+    // Small outputs ride on the item record; the rest are files in the store.
+    if let Some(output) = result.get_mut("output").map(Value::take) {
+        return Ok((output, None));
+    }
+    match result.get("output_key") {
+        Some(Value::String(key)) => Ok((
+            serde_json::from_slice(&st.store.get(key).await?)?,
+            Some(key.clone()),
+        )),
+        _ => Err(ApiError::Unavailable(format!(
+            "job {job_id} has no stored output"
+        ))),
+    }
+}
+
+/// An image kept beside a parse result (`images_to_save`).
+struct KeptImage<'a> {
+    name: &'a str,
+    key: &'a str,
+}
+
+fn kept_images(output: &Value) -> impl Iterator<Item = KeptImage<'_>> {
+    output["metadata"]["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some(KeptImage {
+                name: i["name"].as_str()?,
+                key: i["key"].as_str()?,
+            })
+        })
+}
+
+/// How long the links in a result's `*_content_metadata` work.
+const LINK_SECS: u64 = 3600;
+
+/// Makes the download links of one parse job's outputs: the bucket's own presigned URL for an
+/// object in an S3 store, else a link to [`content`] signed by the dispatcher.
+struct Link<'a> {
+    st: &'a AppState,
+    base: String,
+    project: &'a str,
+    job_id: &'a str,
+}
+
+impl<'a> Link<'a> {
+    fn new(st: &'a AppState, headers: &HeaderMap, project: &'a str, job_id: &'a str) -> Self {
+        Self {
+            st,
+            base: links::public_base(headers),
+            project,
+            job_id,
+        }
+    }
+
+    async fn to(&self, name: &str, key: Option<&str>) -> Result<String, ApiError> {
+        if let Some(key) = key {
+            let presigned = self
+                .st
+                .store
+                .presigned_url(key, std::time::Duration::from_secs(LINK_SECS))
+                .await?;
+            if let Some(url) = presigned {
+                return Ok(url);
+            }
+        }
+        let subject = content_subject(self.project, self.job_id, name);
+        let signed = links::query(self.st, &subject, LINK_SECS).await?;
+        Ok(format!(
+            "{}/api/v2/parse/{}/content/{name}?project={}&{signed}",
+            self.base,
+            self.job_id,
+            form_urlencoded::byte_serialize(self.project.as_bytes()).collect::<String>()
+        ))
+    }
+}
+
+fn content_subject(project: &str, job_id: &str, name: &str) -> String {
+    format!("parse/{project}/{job_id}/{name}")
+}
+
+/// A signed link to one output of a parse job (no key: the signature is the permission):
+/// `json` (the whole result), `markdown`, `text`, or a kept image by its file name.
+pub async fn content(
+    State(st): State<AppState>,
+    Path((job_id, name)): Path<(String, String)>,
+    q: QueryParams,
+) -> Result<Response, ApiError> {
+    let project = q.get("project").ok_or_else(links::refused)?.to_owned();
+    links::verify(&st, &content_subject(&project, &job_id, &name), &q).await?;
+    let job = resolve(&st, &project, &job_id, JobType::Parse).await?;
+    let (output, key) = output_of(&st, &job, &job_id).await?;
+    let (content_type, body) = match name.as_str() {
+        "json" => match key {
+            Some(key) => (
+                "application/json",
+                Body::from_stream(st.store.read_stream(&key).await?),
+            ),
+            None => ("application/json", Body::from(serde_json::to_vec(&output)?)),
+        },
+        "markdown" | "text" => {
+            let field = if name == "markdown" {
+                "markdown_full"
+            } else {
+                "text_full"
+            };
+            let text = output[field].as_str().unwrap_or_default().to_owned();
+            let kind = if name == "markdown" {
+                "text/markdown; charset=utf-8"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            (kind, Body::from(text))
+        }
+        image => {
+            let kept = kept_images(&output)
+                .find(|i| i.name == image)
+                .ok_or_else(links::refused)?;
+            (
+                "image/png",
+                Body::from_stream(st.store.read_stream(kept.key).await?),
+            )
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// The `configuration` of a classify result. The legacy request carries 0-based integer

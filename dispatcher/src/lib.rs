@@ -33,6 +33,7 @@ pub mod http;
 pub mod job_results;
 pub mod jobs;
 pub mod lease;
+pub mod links;
 pub mod processing_results;
 pub mod publisher;
 pub mod reconciler;

@@ -107,6 +107,7 @@ routes! { api, API;
     post "/api/v2/parse" => jobs::create_parse, Project, Body::Json, "parsing.create (file_id)";
     get "/api/v2/parse" => jobs::list_parse, Project, Body::None, "parsing.list";
     get "/api/v2/parse/{job_id}" => job_results::parse, Project, Body::None, "parsing.get";
+    get "/api/v2/parse/{job_id}/content/{name}" => job_results::content, Signed, Body::None, "a signed link to one output of a parse job (json, markdown, text, or a kept image), from its *_content_metadata";
     post "/api/v2/parse/{job_id}/cancel" => jobs::cancel_parse, Project, Body::None, "parsing.cancel";
     post "/api/v2/classify" => jobs::create_classify, Project, Body::Json, "classify.create";
     get "/api/v2/classify" => jobs::list_classify, Project, Body::None, "classify.list";

@@ -49,6 +49,9 @@ enum Backend {
 #[derive(Debug)]
 struct Bucket {
     client: Arc<dyn ObjectStore>,
+    /// The same bucket without the prefix, for presigned URLs.
+    signer: Arc<object_store::aws::AmazonS3>,
+    prefix: Option<object_store::path::Path>,
     /// `bucket` or `bucket/prefix`, for URIs.
     name: String,
     /// The runtime the client's connections live on, for callers on blocking threads.
@@ -248,18 +251,25 @@ impl FileStore {
         let client = builder
             .build()
             .map_err(|e| failed(format!("store.s3: {e}")))?;
-        let (client, name): (Arc<dyn ObjectStore>, String) = if s3.prefix.is_empty() {
-            (Arc::new(client), s3.bucket.clone())
+        let signer = Arc::new(client.clone());
+        let (client, name, prefix): (Arc<dyn ObjectStore>, String, _) = if s3.prefix.is_empty() {
+            (Arc::new(client), s3.bucket.clone(), None)
         } else {
             let prefix = check_key(&s3.prefix)?;
             (
-                Arc::new(object_store::prefix::PrefixStore::new(client, prefix)),
+                Arc::new(object_store::prefix::PrefixStore::new(
+                    client,
+                    prefix.clone(),
+                )),
                 format!("{}/{}", s3.bucket, s3.prefix),
+                Some(prefix),
             )
         };
         Ok(Self {
             backend: Backend::S3(Arc::new(Bucket {
                 client,
+                signer,
+                prefix,
                 name,
                 runtime,
             })),
@@ -316,6 +326,31 @@ impl FileStore {
             }
             Backend::S3(bucket) => format!("s3://{}/{key}", bucket.name),
         }
+    }
+
+    /// A URL that downloads the object without credentials for `expires_in`, where the store
+    /// can make one (a bucket's presigned GET); `None` for the local folder, whose objects
+    /// the dispatcher serves itself.
+    pub async fn presigned_url(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        use object_store::signer::Signer;
+        let Backend::S3(bucket) = &self.backend else {
+            return Ok(None);
+        };
+        let path = check_key(key)?;
+        let full = match &bucket.prefix {
+            Some(prefix) => prefix.parts().chain(path.parts()).collect(),
+            None => path,
+        };
+        bucket
+            .signer
+            .signed_url(http::Method::GET, &full, expires_in)
+            .await
+            .map(|url| Some(url.to_string()))
+            .map_err(|e| s3_error(key, e))
     }
 
     /// Removes one object; one that is not there is fine.

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use docfleet_shared::settings::StoreBackend;
 use docfleet_tests::{sample, Fleet};
 use serde_json::{json, Value};
 
@@ -928,6 +929,65 @@ async fn screenshots_language_and_stored_outputs() {
         let png = store.get(key).await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{key}");
     }
+
+    // ... and can be taken home through links that need no key (the bucket's own presigned
+    // URLs in an S3 store).
+    let (s, r) = f
+        .get(&format!(
+            "/api/v2/parse/{job}?expand=images_content_metadata&expand=result_content_metadata&expand=text_full&expand=markdown_full"
+        ))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let listed = &r["images_content_metadata"];
+    assert_eq!(listed["total_count"], 2, "{listed}");
+    let anonymous = reqwest::Client::new();
+    let fetch = |url: String| {
+        let anonymous = anonymous.clone();
+        async move {
+            let resp = anonymous.get(&url).send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    for (image, kept) in listed["images"].as_array().unwrap().iter().zip(images) {
+        assert_eq!(image["filename"], kept["name"], "{image}");
+        assert_eq!(image["category"], "screenshot", "{image}");
+        let url = image["presigned_url"].as_str().unwrap().to_owned();
+        let served_by = match &f.dispatcher_settings.store.s3.endpoint {
+            Some(bucket) if f.dispatcher_settings.store.backend == StoreBackend::S3 => bucket,
+            _ => &f.base_url,
+        };
+        assert!(url.starts_with(served_by.as_str()), "{url}");
+        let (status, png) = fetch(url.clone()).await;
+        assert_eq!(status, 200, "{url}");
+        assert_eq!(png, store.get(kept["key"].as_str().unwrap()).await.unwrap());
+    }
+    let files = &r["result_content_metadata"];
+    let (status, json) = fetch(files["json"]["presigned_url"].as_str().unwrap().into()).await;
+    assert_eq!(status, 200, "{files}");
+    assert_eq!(files["json"]["size_bytes"], json.len(), "{files}");
+    let whole: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(whole["markdown_full"], r["markdown_full"]);
+    let (status, text) = fetch(files["text"]["presigned_url"].as_str().unwrap().into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        Some(String::from_utf8(text).unwrap().as_str()),
+        r["text_full"].as_str()
+    );
+    // A filter by name, and a link that was tampered with.
+    let first = images[0]["name"].as_str().unwrap();
+    let (_, one) = f
+        .get(&format!(
+            "/api/v2/parse/{job}?expand=images_content_metadata&image_filenames={first}"
+        ))
+        .await;
+    assert_eq!(one["images_content_metadata"]["total_count"], 1, "{one}");
+    let text_link = files["text"]["presigned_url"].as_str().unwrap();
+    let forged = text_link.replace("/content/text?", "/content/json?");
+    assert_eq!(
+        fetch(forged).await.0,
+        404,
+        "a link for one output opened another"
+    );
     f.shutdown().await;
 }
 
