@@ -13,6 +13,8 @@
 //! - [`status_cache`]: snapshots of polled batches, refreshed together, for `get_status`.
 //! - [`job_results`]: per-file parse and classify results; [`jobs`]: single-file jobs, each
 //!   a batch of one.
+//! - [`exports`]: a whole batch's results as one streamed JSON Lines download; [`links`]:
+//!   signed links that fetch a file or an output without a key.
 //! - [`expansion`]: the background loop that publishes one message per file.
 //! - [`publisher`]: confirmed publishing with reconnection.
 //! - [`reconciler`]: stalled batches resumed; [`retention`]: finished batches forgotten.
@@ -28,6 +30,7 @@ pub mod dead_letters;
 pub mod directories;
 pub mod error;
 pub mod expansion;
+pub mod exports;
 pub mod files;
 pub mod http;
 pub mod job_results;

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::state::AppState;
 use crate::{
-    auth, batch, batch_v2, configurations, directories, files, job_results, jobs,
+    auth, batch, batch_v2, configurations, directories, exports, files, job_results, jobs,
     processing_results, webhook,
 };
 
@@ -100,6 +100,7 @@ routes! { api, API;
     get "/api/v1/beta/batch-processing/{job_id}" => batch::status, Project, Body::None, "beta.batch.get_status";
     post "/api/v1/beta/batch-processing/{job_id}/cancel" => batch::cancel, Project, Body::None, "beta.batch.cancel";
     get "/api/v1/beta/batch-processing/{job_id}/items" => batch::items, Project, Body::None, "beta.batch.job_items.list";
+    get "/api/v1/beta/batch-processing/{job_id}/results" => exports::results, Project, Body::None, "every item with its result, as one streamed JSON Lines download (ours)";
     post "/api/v1/beta/batch-processing/{job_id}/retry-failed" => batch::retry_failed, Operator, Body::None, "re-runs a batch's failed items (ours)";
     get "/api/v1/beta/batch-processing/items/{item_id}/processing-results" => processing_results::processing_results, Project, Body::None, "beta.batch.job_items.get_processing_results";
     get "/api/v1/beta/batch-processing/{job_id}/webhook-deliveries" => webhook::api::list, Project, Body::None, "a batch's webhook deliveries (ours)";

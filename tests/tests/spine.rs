@@ -1157,6 +1157,60 @@ async fn small_outputs_live_in_redis_and_large_ones_in_files() {
     f.shutdown().await;
 }
 
+/// A batch's results come as one JSON Lines download, one line per item in input order, with
+/// each completed parse job's whole output (from a file or from the item's record) and each
+/// failed item's error; another project cannot download them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_s_results_download_as_json_lines() {
+    let mut f = Fleet::start(0).await;
+    let dir = f.create_dir(&f.api_key, "export").await;
+    let mut ids = f.upload_texts(&dir, "e", 3).await;
+    ids.insert(1, "dfl-00000000-0000-0000-0000-000000000000".into());
+    // Outputs in files: the download reads them from the store.
+    let mut settings = f.worker_settings.clone();
+    settings.store.inline_max_bytes = 0;
+    f.start_worker_with(settings).await;
+    let batch = f
+        .create_batch(&json!({ "job_config": parse_config(), "item_ids": ids }))
+        .await;
+    let status = f.wait_terminal(&batch, Duration::from_secs(60)).await;
+    assert_eq!(status["job"]["failed_items"], 1, "{status}");
+    let resp = f
+        .req(reqwest::Method::GET, &format!("{BATCH}/{batch}/results"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/jsonl");
+    let body = resp.text().await.unwrap();
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{body}");
+    let items = f.items(&batch).await;
+    for (line, item) in lines.iter().zip(&items) {
+        assert_eq!(line["item_id"], item["item_id"], "input order");
+        assert_eq!(line["job_id"], item["job_id"]);
+        assert_eq!(line["status"], item["status"]);
+    }
+    assert_eq!(lines[1]["status"], "failed", "{}", lines[1]);
+    assert!(lines[1]["result"].is_null());
+    assert!(lines[1]["error_message"].is_string(), "{}", lines[1]);
+    for (line, n) in [(&lines[0], 0), (&lines[2], 1), (&lines[3], 2)] {
+        assert_eq!(line["status"], "completed", "{line}");
+        assert_eq!(
+            line["result"]["pages"][0]["text"].as_str().map(str::trim),
+            Some(format!("e text {n}").as_str()),
+            "{line}"
+        );
+    }
+    let other = f.new_key("proj-b").await;
+    let (s, _) = f.get_as(&other, &format!("{BATCH}/{batch}/results")).await;
+    assert_eq!(s, 404);
+    f.shutdown().await;
+}
+
 /// The queues docfleet declares are classic queues of storage version 2: the broker refuses
 /// a redeclaration without the version, and declaring twice is harmless.
 #[tokio::test]
