@@ -261,6 +261,24 @@ fn validate_parse(cfg: &ParseJobConfig) -> Result<ValidJob, ApiError> {
     })
 }
 
+/// A parse job that names a bucket of its own for its outputs names one its project may
+/// write to (`outputs.allow`).
+fn check_outputs(
+    job_config: &Value,
+    project: &str,
+    outputs: &docfleet_shared::settings::OutputSettings,
+) -> Result<(), ApiError> {
+    use docfleet_shared::outputs::Destination;
+    let params = &job_config["parameters"];
+    let refused = |r: docfleet_shared::outputs::Refused| {
+        ApiError::field(&format!("job_config.parameters.{}", r.field), r.message)
+    };
+    match Destination::from_params(params).map_err(refused)? {
+        Some(dest) => dest.allowed(project, outputs).map_err(refused),
+        None => Ok(()),
+    }
+}
+
 /// Creates a batch: validates, persists it as `pending`, and returns; expansion is async.
 pub async fn create(
     State(st): State<AppState>,
@@ -278,6 +296,9 @@ pub async fn create_batch(
     body: CreateBatch<'_>,
 ) -> Result<BatchRecord, ApiError> {
     let mut job = validate_job(&body.job_config, &st.settings.vision)?;
+    if job.job_type == JobType::Parse {
+        check_outputs(&body.job_config, project, &st.settings.outputs)?;
+    }
     if let Some(p) = body.priority {
         job.priority = p.amqp();
     }

@@ -155,9 +155,12 @@ async fn run_record(
         }
         None => None,
     };
-    let output_path = match stored {
-        Some(key) => st.store.uri(&key),
-        None => format!("/api/v2/{}/{job_id}", kind.as_str()),
+    // A job that wrote its outputs to the user's bucket names its copy there.
+    let exported = result.get("exported_to").and_then(Value::as_str);
+    let output_path = match (exported, stored) {
+        (Some(uri), _) => uri.to_owned(),
+        (None, Some(key)) => st.store.uri(&key),
+        (None, None) => format!("/api/v2/{}/{job_id}", kind.as_str()),
     };
     let pages = get("pages")
         .and_then(|p| p.parse::<u64>().ok())

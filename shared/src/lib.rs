@@ -15,6 +15,7 @@
 pub mod keys;
 pub mod metrics;
 pub mod model;
+pub mod outputs;
 pub mod probe;
 pub mod scripts;
 pub mod services;

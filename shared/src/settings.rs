@@ -130,6 +130,26 @@ impl Default for StoreSettings {
     }
 }
 
+/// Where parse jobs may write outputs of their own (`output_s3_path_prefix`): the server
+/// users' buckets live on and which of them each project may write to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputSettings {
+    /// The S3-compatible server (endpoint, region, keys; `bucket` and `prefix` are unused:
+    /// the job names them). Outputs are off while it has no access key.
+    pub s3: S3Settings,
+    /// `<project>=s3://<bucket>[/<folder>]` entries: a project may write to the folders
+    /// named for it and below them, nowhere else.
+    pub allow: Vec<String>,
+}
+
+impl OutputSettings {
+    /// Whether outputs may be written to users' buckets at all.
+    pub fn enabled(&self) -> bool {
+        !self.s3.access_key.is_empty() && !self.s3.secret_key.is_empty()
+    }
+}
+
 /// The kind of file store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -340,6 +360,8 @@ pub struct DispatcherSettings {
     pub redis: RedisSettings,
     /// File store.
     pub store: StoreSettings,
+    /// Outputs written to users' own buckets.
+    pub outputs: OutputSettings,
     /// Logs.
     pub log: LogSettings,
     /// Largest accepted upload, in bytes.
@@ -406,6 +428,7 @@ impl Default for DispatcherSettings {
             http: HttpSettings::default(),
             reconcile: ReconcileSettings::default(),
             vision: VisionSettings::default(),
+            outputs: OutputSettings::default(),
         }
     }
 }
@@ -420,6 +443,8 @@ pub struct WorkerSettings {
     pub redis: RedisSettings,
     /// File store.
     pub store: StoreSettings,
+    /// Outputs written to users' own buckets.
+    pub outputs: OutputSettings,
     /// Logs.
     pub log: LogSettings,
     /// Items in flight at once in one worker process (claim, read, engine, write, record).
@@ -544,6 +569,7 @@ impl Default for WorkerSettings {
             health_listen: None,
             classify_model_dir: None,
             vision: VisionSettings::default(),
+            outputs: OutputSettings::default(),
             parse_memory_mb: 2048,
             engine_binary: None,
         }
@@ -560,7 +586,20 @@ fn validate_common(
     broker: &BrokerSettings,
     redis: &RedisSettings,
     store: &StoreSettings,
+    outputs: &OutputSettings,
 ) -> Result<(), String> {
+    for entry in &outputs.allow {
+        let well_formed = entry.split_once('=').is_some_and(|(project, place)| {
+            !project.trim().is_empty()
+                && place.trim().starts_with("s3://")
+                && place.trim().len() > 5
+        });
+        if !well_formed {
+            return Err(format!(
+                "outputs.allow entries are <project>=s3://<bucket>[/<folder>], got {entry:?}"
+            ));
+        }
+    }
     if !(broker.url.starts_with("amqp://") || broker.url.starts_with("amqps://")) {
         return Err(format!(
             "broker.url must be an amqp:// URI, got {:?}",
@@ -636,7 +675,7 @@ fn validate_common(
 
 impl Validate for DispatcherSettings {
     fn validate(&self) -> Result<(), String> {
-        validate_common(&self.broker, &self.redis, &self.store)?;
+        validate_common(&self.broker, &self.redis, &self.store, &self.outputs)?;
         self.vision.validate()?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen must be host:port, got {:?}", self.listen));
@@ -693,7 +732,7 @@ impl Validate for DispatcherSettings {
 
 impl Validate for WorkerSettings {
     fn validate(&self) -> Result<(), String> {
-        validate_common(&self.broker, &self.redis, &self.store)?;
+        validate_common(&self.broker, &self.redis, &self.store, &self.outputs)?;
         self.vision.validate()?;
         if self.concurrency == 0 || self.cpu_slots == 0 || self.runtime_threads == 0 {
             return Err("concurrency, cpu_slots and runtime_threads must be at least 1".into());
@@ -748,7 +787,8 @@ where
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("webhook.allow_cidrs"),
+                .with_list_parse_key("webhook.allow_cidrs")
+                .with_list_parse_key("outputs.allow"),
         )
         .build()?;
     let settings: T = merged.try_deserialize()?;

@@ -22,6 +22,8 @@ pub(super) struct BatchContext {
     pub(super) vision: Option<VisionClient>,
     /// The parse memory bound; in-process when `None`.
     pub(super) isolation: Option<Isolation>,
+    /// The user's bucket the outputs are written to as well, if the job names one.
+    pub(super) outputs: Option<docfleet_shared::outputs::Destination>,
 }
 
 impl BatchContext {
@@ -109,12 +111,31 @@ impl Processor {
             }
             JobSpec::Parse(_) => None,
         };
+        // Checked again here: a project's allow-list may have narrowed since the batch was
+        // created.
+        let outputs = match &spec {
+            JobSpec::Parse(_) => {
+                let refused = |r: docfleet_shared::outputs::Refused| {
+                    Failure::Fail(format!("parameters.{}: {}", r.field, r.message))
+                };
+                let dest =
+                    docfleet_shared::outputs::Destination::from_params(&raw_config["parameters"])
+                        .map_err(refused)?;
+                if let Some(dest) = &dest {
+                    dest.allowed(&project_id, &self.settings.outputs)
+                        .map_err(refused)?;
+                }
+                dest
+            }
+            JobSpec::Classify(_) => None,
+        };
         let ctx = Arc::new(BatchContext {
             project_id,
             spec,
             classifier,
             vision: self.vision.clone(),
             isolation: self.isolation.clone(),
+            outputs,
         });
         Ok(ctx)
     }

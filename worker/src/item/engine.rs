@@ -107,8 +107,8 @@ pub(super) enum Stored {
 #[derive(Serialize)]
 pub(super) struct ParseOutput {
     pages: Vec<parse::Page>,
-    text_full: String,
-    markdown_full: String,
+    pub(super) text_full: String,
+    pub(super) markdown_full: String,
     pub(super) metadata: ParseMetadata,
 }
 

@@ -39,6 +39,7 @@ use crate::vision::VisionClient;
 
 mod context;
 mod engine;
+mod export;
 mod output;
 
 use context::BatchContext;
@@ -106,6 +107,8 @@ pub struct Processor {
     model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
     vision: Option<VisionClient>,
     isolation: Option<Isolation>,
+    /// Writes outputs to users' buckets, where `outputs.s3` is configured.
+    exporter: Option<Arc<docfleet_shared::outputs::Exporter>>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -149,6 +152,7 @@ impl Processor {
                 cpu_slots,
             )
         });
+        let exporter = docfleet_shared::outputs::Exporter::new(&settings.outputs).map(Arc::new);
         Self {
             store,
             ledger: Ledger::start(
@@ -166,6 +170,7 @@ impl Processor {
             model: Arc::default(),
             vision,
             isolation,
+            exporter,
         }
     }
 
@@ -341,29 +346,33 @@ impl Processor {
         }
         let storage_key = file["storage_key"].as_str().unwrap_or_default().to_owned();
         let name = file["display_name"].as_str().unwrap_or_default().to_owned();
+        let file_id = file["id"].as_str().unwrap_or(&msg.item_id).to_owned();
         let output_key =
             docfleet_shared::store::result_key(&ctx.project_id, &msg.batch_id, &job_id);
-        let placed = self
-            .run_blocking(&ctx, storage_key, name, output_key.clone())
+        let (placed, exported) = self
+            .run_blocking(&ctx, storage_key, file_id, name, output_key.clone())
             .await?;
-        Ok(output::done(placed, &output_key, began))
+        Ok(output::done(placed, exported, &output_key, began))
     }
 
-    /// Reads the file, runs the engine and places the output, on a blocking thread under the
-    /// per-item deadline; a file is synced before this returns.
+    /// Reads the file, runs the engine and places the output (and writes it to the user's
+    /// bucket, when the job names one), on a blocking thread under the per-item deadline; a
+    /// file is synced before this returns. Answers where the exported result went.
     async fn run_blocking(
         &self,
         ctx: &Arc<BatchContext>,
         storage_key: String,
+        file_id: String,
         name: String,
         key: String,
-    ) -> Result<Output, Failure> {
+    ) -> Result<(Output, Option<String>), Failure> {
         let deadline = ctx
             .spec
             .deadline(Duration::from_secs(self.settings.item_deadline_secs));
         let (ctx, store) = (ctx.clone(), self.store.clone());
         let inline_max = self.settings.store.inline_max_bytes;
         let max_ocr_pages = Some(self.settings.max_ocr_pages).filter(|n| *n > 0);
+        let exporter = self.exporter.clone();
         // Read, engine and write in one job: the hops between threads cost more than the work
         // for small files.
         let placed = self
@@ -371,11 +380,22 @@ impl Processor {
             .run(deadline, move || {
                 let input = Input::new(store.open_blocking(&storage_key)?).map_err(unreadable)?;
                 let output = guarded(|| run_engine(&ctx, &input, &name, deadline, max_ocr_pages))?;
-                place_output(&store, &key, output, inline_max)
+                let exported =
+                    match (&ctx.outputs, &exporter) {
+                        (Some(dest), Some(exporter)) => {
+                            Some(export::write(exporter, dest, &file_id, &name, &output)?)
+                        }
+                        (Some(_), None) => return Err(Failure::Fail(
+                            "the job writes outputs to a bucket, and this worker has no outputs.s3"
+                                .into(),
+                        )),
+                        (None, _) => None,
+                    };
+                Ok((place_output(&store, &key, output, inline_max)?, exported))
             })
             .await
             .map_err(|e| Failure::Fail(e.to_string()))??;
-        if let Output::File { .. } = placed {
+        if let (Output::File { .. }, _) = placed {
             // Waiting for the shared sync uses no CPU: off the engine threads, so the next
             // item's engine starts, and more items join this sync round.
             let store = self.store.clone();

@@ -98,7 +98,16 @@ fn write_output(store: &FileStore, key: &str, unplaced: ForFile) -> Result<Outpu
 
 /// The item's result, from where its output went. A file's processing results are
 /// read from its items by the dispatcher, so nothing more is written per file.
-pub(super) fn done(placed: Output, output_key: &str, began: std::time::Instant) -> Done {
+pub(super) fn done(
+    placed: Output,
+    exported: Option<String>,
+    output_key: &str,
+    began: std::time::Instant,
+) -> Done {
+    // Where the user's own copy went, when the job asked for one.
+    let exported = exported
+        .map(|uri| format!(",\"exported_to\":{}", Value::String(uri)))
+        .unwrap_or_default();
     let (result, pages) = match placed {
         // Classify keeps its answer on the item whichever way the output went.
         Output::File {
@@ -109,7 +118,11 @@ pub(super) fn done(placed: Output, output_key: &str, began: std::time::Instant) 
             summary: None,
             pages,
         } => (
-            json!({ "output_key": output_key, "pages": pages.read }).to_string(),
+            format!(
+                "{{\"output_key\":{},\"pages\":{}{exported}}}",
+                Value::String(output_key.to_owned()),
+                pages.read
+            ),
             pages,
         ),
         Output::Inline {
@@ -123,7 +136,7 @@ pub(super) fn done(placed: Output, output_key: &str, began: std::time::Instant) 
             summary: false,
             pages,
         } => (
-            format!("{{\"pages\":{},\"output\":{body}}}", pages.read),
+            format!("{{\"pages\":{}{exported},\"output\":{body}}}", pages.read),
             pages,
         ),
     };
