@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use object_store::ObjectStore;
 
 use crate::settings::{OutputSettings, S3Settings};
-use crate::store::{check_key, StoreError};
+use crate::store::{check_key, s3_client, StoreError};
 
 /// A bucket and folder a job's outputs go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,22 +208,12 @@ impl Exporter {
         if let Some(c) = clients.get(&(dest.bucket.clone(), region.clone())) {
             return Ok(c.clone());
         }
-        let mut builder = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(&dest.bucket)
-            .with_region(&region)
-            .with_access_key_id(&self.settings.access_key)
-            .with_secret_access_key(&self.settings.secret_key);
-        if let Some(endpoint) = &self.settings.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
-                .with_virtual_hosted_style_request(false);
-        }
-        let client: Arc<dyn ObjectStore> =
-            Arc::new(builder.build().map_err(|e| StoreError::Io {
+        let client: Arc<dyn ObjectStore> = Arc::new(
+            s3_client(&self.settings, &dest.bucket, &region).map_err(|e| StoreError::Io {
                 key: dest.uri(""),
                 source: std::io::Error::other(e),
-            })?);
+            })?,
+        );
         clients.insert((dest.bucket.clone(), region), client.clone());
         Ok(client)
     }

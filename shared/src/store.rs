@@ -236,21 +236,8 @@ impl FileStore {
         };
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| failed(format!("the S3 store needs the async runtime: {e}")))?;
-        let mut builder = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(&s3.bucket)
-            .with_region(&s3.region)
-            .with_access_key_id(&s3.access_key)
-            .with_secret_access_key(&s3.secret_key);
-        if let Some(endpoint) = &s3.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"))
-                // Servers other than AWS's name buckets by path, not by host.
-                .with_virtual_hosted_style_request(false);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| failed(format!("store.s3: {e}")))?;
+        let client =
+            s3_client(s3, &s3.bucket, &s3.region).map_err(|e| failed(format!("store.s3: {e}")))?;
         let signer = Arc::new(client.clone());
         let (client, name, prefix): (Arc<dyn ObjectStore>, String, _) = if s3.prefix.is_empty() {
             (Arc::new(client), s3.bucket.clone(), None)
@@ -661,6 +648,27 @@ pub fn sharded_key(dir: &str, id: &str, suffix: &str) -> String {
 }
 
 /// Only keys docfleet generates: plain segments, nothing that climbs out of the root.
+/// A client of `bucket` on the server `s3` names (endpoint and keys), signing for `region`.
+pub(crate) fn s3_client(
+    s3: &crate::settings::S3Settings,
+    bucket: &str,
+    region: &str,
+) -> Result<object_store::aws::AmazonS3, object_store::Error> {
+    let mut builder = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(region)
+        .with_access_key_id(&s3.access_key)
+        .with_secret_access_key(&s3.secret_key);
+    if let Some(endpoint) = &s3.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            // Servers other than AWS's name buckets by path, not by host.
+            .with_virtual_hosted_style_request(false);
+    }
+    builder.build()
+}
+
 pub(crate) fn check_key(key: &str) -> Result<object_store::path::Path, StoreError> {
     let ok = !key.is_empty()
         && !key.starts_with('/')
