@@ -262,19 +262,19 @@ fn validate_parse(cfg: &ParseJobConfig) -> Result<ValidJob, ApiError> {
 }
 
 /// A parse job that names a bucket of its own for its outputs names one its project may
-/// write to (`outputs.allow`).
+/// write to (`buckets.write`).
 fn check_outputs(
     job_config: &Value,
     project: &str,
-    outputs: &docfleet_shared::settings::OutputSettings,
+    buckets: &docfleet_shared::settings::BucketSettings,
 ) -> Result<(), ApiError> {
-    use docfleet_shared::outputs::Destination;
-    let params = &job_config["parameters"];
-    let refused = |r: docfleet_shared::outputs::Refused| {
-        ApiError::field(&format!("job_config.parameters.{}", r.field), r.message)
-    };
-    match Destination::from_params(params).map_err(refused)? {
-        Some(dest) => dest.allowed(project, outputs).map_err(refused),
+    use docfleet_shared::buckets::{Access, Place, Refused};
+    let refused =
+        |r: Refused| ApiError::field(&format!("job_config.parameters.{}", r.field), r.message);
+    match Place::from_params(&job_config["parameters"]).map_err(refused)? {
+        Some(dest) => dest
+            .allowed(project, Access::Write, buckets, "output_s3_path_prefix")
+            .map_err(refused),
         None => Ok(()),
     }
 }
@@ -297,7 +297,7 @@ pub async fn create_batch(
 ) -> Result<BatchRecord, ApiError> {
     let mut job = validate_job(&body.job_config, &st.settings.vision)?;
     if job.job_type == JobType::Parse {
-        check_outputs(&body.job_config, project, &st.settings.outputs)?;
+        check_outputs(&body.job_config, project, &st.settings.buckets)?;
     }
     if let Some(p) = body.priority {
         job.priority = p.amqp();

@@ -275,6 +275,83 @@ pub async fn add_file(
     Ok(Json(rec.to_api()))
 }
 
+/// `POST /api/v1/beta/directories/{id}/files/import` body (ours).
+#[derive(Debug, Deserialize)]
+pub struct Import {
+    /// `s3://<bucket>[/<folder>]`: every object there and below becomes a file.
+    source: String,
+    /// The bucket's region, when not the deployment's.
+    #[serde(default)]
+    region: Option<String>,
+}
+
+/// Most objects one import registers: a bigger folder is imported by its sub-folders.
+pub const MAX_IMPORT: usize = 10_000;
+
+/// Fills a directory from a user's bucket (ours): every object under `source` becomes a file
+/// of the directory, registered without copying (its bytes stay in the bucket, and workers
+/// read them there), named by its key below `source`. The project must be allowed to read
+/// there (`buckets.read`). Answers how many files were added.
+pub async fn import(
+    State(st): State<AppState>,
+    Project(project): Project,
+    Path(dir_id): Path<String>,
+    JsonBody(body): JsonBody<Import>,
+) -> Result<Json<Value>, ApiError> {
+    use docfleet_shared::buckets::{Access, Place};
+    let dir = load(&st, &project, &dir_id).await?;
+    let refused = |r: docfleet_shared::buckets::Refused| ApiError::field(r.field, r.message);
+    let mut place = Place::from_uri(&body.source, "source").map_err(refused)?;
+    place.region = checked_name("region", body.region.as_deref())?;
+    place
+        .allowed(&project, Access::Read, &st.settings.buckets, "source")
+        .map_err(refused)?;
+    let Some(buckets) = &st.buckets else {
+        return Err(ApiError::field(
+            "source",
+            "users' buckets are not configured",
+        ));
+    };
+    let listed = buckets
+        .list(&place, MAX_IMPORT)
+        .await
+        .map_err(|e| match e {
+            docfleet_shared::store::StoreError::TooMany { .. } => ApiError::field(
+                "source",
+                format!("holds more than {MAX_IMPORT} objects; import its folders one at a time"),
+            ),
+            docfleet_shared::store::StoreError::Io { .. } => ApiError::field(
+                "source",
+                format!("{} could not be listed: {e}", place.uri(&place.prefix)),
+            ),
+            other => other.into(),
+        })?;
+    let below = |key: &str| -> String {
+        key.strip_prefix(&place.prefix)
+            .unwrap_or(key)
+            .trim_start_matches('/')
+            .to_owned()
+    };
+    let mut added = 0usize;
+    for object in listed.iter().filter(|o| !o.key.ends_with('/')) {
+        let name = below(&object.key);
+        let mut file =
+            files::FileRecord::new(&project, crate::catalog::FILE.new_id(), name.clone(), None);
+        file.storage_key = place.uri(&object.key);
+        file.size_bytes = object.size;
+        crate::catalog::FILE
+            .put(&st, &file, docfleet_shared::now_millis())
+            .await?;
+        add(&st, &dir, &file, true, name, None, None).await?;
+        added += 1;
+    }
+    Ok(Json(json!({
+        "directory_id": dir.id,
+        "source": place.uri(&place.prefix),
+        "imported": added,
+    })))
+}
+
 /// A name-like field, trimmed: 1 to 1,024 characters when given.
 fn checked_name(field: &str, v: Option<&str>) -> Result<Option<String>, ApiError> {
     match v.map(str::trim) {
@@ -465,7 +542,7 @@ async fn remove_files(
     owned: &[&DirectoryFile],
 ) -> Result<(), ApiError> {
     for f in owned {
-        st.store.remove(&f.storage_key).await?;
+        files::remove_bytes(st, &f.storage_key).await?;
         crate::catalog::FILE.remove(st, project, &f.file_id).await?;
     }
     let records: Vec<String> = ids.iter().map(|id| st.keys.dfile(id)).collect();

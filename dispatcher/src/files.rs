@@ -9,7 +9,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use docfleet_shared::store::Staged;
+use docfleet_shared::store::{ByteStream, Staged, StoreError};
 use docfleet_shared::{now_millis, now_rfc3339};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
@@ -288,7 +288,7 @@ pub async fn delete(
     Path(file_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let rec: FileRecord = FILE.load(&st, &project, &file_id).await?;
-    st.store.remove(&rec.storage_key).await?;
+    remove_bytes(&st, &rec.storage_key).await?;
     FILE.remove(&st, &project, &file_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -328,9 +328,7 @@ pub async fn download(
     let mut con = st.redis.clone();
     let raw: Option<String> = con.get(st.keys.file(&file_id)).await?;
     let rec: FileRecord = serde_json::from_str(&raw.ok_or_else(links::refused)?)?;
-    let bytes = st
-        .store
-        .read_stream(&rec.storage_key)
+    let bytes = read_stream(&st, &rec.storage_key)
         .await
         .map_err(|_| ApiError::NotFound(format!("file {file_id:?} has no stored bytes")))?;
     let body = Body::from_stream(bytes);
@@ -347,4 +345,23 @@ pub async fn download(
         body,
     )
         .into_response())
+}
+
+/// A file's bytes as they arrive: from the store, or from the user's bucket for an imported
+/// file.
+pub async fn read_stream(st: &AppState, storage_key: &str) -> Result<ByteStream, StoreError> {
+    match (docfleet_shared::buckets::foreign(storage_key), &st.buckets) {
+        (None, _) => st.store.read_stream(storage_key).await,
+        (Some((place, key)), Some(buckets)) => buckets.read_stream(&place, &key).await,
+        (Some(_), None) => Err(StoreError::NotFound(storage_key.to_owned())),
+    }
+}
+
+/// Removes a file's bytes from the store; an imported file's stay in the user's bucket, which
+/// docfleet only reads.
+pub async fn remove_bytes(st: &AppState, storage_key: &str) -> Result<(), StoreError> {
+    match docfleet_shared::buckets::foreign(storage_key) {
+        None => st.store.remove(storage_key).await,
+        Some(_) => Ok(()),
+    }
 }

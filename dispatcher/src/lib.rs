@@ -106,6 +106,7 @@ pub async fn connect(settings: DispatcherSettings) -> Result<AppState, Dispatche
     store.check().await?;
     Ok(AppState {
         store,
+        buckets: docfleet_shared::buckets::UserBuckets::new(&settings.buckets).map(Arc::new),
         scripts: Scripts::new(keys.clone()),
         keys,
         redis,

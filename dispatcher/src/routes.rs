@@ -68,6 +68,7 @@ routes! { api, API;
     delete "/api/v1/beta/directories/{directory_id}" => directories::delete, Project, Body::None, "beta.directories.delete";
     get "/api/v1/beta/directories/{directory_id}/files" => directories::list_files, Project, Body::None, "beta.directories.files.list";
     post "/api/v1/beta/directories/{directory_id}/files" => directories::add_file, Project, Body::Json, "beta.directories.files.add";
+    post "/api/v1/beta/directories/{directory_id}/files/import" => directories::import, Project, Body::Json, "fills a directory with the objects under an s3:// prefix, without copying them (ours)";
     get "/api/v1/beta/directories/{directory_id}/files/{directory_file_id}" => directories::get_file, Project, Body::None, "beta.directories.files.get";
     patch "/api/v1/beta/directories/{directory_id}/files/{directory_file_id}" => directories::update_file, Project, Body::Json, "beta.directories.files.update";
     delete "/api/v1/beta/directories/{directory_id}/files/{directory_file_id}" => directories::delete_file, Project, Body::None, "beta.directories.files.delete";

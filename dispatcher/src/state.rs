@@ -26,6 +26,8 @@ pub struct AppState {
     pub scripts: Scripts,
     /// Uploaded files.
     pub store: FileStore,
+    /// Users' own buckets (directories filled from them), where `buckets.s3` is configured.
+    pub buckets: Option<Arc<docfleet_shared::buckets::UserBuckets>>,
     /// Publishes item messages with confirms.
     pub publisher: Arc<Publisher>,
     /// Wakes the expansion loop when a batch is created.

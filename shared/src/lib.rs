@@ -9,13 +9,14 @@
 //! - [`scripts`]: the Lua scripts that move items and batches between states atomically.
 //! - [`topology`]: queue and exchange names and arguments, declared by whoever connects first.
 //! - [`store`]: the file store that holds uploaded bytes and parse outputs.
+//! - [`buckets`]: users' own buckets, where outputs may go and inputs may come from.
 //! - [`services`]: connecting to RabbitMQ and Redis.
 //! - [`metrics`]: Prometheus metrics and the typed events that emit log + metric together.
 
+pub mod buckets;
 pub mod keys;
 pub mod metrics;
 pub mod model;
-pub mod outputs;
 pub mod probe;
 pub mod scripts;
 pub mod services;

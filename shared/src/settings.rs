@@ -130,21 +130,24 @@ impl Default for StoreSettings {
     }
 }
 
-/// Where parse jobs may write outputs of their own (`output_s3_path_prefix`): the server
-/// users' buckets live on and which of them each project may write to.
+/// Users' own buckets: the server they live on, where each project may write parse outputs
+/// (`output_s3_path_prefix`) and where it may read inputs from (directories filled from an
+/// `s3://` prefix).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub struct OutputSettings {
+pub struct BucketSettings {
     /// The S3-compatible server (endpoint, region, keys; `bucket` and `prefix` are unused:
-    /// the job names them). Outputs are off while it has no access key.
+    /// requests name them). Users' buckets are out of reach while it has no access key.
     pub s3: S3Settings,
-    /// `<project>=s3://<bucket>[/<folder>]` entries: a project may write to the folders
-    /// named for it and below them, nowhere else.
-    pub allow: Vec<String>,
+    /// `<project>=s3://<bucket>[/<folder>]` entries: a project may write outputs to the
+    /// folders named for it and below them, nowhere else.
+    pub write: Vec<String>,
+    /// The same for reading inputs.
+    pub read: Vec<String>,
 }
 
-impl OutputSettings {
-    /// Whether outputs may be written to users' buckets at all.
+impl BucketSettings {
+    /// Whether users' buckets can be reached at all.
     pub fn enabled(&self) -> bool {
         !self.s3.access_key.is_empty() && !self.s3.secret_key.is_empty()
     }
@@ -360,8 +363,8 @@ pub struct DispatcherSettings {
     pub redis: RedisSettings,
     /// File store.
     pub store: StoreSettings,
-    /// Outputs written to users' own buckets.
-    pub outputs: OutputSettings,
+    /// Users' own buckets: outputs written there, inputs read from there.
+    pub buckets: BucketSettings,
     /// Logs.
     pub log: LogSettings,
     /// Largest accepted upload, in bytes.
@@ -428,7 +431,7 @@ impl Default for DispatcherSettings {
             http: HttpSettings::default(),
             reconcile: ReconcileSettings::default(),
             vision: VisionSettings::default(),
-            outputs: OutputSettings::default(),
+            buckets: BucketSettings::default(),
         }
     }
 }
@@ -443,8 +446,8 @@ pub struct WorkerSettings {
     pub redis: RedisSettings,
     /// File store.
     pub store: StoreSettings,
-    /// Outputs written to users' own buckets.
-    pub outputs: OutputSettings,
+    /// Users' own buckets: outputs written there, inputs read from there.
+    pub buckets: BucketSettings,
     /// Logs.
     pub log: LogSettings,
     /// Items in flight at once in one worker process (claim, read, engine, write, record).
@@ -569,7 +572,7 @@ impl Default for WorkerSettings {
             health_listen: None,
             classify_model_dir: None,
             vision: VisionSettings::default(),
-            outputs: OutputSettings::default(),
+            buckets: BucketSettings::default(),
             parse_memory_mb: 2048,
             engine_binary: None,
         }
@@ -586,9 +589,13 @@ fn validate_common(
     broker: &BrokerSettings,
     redis: &RedisSettings,
     store: &StoreSettings,
-    outputs: &OutputSettings,
+    buckets: &BucketSettings,
 ) -> Result<(), String> {
-    for entry in &outputs.allow {
+    let lists = [("write", &buckets.write), ("read", &buckets.read)];
+    for (list, entry) in lists
+        .iter()
+        .flat_map(|(l, e)| e.iter().map(move |x| (l, x)))
+    {
         let well_formed = entry.split_once('=').is_some_and(|(project, place)| {
             !project.trim().is_empty()
                 && place.trim().starts_with("s3://")
@@ -596,7 +603,7 @@ fn validate_common(
         });
         if !well_formed {
             return Err(format!(
-                "outputs.allow entries are <project>=s3://<bucket>[/<folder>], got {entry:?}"
+                "buckets.{list} entries are <project>=s3://<bucket>[/<folder>], got {entry:?}"
             ));
         }
     }
@@ -675,7 +682,7 @@ fn validate_common(
 
 impl Validate for DispatcherSettings {
     fn validate(&self) -> Result<(), String> {
-        validate_common(&self.broker, &self.redis, &self.store, &self.outputs)?;
+        validate_common(&self.broker, &self.redis, &self.store, &self.buckets)?;
         self.vision.validate()?;
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("listen must be host:port, got {:?}", self.listen));
@@ -732,7 +739,7 @@ impl Validate for DispatcherSettings {
 
 impl Validate for WorkerSettings {
     fn validate(&self) -> Result<(), String> {
-        validate_common(&self.broker, &self.redis, &self.store, &self.outputs)?;
+        validate_common(&self.broker, &self.redis, &self.store, &self.buckets)?;
         self.vision.validate()?;
         if self.concurrency == 0 || self.cpu_slots == 0 || self.runtime_threads == 0 {
             return Err("concurrency, cpu_slots and runtime_threads must be at least 1".into());
@@ -788,7 +795,8 @@ where
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("webhook.allow_cidrs")
-                .with_list_parse_key("outputs.allow"),
+                .with_list_parse_key("buckets.write")
+                .with_list_parse_key("buckets.read"),
         )
         .build()?;
     let settings: T = merged.try_deserialize()?;

@@ -33,6 +33,14 @@ pub enum StoreError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A listing found more objects than may be taken at once.
+    #[error("more than {limit} objects under {place}")]
+    TooMany {
+        /// Where.
+        place: String,
+        /// How many may be taken.
+        limit: usize,
+    },
 }
 
 /// The bytes of an object as they arrive.
@@ -535,27 +543,12 @@ impl FileStore {
             let path = self.path(key)?;
             return open_without_atime(&path).map_err(|source| map_io(key, source));
         };
-        let io = |source| StoreError::Io {
-            key: key.to_owned(),
-            source,
-        };
-        let mut spool = tempfile::tempfile().map_err(io)?;
-        bucket.block_on(async {
-            use std::io::Write;
-            let got = bucket
-                .client
-                .get(&check_key(key)?)
-                .await
-                .map_err(|e| s3_error(key, e))?;
-            let mut chunks = got.into_stream();
-            while let Some(chunk) = chunks.next().await {
-                let chunk = chunk.map_err(|e| s3_error(key, e))?;
-                spool.write_all(&chunk).map_err(io)?;
-            }
-            Ok::<_, StoreError>(())
-        })?;
-        std::io::Seek::rewind(&mut spool).map_err(io)?;
-        Ok(spool)
+        spool_blocking(
+            &bucket.runtime,
+            bucket.client.as_ref(),
+            &check_key(key)?,
+            key,
+        )
     }
 
     /// The size of an object, without reading it.
@@ -576,6 +569,33 @@ impl FileStore {
                 .map_err(|e| s3_error(key, e)),
         }
     }
+}
+
+/// Copies an object into an unnamed temporary file and hands it over at its start; from a
+/// blocking thread, the client's connections living on `runtime`.
+pub(crate) fn spool_blocking(
+    runtime: &tokio::runtime::Handle,
+    client: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    key: &str,
+) -> Result<std::fs::File, StoreError> {
+    let io = |source| StoreError::Io {
+        key: key.to_owned(),
+        source,
+    };
+    let mut spool = tempfile::tempfile().map_err(io)?;
+    runtime.block_on(async {
+        use std::io::Write;
+        let got = client.get(path).await.map_err(|e| s3_error(key, e))?;
+        let mut chunks = got.into_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| s3_error(key, e))?;
+            spool.write_all(&chunk).map_err(io)?;
+        }
+        Ok::<_, StoreError>(())
+    })?;
+    std::io::Seek::rewind(&mut spool).map_err(io)?;
+    Ok(spool)
 }
 
 async fn s3_put(bucket: &Bucket, key: &str, bytes: &[u8]) -> Result<(), StoreError> {

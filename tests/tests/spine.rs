@@ -988,6 +988,31 @@ async fn screenshots_language_and_stored_outputs() {
         404,
         "a link for one output opened another"
     );
+    // The batch's zip holds the kept images beside the result, the same bytes.
+    let zipped = f
+        .req(
+            reqwest::Method::GET,
+            &format!("{BATCH}/{batch}/results?format=zip"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zipped.to_vec())).unwrap();
+    let item = items[0]["item_id"].as_str().unwrap();
+    for kept in images {
+        let mut png = Vec::new();
+        std::io::Read::read_to_end(
+            &mut zip
+                .by_name(&format!("{item}/{}", kept["name"].as_str().unwrap()))
+                .unwrap(),
+            &mut png,
+        )
+        .unwrap();
+        assert_eq!(png, store.get(kept["key"].as_str().unwrap()).await.unwrap());
+    }
     f.shutdown().await;
 }
 
@@ -1159,9 +1184,10 @@ async fn small_outputs_live_in_redis_and_large_ones_in_files() {
 
 /// A batch's results come as one JSON Lines download, one line per item in input order, with
 /// each completed parse job's whole output (from a file or from the item's record) and each
-/// failed item's error; another project cannot download them.
+/// failed item's error, or as a zip of the outputs, a folder per completed item; another
+/// project cannot download them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_s_results_download_as_json_lines() {
+async fn a_batch_s_results_download_as_json_lines_or_a_zip() {
     let mut f = Fleet::start(0).await;
     let dir = f.create_dir(&f.api_key, "export").await;
     let mut ids = f.upload_texts(&dir, "e", 3).await;
@@ -1205,9 +1231,63 @@ async fn a_batch_s_results_download_as_json_lines() {
             "{line}"
         );
     }
+
+    let resp = f
+        .req(
+            reqwest::Method::GET,
+            &format!("{BATCH}/{batch}/results?format=zip"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/zip");
+    let bytes = resp.bytes().await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
+    names.sort();
+    let mut want: Vec<String> = [0, 2, 3]
+        .iter()
+        .flat_map(|&i| {
+            let (id, name) = (
+                lines[i]["item_id"].as_str().unwrap(),
+                lines[i]["item_name"].as_str().unwrap(),
+            );
+            ["json", "md", "txt"].map(|ext| format!("{id}/{name}.{ext}"))
+        })
+        .collect();
+    want.sort();
+    assert_eq!(
+        names, want,
+        "a folder per completed item, none for the failed one"
+    );
+    for i in [0, 2, 3] {
+        let (id, name) = (
+            lines[i]["item_id"].as_str().unwrap(),
+            lines[i]["item_name"].as_str().unwrap(),
+        );
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut zip.by_name(&format!("{id}/{name}.txt")).unwrap(),
+            &mut text,
+        )
+        .unwrap();
+        assert_eq!(text, lines[i]["result"]["text_full"].as_str().unwrap());
+        let whole: Value =
+            serde_json::from_reader(zip.by_name(&format!("{id}/{name}.json")).unwrap()).unwrap();
+        assert_eq!(whole, lines[i]["result"]);
+    }
+    let (s, b) = f.get(&format!("{BATCH}/{batch}/results?format=tar")).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b["detail"].as_str().unwrap().starts_with("format: "), "{b}");
+
     let other = f.new_key("proj-b").await;
-    let (s, _) = f.get_as(&other, &format!("{BATCH}/{batch}/results")).await;
-    assert_eq!(s, 404);
+    for format in ["jsonl", "zip"] {
+        let (s, _) = f
+            .get_as(&other, &format!("{BATCH}/{batch}/results?format={format}"))
+            .await;
+        assert_eq!(s, 404);
+    }
     f.shutdown().await;
 }
 

@@ -118,6 +118,14 @@ impl Report {
         if let Some(r) = self.round {
             line["round"] = json!(r);
         }
+        // Which store the fleets kept their files in (`deploy/local/bench --store`).
+        line["store"] = json!(
+            if std::env::var("DOCFLEET_TEST_STORE").as_deref() == Ok("s3") {
+                "s3"
+            } else {
+                "local"
+            }
+        );
         println!("{line}");
         self.figures.push((name.to_owned(), value, unit.to_owned()));
     }

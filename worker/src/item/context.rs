@@ -23,7 +23,7 @@ pub(super) struct BatchContext {
     /// The parse memory bound; in-process when `None`.
     pub(super) isolation: Option<Isolation>,
     /// The user's bucket the outputs are written to as well, if the job names one.
-    pub(super) outputs: Option<docfleet_shared::outputs::Destination>,
+    pub(super) outputs: Option<docfleet_shared::buckets::Place>,
 }
 
 impl BatchContext {
@@ -115,15 +115,18 @@ impl Processor {
         // created.
         let outputs = match &spec {
             JobSpec::Parse(_) => {
-                let refused = |r: docfleet_shared::outputs::Refused| {
-                    Failure::Fail(format!("parameters.{}: {}", r.field, r.message))
-                };
-                let dest =
-                    docfleet_shared::outputs::Destination::from_params(&raw_config["parameters"])
-                        .map_err(refused)?;
+                use docfleet_shared::buckets::{Access, Place, Refused};
+                let refused =
+                    |r: Refused| Failure::Fail(format!("parameters.{}: {}", r.field, r.message));
+                let dest = Place::from_params(&raw_config["parameters"]).map_err(refused)?;
                 if let Some(dest) = &dest {
-                    dest.allowed(&project_id, &self.settings.outputs)
-                        .map_err(refused)?;
+                    dest.allowed(
+                        &project_id,
+                        Access::Write,
+                        &self.settings.buckets,
+                        "output_s3_path_prefix",
+                    )
+                    .map_err(refused)?;
                 }
                 dest
             }

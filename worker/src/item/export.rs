@@ -3,15 +3,15 @@
 //! `<name>.md` and `<name>.txt`, and its kept images by their names. Every write has returned
 //! before the outcome is recorded, so a completed item's exports are there.
 
-use docfleet_shared::outputs::{object_name, Destination, Exporter};
+use docfleet_shared::buckets::{object_name, Place, UserBuckets};
 
 use super::engine::{EngineOutput, Stored};
 use super::Failure;
 
 /// Writes the exports of one file; blocking. Answers the URI of its `.json`.
 pub(super) fn write(
-    exporter: &Exporter,
-    dest: &Destination,
+    buckets: &UserBuckets,
+    dest: &Place,
     file_id: &str,
     display_name: &str,
     output: &EngineOutput,
@@ -31,18 +31,18 @@ pub(super) fn write(
         ))
     };
     let json_key = dest.key(file_id, &format!("{name}.json"));
-    exporter
+    buckets
         .put_blocking(dest, &json_key, json)
         .map_err(failed)?;
     for (ext, text) in [("md", &parsed.markdown_full), ("txt", &parsed.text_full)] {
         let key = dest.key(file_id, &format!("{name}.{ext}"));
-        exporter
+        buckets
             .put_blocking(dest, &key, text.as_bytes().to_vec())
             .map_err(failed)?;
     }
     for (image, png) in &output.images {
         let key = dest.key(file_id, &object_name(image));
-        exporter
+        buckets
             .put_blocking(dest, &key, png.clone())
             .map_err(failed)?;
     }

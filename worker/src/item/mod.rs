@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use docfleet_shared::buckets::{Access, UserBuckets};
 use docfleet_shared::keys::Keys;
 use docfleet_shared::scripts::{Claim, Outcome, Recorded, Run, Scripts};
 use docfleet_shared::settings::WorkerSettings;
@@ -69,7 +70,7 @@ impl From<redis::RedisError> for Failure {
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(_) | StoreError::InvalidKey(_) => {
+            StoreError::NotFound(_) | StoreError::InvalidKey(_) | StoreError::TooMany { .. } => {
                 Self::Fail(format!("stored file unavailable: {e}"))
             }
             StoreError::Io { .. } => Self::Retry(e.to_string()),
@@ -107,8 +108,9 @@ pub struct Processor {
     model: Arc<std::sync::OnceLock<Result<Arc<Embedder>, String>>>,
     vision: Option<VisionClient>,
     isolation: Option<Isolation>,
-    /// Writes outputs to users' buckets, where `outputs.s3` is configured.
-    exporter: Option<Arc<docfleet_shared::outputs::Exporter>>,
+    /// Users' buckets (outputs written there, imported inputs read there), where `buckets.s3`
+    /// is configured.
+    buckets: Option<Arc<UserBuckets>>,
 }
 
 /// Batch contexts kept before the cache is cleared.
@@ -152,7 +154,7 @@ impl Processor {
                 cpu_slots,
             )
         });
-        let exporter = docfleet_shared::outputs::Exporter::new(&settings.outputs).map(Arc::new);
+        let buckets = UserBuckets::new(&settings.buckets).map(Arc::new);
         Self {
             store,
             ledger: Ledger::start(
@@ -170,7 +172,7 @@ impl Processor {
             model: Arc::default(),
             vision,
             isolation,
-            exporter,
+            buckets,
         }
     }
 
@@ -372,26 +374,28 @@ impl Processor {
         let (ctx, store) = (ctx.clone(), self.store.clone());
         let inline_max = self.settings.store.inline_max_bytes;
         let max_ocr_pages = Some(self.settings.max_ocr_pages).filter(|n| *n > 0);
-        let exporter = self.exporter.clone();
+        let buckets = self.buckets.clone();
+        let source = self.source(&ctx.project_id, &storage_key)?;
         // Read, engine and write in one job: the hops between threads cost more than the work
         // for small files.
         let placed = self
             .engines
             .run(deadline, move || {
-                let input = Input::new(store.open_blocking(&storage_key)?).map_err(unreadable)?;
+                let file = match (&source, &buckets) {
+                    (None, _) => store.open_blocking(&storage_key)?,
+                    (Some((place, key)), Some(buckets)) => buckets.open_blocking(place, key)?,
+                    (Some(_), None) => unreachable_buckets()?,
+                };
+                let input = Input::new(file).map_err(unreadable)?;
                 let output = guarded(|| run_engine(&ctx, &input, &name, deadline, max_ocr_pages))?;
-                let exported =
-                    match (&ctx.outputs, &exporter) {
-                        (Some(dest), Some(exporter)) => {
-                            Some(export::write(exporter, dest, &file_id, &name, &output)?)
-                        }
-                        (Some(_), None) => return Err(Failure::Fail(
-                            "the job writes outputs to a bucket, and this worker has no outputs.s3"
-                                .into(),
-                        )),
-                        (None, _) => None,
-                    };
-                Ok((place_output(&store, &key, output, inline_max)?, exported))
+                let exported = match (&ctx.outputs, &buckets) {
+                    (Some(dest), Some(buckets)) => {
+                        Some(export::write(buckets, dest, &file_id, &name, &output)?)
+                    }
+                    (Some(_), None) => unreachable_buckets()?,
+                    (None, _) => None,
+                };
+                Ok::<_, Failure>((place_output(&store, &key, output, inline_max)?, exported))
             })
             .await
             .map_err(|e| Failure::Fail(e.to_string()))??;
@@ -405,6 +409,32 @@ impl Processor {
         }
         Ok(placed)
     }
+}
+
+impl Processor {
+    /// Where an imported file lives in a user's bucket (none for the store's own files),
+    /// checked against `buckets.read` again: the allow-list may have narrowed since the import.
+    fn source(
+        &self,
+        project: &str,
+        storage_key: &str,
+    ) -> Result<Option<(docfleet_shared::buckets::Place, String)>, Failure> {
+        let Some((place, key)) = docfleet_shared::buckets::foreign(storage_key) else {
+            return Ok(None);
+        };
+        place
+            .allowed(project, Access::Read, &self.settings.buckets, "source")
+            .map_err(|r| Failure::Fail(format!("stored file unavailable: {}", r.message)))?;
+        Ok(Some((place, key)))
+    }
+}
+
+/// A job or a file of a user's bucket on a worker that cannot reach users' buckets: the
+/// deployment's configuration differs between dispatcher and worker.
+fn unreachable_buckets<T>() -> Result<T, Failure> {
+    Err(Failure::Fail(
+        "the item needs a user's bucket, and this worker has no buckets.s3".into(),
+    ))
 }
 
 /// The whole stored file, for what reads it in the worker itself.
