@@ -365,6 +365,23 @@ impl Fleet {
             .priority_queue(docfleet_shared::model::Priority::Medium)
     }
 
+    /// GET of a download with the fleet's key: status, content type and the whole body.
+    pub async fn download(&self, path: &str) -> (u16, String, Vec<u8>) {
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status().as_u16();
+        let kind = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, kind, resp.bytes().await.expect("body").to_vec())
+    }
+
     /// Creates a directory and returns its id.
     pub async fn create_dir(&self, key: &str, name: &str) -> String {
         let (s, b) = self

@@ -237,14 +237,8 @@ async fn a_directory_filled_from_a_bucket_is_parsed_there_and_left_there() {
     let status = f.wait_terminal(&batch, Duration::from_secs(60)).await;
     assert_eq!(status["job"]["processed_items"], 2, "{status}");
     assert_eq!(status["job"]["status"], "completed", "{status}");
-    let body = f
-        .req(reqwest::Method::GET, &format!("{BATCH}/{batch}/results"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, _, body) = f.download(&format!("{BATCH}/{batch}/results")).await;
+    let body = String::from_utf8(body).unwrap();
     assert!(body.contains("Total due: 126.00"), "{body}");
     assert!(body.contains("Minutes of the imported meeting"), "{body}");
 

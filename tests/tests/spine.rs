@@ -989,18 +989,10 @@ async fn screenshots_language_and_stored_outputs() {
         "a link for one output opened another"
     );
     // The batch's zip holds the kept images beside the result, the same bytes.
-    let zipped = f
-        .req(
-            reqwest::Method::GET,
-            &format!("{BATCH}/{batch}/results?format=zip"),
-        )
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zipped.to_vec())).unwrap();
+    let (_, _, zipped) = f
+        .download(&format!("{BATCH}/{batch}/results?format=zip"))
+        .await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zipped)).unwrap();
     let item = items[0]["item_id"].as_str().unwrap();
     for kept in images {
         let mut png = Vec::new();
@@ -1201,14 +1193,9 @@ async fn a_batch_s_results_download_as_json_lines_or_a_zip() {
         .await;
     let status = f.wait_terminal(&batch, Duration::from_secs(60)).await;
     assert_eq!(status["job"]["failed_items"], 1, "{status}");
-    let resp = f
-        .req(reqwest::Method::GET, &format!("{BATCH}/{batch}/results"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/jsonl");
-    let body = resp.text().await.unwrap();
+    let (s, kind, body) = f.download(&format!("{BATCH}/{batch}/results")).await;
+    assert_eq!((s, kind.as_str()), (200, "application/jsonl"));
+    let body = String::from_utf8(body).unwrap();
     let lines: Vec<Value> = body
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -1232,18 +1219,11 @@ async fn a_batch_s_results_download_as_json_lines_or_a_zip() {
         );
     }
 
-    let resp = f
-        .req(
-            reqwest::Method::GET,
-            &format!("{BATCH}/{batch}/results?format=zip"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/zip");
-    let bytes = resp.bytes().await.unwrap();
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let (s, kind, bytes) = f
+        .download(&format!("{BATCH}/{batch}/results?format=zip"))
+        .await;
+    assert_eq!((s, kind.as_str()), (200, "application/zip"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
     let mut names: Vec<String> = zip.file_names().map(|n| n.unwrap().into_owned()).collect();
     names.sort();
     let mut want: Vec<String> = [0, 2, 3]
