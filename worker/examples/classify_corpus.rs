@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => Ok(Arc::new(Embedder::load(std::path::Path::new(dir))?)),
         None => Err("no model folder given".to_owned()),
     };
-    let classifier = Classifier::new(&rules, model);
+    let classifier = Classifier::new(&rules, model)?;
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         shared.join("corpus/manifest.json"),
     )?)?;
@@ -53,9 +53,9 @@ fn main() -> anyhow::Result<()> {
                     page_count: parsed.page_count,
                     title: parsed.title.as_deref(),
                 };
-                let c = classifier.classify(&doc);
+                let c = classifier.classify(&doc)?;
                 if let Some(dump) = &dump {
-                    let e = classifier.evidence(&doc);
+                    let e = classifier.evidence(&doc)?;
                     let line = serde_json::json!({ "label": label, "path": path, "evidence": e });
                     use std::io::Write;
                     writeln!(&*dump, "{line}")?;

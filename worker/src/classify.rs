@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::embedding::Embedder;
+use crate::embedding::{Embedder, EmbeddingError, Role};
 
 use docfleet_shared::model::ClassifyRule;
 use serde::Serialize;
@@ -289,8 +289,12 @@ struct Scored<'a> {
 }
 
 impl Classifier {
-    /// Prepares `rules`, embedding them when `model` is loaded; `Err` says why it is not.
-    pub fn new(rules: &[ClassifyRule], model: Result<Arc<Embedder>, String>) -> Self {
+    /// Prepares `rules`, embedding them when `model` is loaded (`Err` says why it is not).
+    /// Fails only when an embeddings server is unavailable, so the item is tried again.
+    pub fn new(
+        rules: &[ClassifyRule],
+        model: Result<Arc<Embedder>, String>,
+    ) -> Result<Self, EmbeddingError> {
         let bags: Vec<HashMap<String, f64>> = rules
             .iter()
             .map(|r| {
@@ -324,28 +328,30 @@ impl Classifier {
             .collect();
         let (semantic, without_model) = match model {
             Ok(embedder) => {
-                let embedded: Result<Vec<Vec<f32>>, _> = rules
+                let texts: Vec<String> = rules
                     .iter()
-                    .map(|r| embedder.embed(&format!("{}: {}", r.kind, r.description), 256))
+                    .map(|r| format!("{}: {}", r.kind, r.description))
                     .collect();
-                match embedded {
+                match embedder.embed_all(Role::Query, &texts, 256) {
                     Ok(rules) => (Some(Semantic { embedder, rules }), None),
+                    Err(e) if e.is_transient() => return Err(e),
                     Err(e) => (None, Some(format!("the rules could not be embedded ({e})"))),
                 }
             }
             Err(why) => (None, Some(why)),
         };
-        Self {
+        Ok(Self {
             kinds: rules.iter().map(|r| r.kind.clone()).collect(),
             lexical,
             catch_all: rules.iter().map(is_catch_all).collect(),
             semantic,
             without_model,
-        }
+        })
     }
 
     /// Measures every rule against a parsed document; `None` when it has no readable text.
-    pub fn evidence(&self, doc: &Document) -> Option<Evidence> {
+    /// Fails only when an embeddings server is unavailable.
+    pub fn evidence(&self, doc: &Document) -> Result<Option<Evidence>, EmbeddingError> {
         let form = form_sentence(doc);
         let mut lead = String::new();
         if let Some(f) = &form {
@@ -387,17 +393,26 @@ impl Classifier {
             found.entry(stem(&word)).or_insert(word);
         }
         if found.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let vectors = self.semantic.as_ref().and_then(|s| {
-            let opening = s
-                .embedder
-                .embed(&format!("{lead}{opening}"), PASSAGE_TOKENS);
-            let outline = s
-                .embedder
-                .embed(&format!("{lead}{outline}"), PASSAGE_TOKENS);
-            opening.ok().zip(outline.ok()).map(|v| (s, v))
-        });
+        let vectors = match &self.semantic {
+            Some(s) => {
+                let passages = [format!("{lead}{opening}"), format!("{lead}{outline}")];
+                match s
+                    .embedder
+                    .embed_all(Role::Passage, &passages, PASSAGE_TOKENS)
+                {
+                    Ok(mut v) if v.len() == 2 => {
+                        let outline = v.pop().unwrap_or_default();
+                        let opening = v.pop().unwrap_or_default();
+                        Some((s, (opening, outline)))
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         let rules = self
             .lexical
             .iter()
@@ -427,22 +442,23 @@ impl Classifier {
                 }
             })
             .collect();
-        Some(Evidence {
+        Ok(Some(Evidence {
             opening: format!("{lead}{opening}"),
             rules,
-        })
+        }))
     }
 
     /// Classifies a parsed document.
-    pub fn classify(&self, doc: &Document) -> Classification {
-        let Some(evidence) = self.evidence(doc) else {
-            return Classification {
+    /// Fails only when an embeddings server is unavailable.
+    pub fn classify(&self, doc: &Document) -> Result<Classification, EmbeddingError> {
+        let Some(evidence) = self.evidence(doc)? else {
+            return Ok(Classification {
                 kind: self.kinds.first().cloned(),
                 confidence: 0.0,
                 reasoning: "The document has no readable text, so no rule could be matched; \
                             the first rule is returned with zero confidence."
                     .into(),
-            };
+            });
         };
         let semantic = evidence.rules.iter().any(|r| r.similarity.is_some());
         let mut scored: Vec<Scored> = evidence
@@ -487,11 +503,11 @@ impl Classifier {
         }
 
         let reasoning = self.explain(&scored, semantic, opening, weak);
-        Classification {
+        Ok(Classification {
             kind: Some(self.kinds[best.index].clone()),
             confidence: (confidence * 1000.0).round() / 1000.0,
             reasoning,
-        }
+        })
     }
 
     fn explain(&self, scored: &[Scored], semantic: bool, opening: &str, weak: bool) -> String {
@@ -580,22 +596,26 @@ mod tests {
     }
 
     fn lexical(rules: &[ClassifyRule]) -> Classifier {
-        Classifier::new(rules, Err("not loaded in unit tests".into()))
+        Classifier::new(rules, Err("not loaded in unit tests".into())).unwrap()
     }
 
     #[test]
     fn picks_the_matching_rule_and_explains_it() {
         let c = lexical(&rules());
-        let r = c.classify(&text(
-            "INVOICE #123. Payment due in 30 days. Total due: $400. Line items below.",
-        ));
+        let r = c
+            .classify(&text(
+                "INVOICE #123. Payment due in 30 days. Total due: $400. Line items below.",
+            ))
+            .unwrap();
         assert_eq!(r.kind.as_deref(), Some("invoice"));
         assert!(r.confidence > 0.5, "{r:?}");
         assert!(r.reasoning.contains("'invoice'") && r.reasoning.contains("Runner-up 'resume'"));
         assert!(r.reasoning.contains("Lexical evidence only"), "{r:?}");
-        let r = c.classify(&text(
-            "Work experience: 5 years. Education: MSc. Skills: Rust.",
-        ));
+        let r = c
+            .classify(&text(
+                "Work experience: 5 years. Education: MSc. Skills: Rust.",
+            ))
+            .unwrap();
         assert_eq!(r.kind.as_deref(), Some("resume"));
     }
 
@@ -606,14 +626,16 @@ mod tests {
             "{}\n• ─── •\nCurriculum vitae: work experience and education",
             "─".repeat(120)
         );
-        let e = c.evidence(&text(&doc)).expect("evidence");
+        let e = c.evidence(&text(&doc)).unwrap().expect("evidence");
         assert_eq!(e.opening, "Curriculum vitae: work experience and education");
     }
 
     #[test]
     fn weak_matches_are_not_confident() {
         let c = lexical(&rules());
-        let r = c.classify(&text("The quick brown fox jumps over the lazy dog."));
+        let r = c
+            .classify(&text("The quick brown fox jumps over the lazy dog."))
+            .unwrap();
         assert!(r.confidence <= 0.3, "{r:?}");
         assert!(r.reasoning.contains("weak match"));
     }
@@ -626,12 +648,16 @@ mod tests {
             description: "Anything that is none of the above".into(),
         });
         let c = lexical(&r);
-        let got = c.classify(&text("The quick brown fox jumps over the lazy dog."));
+        let got = c
+            .classify(&text("The quick brown fox jumps over the lazy dog."))
+            .unwrap();
         assert_eq!(got.kind.as_deref(), Some("misc"), "{got:?}");
         assert!(got.reasoning.contains("catch-all"), "{got:?}");
-        let got = c.classify(&text(
-            "INVOICE #9. Total due: $40 for line items; payment by May.",
-        ));
+        let got = c
+            .classify(&text(
+                "INVOICE #9. Total due: $40 for line items; payment by May.",
+            ))
+            .unwrap();
         assert_eq!(got.kind.as_deref(), Some("invoice"), "{got:?}");
     }
 
@@ -647,12 +673,14 @@ mod tests {
                 description: "Correspondence addressed to a person".into(),
             },
         ];
-        let got = lexical(&r).classify(&Document {
-            text: "Quarterly results. Growth. Outlook.",
-            format: "pptx",
-            page_count: 3,
-            title: None,
-        });
+        let got = lexical(&r)
+            .classify(&Document {
+                text: "Quarterly results. Growth. Outlook.",
+                format: "pptx",
+                page_count: 3,
+                title: None,
+            })
+            .unwrap();
         assert_eq!(got.kind.as_deref(), Some("slides"), "{got:?}");
     }
 }

@@ -7,11 +7,12 @@ use serde_json::Value;
 
 use super::{whole, Failure, Processor, BATCH_CACHE};
 use crate::classify::Classifier;
-use crate::embedding::Embedder;
+use crate::embedding::{Embedder, Server};
 use crate::input::Input;
 use crate::isolation::Isolation;
 use crate::parse::{self, ParseRequest};
 use crate::vision::VisionClient;
+use docfleet_shared::settings::ClassifySettings;
 
 /// What a worker knows about one batch; loaded once per batch, not per file.
 pub(super) struct BatchContext {
@@ -43,12 +44,19 @@ impl BatchContext {
 }
 
 impl Processor {
-    /// The embedding model, loading it on first use; blocking.
+    /// The embeddings, loading the model on first use (blocking), or the server when
+    /// `classify.embeddings_url` names one.
     fn model(
         slot: &std::sync::OnceLock<Result<Arc<Embedder>, String>>,
         dir: Option<&std::path::Path>,
+        server: &ClassifySettings,
     ) -> Result<Arc<Embedder>, String> {
         slot.get_or_init(|| {
+            match Server::new(server) {
+                Ok(Some(server)) => return Ok(Arc::new(Embedder::Remote(server))),
+                Ok(None) => {}
+                Err(e) => return Err(format!("embeddings client: {e}")),
+            }
             let Some(dir) = dir else {
                 return Err("classify_model_dir (DOCFLEET__CLASSIFY_MODEL_DIR) is not set".into());
             };
@@ -101,12 +109,15 @@ impl Processor {
                 let rules = c.rules.clone();
                 let slot = self.model.clone();
                 let dir = self.settings.classify_model_dir.clone();
-                // Loading the model and embedding the rules are CPU work: off the runtime.
+                let server = self.settings.classify.clone();
+                // Loading the model and embedding the rules are CPU work (or a server's
+                // round trip): off the runtime.
                 let classifier = tokio::task::spawn_blocking(move || {
-                    Classifier::new(&rules, Self::model(&slot, dir.as_deref()))
+                    Classifier::new(&rules, Self::model(&slot, dir.as_deref(), &server))
                 })
                 .await
-                .map_err(|e| Failure::Retry(format!("classifier set-up: {e}")))?;
+                .map_err(|e| Failure::Retry(format!("classifier set-up: {e}")))?
+                .map_err(|e| Failure::Retry(e.to_string()))?;
                 Some(classifier)
             }
             JobSpec::Parse(_) => None,

@@ -328,12 +328,14 @@ pub(super) fn run_engine(
                     .classifier
                     .as_ref()
                     .ok_or_else(|| Failure::Fail("classifier missing".into()))?;
-                classifier.classify(&Document {
-                    text: &text,
-                    format: parsed.format,
-                    page_count: parsed.page_count,
-                    title: parsed.title.as_deref(),
-                })
+                classifier
+                    .classify(&Document {
+                        text: &text,
+                        format: parsed.format,
+                        page_count: parsed.page_count,
+                        title: parsed.title.as_deref(),
+                    })
+                    .map_err(|e| Failure::Retry(e.to_string()))?
             };
             let summary = serde_json::to_value(&c)
                 .map_err(|e| Failure::Fail(format!("result not serialisable: {e}")))?;
