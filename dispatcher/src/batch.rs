@@ -25,6 +25,8 @@ use crate::http::{parse_json, JsonBody, QueryParams, RawBody};
 use crate::records::{fill_items, job_item, BatchRecord};
 use crate::state::AppState;
 
+/// Most example files one classify rule may name.
+const MAX_RULE_EXAMPLES: usize = 10;
 /// Most rules one classify job may carry.
 const MAX_RULES: usize = 100;
 /// Longest rule description, in characters.
@@ -195,6 +197,40 @@ fn validate_classify(
     })
 }
 
+/// A rule's examples are files of the project (at most [`MAX_RULE_EXAMPLES`] per rule).
+async fn check_examples(st: &AppState, project: &str, job_config: &Value) -> Result<(), ApiError> {
+    let cfg: ClassifyJobConfig = serde_json::from_value(job_config.clone())?;
+    for (i, rule) in cfg.rules.iter().enumerate() {
+        if rule.examples.len() > MAX_RULE_EXAMPLES {
+            return Err(ApiError::field(
+                &format!("job_config.rules[{i}].examples"),
+                format!("at most {MAX_RULE_EXAMPLES} examples per rule"),
+            ));
+        }
+        for (j, id) in rule.examples.iter().enumerate() {
+            // A file (`fil-`) or a file of a directory (`dfl-`, what uploads into a
+            // directory answer), of this project and not deleted.
+            let key = if id.starts_with("dfl-") {
+                st.keys.dfile(id)
+            } else {
+                st.keys.file(id)
+            };
+            let raw: Option<String> = st.redis.clone().get(key).await?;
+            let rec: Option<Value> = raw.and_then(|r| serde_json::from_str(&r).ok());
+            let found = rec.is_some_and(|r| {
+                r["project_id"].as_str() == Some(project) && r["deleted_at"].is_null()
+            });
+            if !found {
+                return Err(ApiError::field(
+                    &format!("job_config.rules[{i}].examples[{j}]"),
+                    format!("no file {id:?} in this project"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A parse job's name, type and parameters.
 fn validate_parse(cfg: &ParseJobConfig) -> Result<ValidJob, ApiError> {
     if let Some(n) = cfg.job_name.as_deref() {
@@ -298,6 +334,8 @@ pub async fn create_batch(
     let mut job = validate_job(&body.job_config, &st.settings.vision)?;
     if job.job_type == JobType::Parse {
         check_outputs(&body.job_config, project, &st.settings.buckets)?;
+    } else {
+        check_examples(st, project, &body.job_config).await?;
     }
     if let Some(p) = body.priority {
         job.priority = p.amqp();

@@ -372,6 +372,11 @@ pub struct ClassifyRule {
     pub kind: String,
     /// What documents of this type look like, in plain language.
     pub description: String,
+    /// (ours) Ids of the project's files that are documents of this type: FAST classify
+    /// reads them once per batch and joins their embeddings to the description's, so a few
+    /// examples fix a type the description alone misses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
 }
 
 /// `mode` of a classify job.

@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => Ok(Arc::new(Embedder::load(std::path::Path::new(dir))?)),
         None => Err("no model folder given".to_owned()),
     };
-    let classifier = Classifier::new(&rules, model)?;
+    let classifier = Classifier::new(&rules, &[], model)?;
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
         shared.join("corpus/manifest.json"),
     )?)?;

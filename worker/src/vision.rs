@@ -169,6 +169,7 @@ mod tests {
             .map(|k| ClassifyRule {
                 kind: (*k).into(),
                 description: format!("a {k}"),
+                examples: Vec::new(),
             })
             .collect()
     }

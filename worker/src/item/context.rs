@@ -6,7 +6,7 @@ use docfleet_shared::model::JobSpec;
 use serde_json::Value;
 
 use super::{whole, Failure, Processor, BATCH_CACHE};
-use crate::classify::Classifier;
+use crate::classify::{Classifier, Example};
 use crate::embedding::{Embedder, Server};
 use crate::input::Input;
 use crate::isolation::Isolation;
@@ -35,12 +35,39 @@ impl BatchContext {
         req: &ParseRequest,
         timeout: std::time::Duration,
     ) -> Result<(parse::Parsed, Vec<crate::images::Image>), Failure> {
-        match &self.isolation {
-            Some(i) => i.parse(&self.project_id, input, name, req, timeout),
-            None => parse::parse_with_images(&whole(input)?, name, req),
-        }
-        .map_err(|e| Failure::Fail(e.to_string()))
+        parse_in(
+            self.isolation.as_ref(),
+            &self.project_id,
+            input,
+            name,
+            req,
+            timeout,
+        )
     }
+}
+
+/// Parses in the bounded child when there is one, else in this process.
+fn parse_in(
+    isolation: Option<&Isolation>,
+    project: &str,
+    input: &Input,
+    name: &str,
+    req: &ParseRequest,
+    timeout: std::time::Duration,
+) -> Result<(parse::Parsed, Vec<crate::images::Image>), Failure> {
+    match isolation {
+        Some(i) => i.parse(project, input, name, req, timeout),
+        None => parse::parse_with_images(&whole(input)?, name, req),
+    }
+    .map_err(|e| Failure::Fail(e.to_string()))
+}
+
+/// A rule's example file, as its record names it.
+struct ExampleFile {
+    name: String,
+    storage_key: String,
+    /// Where it lives in a user's bucket, for an imported file.
+    source: Option<(docfleet_shared::buckets::Place, String)>,
 }
 
 impl Processor {
@@ -75,6 +102,102 @@ impl Processor {
         .clone()
     }
 
+    /// Each rule's example documents (`ClassifyRule::examples`), parsed as the batch's own
+    /// files are (the first pages, in the bounded child), once per batch. An example deleted
+    /// since the batch was created fails the item: the rule would silently mean less.
+    async fn examples(
+        &self,
+        project: &str,
+        rules: &[docfleet_shared::model::ClassifyRule],
+    ) -> Result<Vec<Vec<Example>>, Failure> {
+        if rules.iter().all(|r| r.examples.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let mut con = self.redis.clone();
+        let mut files: Vec<Vec<ExampleFile>> = Vec::new();
+        for rule in rules {
+            let mut mine = Vec::new();
+            for id in &rule.examples {
+                // A file of the project or a file of one of its directories.
+                let key = if id.starts_with("dfl-") {
+                    self.keys.dfile(id)
+                } else {
+                    self.keys.file(id)
+                };
+                let raw: Option<String> = redis::AsyncCommands::get(&mut con, key).await?;
+                let rec: Value = raw
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str(r).ok())
+                    .unwrap_or(Value::Null);
+                if rec["project_id"].as_str() != Some(project) || !rec["deleted_at"].is_null() {
+                    return Err(Failure::Fail(format!(
+                        "rule {:?}: example file {id:?} no longer exists",
+                        rule.kind
+                    )));
+                }
+                let storage_key = rec["storage_key"].as_str().unwrap_or_default().to_owned();
+                mine.push(ExampleFile {
+                    name: rec["display_name"]
+                        .as_str()
+                        .or(rec["name"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    source: self.source(project, &storage_key)?,
+                    storage_key,
+                });
+            }
+            files.push(mine);
+        }
+        let (store, buckets) = (self.store.clone(), self.buckets.clone());
+        let isolation = self.isolation.clone();
+        let project = project.to_owned();
+        let timeout = std::time::Duration::from_secs(self.settings.item_deadline_secs);
+        let req = ParseRequest {
+            max_pages: Some(5),
+            tool_bound_secs: timeout.as_secs(),
+            ..ParseRequest::default()
+        };
+        tokio::task::spawn_blocking(move || {
+            files
+                .iter()
+                .map(|rule| {
+                    rule.iter()
+                        .map(|f| {
+                            let file = match (&f.source, &buckets) {
+                                (None, _) => store.open_blocking(&f.storage_key)?,
+                                (Some((place, key)), Some(b)) => b.open_blocking(place, key)?,
+                                (Some(_), None) => super::unreachable_buckets()?,
+                            };
+                            let input = Input::new(file).map_err(super::unreadable)?;
+                            let (parsed, _) = parse_in(
+                                isolation.as_ref(),
+                                &project,
+                                &input,
+                                &f.name,
+                                &req,
+                                timeout,
+                            )
+                            .map_err(|e| match e {
+                                Failure::Fail(why) => {
+                                    Failure::Fail(format!("example {:?}: {why}", f.name))
+                                }
+                                other => other,
+                            })?;
+                            Ok(Example {
+                                text: parsed.full_text("\n"),
+                                format: parsed.format,
+                                page_count: parsed.page_count,
+                                title: parsed.title.clone(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, Failure>>()
+                })
+                .collect::<Result<Vec<_>, Failure>>()
+        })
+        .await
+        .map_err(|e| Failure::Retry(format!("reading the rules' examples: {e}")))?
+    }
+
     pub(super) async fn context(&self, batch_id: &str) -> Result<Arc<BatchContext>, Failure> {
         let cell = {
             // A poisoned lock only means a panic elsewhere mid-insert; the map is still whole.
@@ -107,13 +230,18 @@ impl Processor {
         let classifier = match &spec {
             JobSpec::Classify(c) => {
                 let rules = c.rules.clone();
+                let examples = self.examples(&project_id, &rules).await?;
                 let slot = self.model.clone();
                 let dir = self.settings.classify_model_dir.clone();
                 let server = self.settings.classify.clone();
                 // Loading the model and embedding the rules are CPU work (or a server's
                 // round trip): off the runtime.
                 let classifier = tokio::task::spawn_blocking(move || {
-                    Classifier::new(&rules, Self::model(&slot, dir.as_deref(), &server))
+                    Classifier::new(
+                        &rules,
+                        &examples,
+                        Self::model(&slot, dir.as_deref(), &server),
+                    )
                 })
                 .await
                 .map_err(|e| Failure::Retry(format!("classifier set-up: {e}")))?
