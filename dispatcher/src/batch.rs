@@ -197,9 +197,11 @@ fn validate_classify(
     })
 }
 
-/// A rule's examples are files of the project (at most [`MAX_RULE_EXAMPLES`] per rule).
+/// A rule's examples are files of the project, not deleted (at most [`MAX_RULE_EXAMPLES`]
+/// per rule); one read for all of them.
 async fn check_examples(st: &AppState, project: &str, job_config: &Value) -> Result<(), ApiError> {
     let cfg: ClassifyJobConfig = serde_json::from_value(job_config.clone())?;
+    let mut named = Vec::new();
     for (i, rule) in cfg.rules.iter().enumerate() {
         if rule.examples.len() > MAX_RULE_EXAMPLES {
             return Err(ApiError::field(
@@ -207,25 +209,23 @@ async fn check_examples(st: &AppState, project: &str, job_config: &Value) -> Res
                 format!("at most {MAX_RULE_EXAMPLES} examples per rule"),
             ));
         }
-        for (j, id) in rule.examples.iter().enumerate() {
-            // A file (`fil-`) or a file of a directory (`dfl-`, what uploads into a
-            // directory answer), of this project and not deleted.
-            let key = if id.starts_with("dfl-") {
-                st.keys.dfile(id)
-            } else {
-                st.keys.file(id)
-            };
-            let raw: Option<String> = st.redis.clone().get(key).await?;
-            let rec: Option<Value> = raw.and_then(|r| serde_json::from_str(&r).ok());
-            let found = rec.is_some_and(|r| {
-                r["project_id"].as_str() == Some(project) && r["deleted_at"].is_null()
-            });
-            if !found {
-                return Err(ApiError::field(
-                    &format!("job_config.rules[{i}].examples[{j}]"),
-                    format!("no file {id:?} in this project"),
-                ));
-            }
+        named.extend(rule.examples.iter().enumerate().map(|(j, id)| (i, j, id)));
+    }
+    if named.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = named.iter().map(|n| st.keys.file_or_dfile(n.2)).collect();
+    let records: Vec<Option<String>> = st.redis.clone().mget(keys).await?;
+    for ((i, j, id), raw) in named.into_iter().zip(records) {
+        let rec: Option<Value> = raw.and_then(|r| serde_json::from_str(&r).ok());
+        let found = rec.is_some_and(|r| {
+            r["project_id"].as_str() == Some(project) && r["deleted_at"].is_null()
+        });
+        if !found {
+            return Err(ApiError::field(
+                &format!("job_config.rules[{i}].examples[{j}]"),
+                format!("no file {id:?} in this project"),
+            ));
         }
     }
     Ok(())

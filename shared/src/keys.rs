@@ -197,6 +197,16 @@ impl Keys {
         format!("{}:file:{file_id}", self.prefix)
     }
 
+    /// The record of a file (`fil-…`) or of a file of a directory (`dfl-…`, what an upload
+    /// into a directory answers): a classify rule's example may name either.
+    pub fn file_or_dfile(&self, id: &str) -> String {
+        if id.starts_with("dfl-") {
+            self.dfile(id)
+        } else {
+            self.file(id)
+        }
+    }
+
     /// A saved product configuration.
     pub fn configuration(&self, config_id: &str) -> String {
         format!("{}:cfg:{config_id}", self.prefix)

@@ -218,9 +218,9 @@ fn form_sentence(doc: &Document) -> Option<String> {
     }
 }
 
-/// What the model reads of a document: a lead (its form sentence and title), then its opening
-/// words, and its outline.
-fn passages(doc: &Document, form: Option<&str>) -> (String, String, String) {
+/// The two passages the model reads of a document, each after a lead (its form sentence and
+/// title): its opening words, and its outline.
+fn passages(doc: &Document, form: Option<&str>) -> [String; 2] {
     let mut lead = String::new();
     if let Some(f) = form {
         lead.push_str(f);
@@ -254,7 +254,7 @@ fn passages(doc: &Document, form: Option<&str>) -> (String, String, String) {
         .take(PASSAGE_WORDS)
         .collect::<Vec<_>>()
         .join(" ");
-    (lead, opening, outline)
+    [format!("{lead}{opening}"), format!("{lead}{outline}")]
 }
 
 /// A rule's example document, parsed (`ClassifyRule::examples`).
@@ -291,17 +291,14 @@ fn with_examples(
     let mut sum = description;
     for example in examples {
         let doc = example.document();
-        let form = form_sentence(&doc);
-        let (lead, opening, outline) = passages(&doc, form.as_deref());
-        let texts = [format!("{lead}{opening}"), format!("{lead}{outline}")];
+        let texts = passages(&doc, form_sentence(&doc).as_deref());
         for v in embedder.embed_all(Role::Passage, &texts, PASSAGE_TOKENS)? {
             for (s, x) in sum.iter_mut().zip(v) {
                 *s += x / 2.0;
             }
         }
     }
-    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    Ok(sum.into_iter().map(|x| x / norm).collect())
+    Ok(crate::embedding::unit(sum))
 }
 
 /// The rules' semantic side, prepared once per batch.
@@ -458,7 +455,7 @@ impl Classifier {
     /// Fails only when an embeddings server is unavailable.
     pub fn evidence(&self, doc: &Document) -> Result<Option<Evidence>, EmbeddingError> {
         let form = form_sentence(doc);
-        let (lead, opening, outline) = passages(doc, form.as_deref());
+        let passages = passages(doc, form.as_deref());
 
         // Each stem maps to the first word the document spelled it with, for the reasoning.
         let mut found: HashMap<String, String> = HashMap::new();
@@ -470,7 +467,6 @@ impl Classifier {
         }
         let vectors = match &self.semantic {
             Some(s) => {
-                let passages = [format!("{lead}{opening}"), format!("{lead}{outline}")];
                 match s
                     .embedder
                     .embed_all(Role::Passage, &passages, PASSAGE_TOKENS)
@@ -515,10 +511,8 @@ impl Classifier {
                 }
             })
             .collect();
-        Ok(Some(Evidence {
-            opening: format!("{lead}{opening}"),
-            rules,
-        }))
+        let [opening, _] = passages;
+        Ok(Some(Evidence { opening, rules }))
     }
 
     /// Classifies a parsed document.
@@ -768,11 +762,9 @@ mod tests {
         assert_eq!(got.kind.as_deref(), Some("slides"), "{got:?}");
     }
 
-    /// Each model folder the test script prepared (`DOCFLEET_TEST_MODEL_DIRS`).
+    /// Each model folder the test script prepared, loaded.
     fn models() -> Vec<(std::path::PathBuf, Arc<Embedder>)> {
-        std::env::var_os("DOCFLEET_TEST_MODEL_DIRS")
-            .map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
-            .unwrap_or_default()
+        crate::embedding::tests::model_dirs()
             .into_iter()
             .map(|dir| {
                 let model = Arc::new(Embedder::load(&dir).unwrap());

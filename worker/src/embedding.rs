@@ -329,20 +329,14 @@ impl Server {
             )));
         }
         // Unit length whatever the server does, so a dot product stays a cosine.
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let norm = r
-                    .embedding
-                    .iter()
-                    .map(|x| x * x)
-                    .sum::<f32>()
-                    .sqrt()
-                    .max(1e-12);
-                r.embedding.into_iter().map(|x| x / norm).collect()
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| unit(r.embedding)).collect())
     }
+}
+
+/// `v` scaled to unit length.
+pub fn unit(v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.into_iter().map(|x| x / norm).collect()
 }
 
 /// Cosine similarity of two unit vectors.
@@ -351,12 +345,12 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Each model folder the test script prepared (`DOCFLEET_TEST_MODEL_DIRS`, colon-separated);
     /// none when it is not set, as in a bare `cargo test`.
-    fn model_dirs() -> Vec<std::path::PathBuf> {
+    pub(crate) fn model_dirs() -> Vec<std::path::PathBuf> {
         std::env::var_os("DOCFLEET_TEST_MODEL_DIRS")
             .map(|v| std::env::split_paths(&v).collect())
             .unwrap_or_default()

@@ -113,21 +113,22 @@ impl Processor {
         if rules.iter().all(|r| r.examples.is_empty()) {
             return Ok(Vec::new());
         }
-        let mut con = self.redis.clone();
+        let keys: Vec<String> = rules
+            .iter()
+            .flat_map(|r| r.examples.iter().map(|id| self.keys.file_or_dfile(id)))
+            .collect();
+        let mut records =
+            redis::AsyncCommands::mget::<_, Vec<Option<String>>>(&mut self.redis.clone(), keys)
+                .await?
+                .into_iter();
         let mut files: Vec<Vec<ExampleFile>> = Vec::new();
         for rule in rules {
             let mut mine = Vec::new();
             for id in &rule.examples {
-                // A file of the project or a file of one of its directories.
-                let key = if id.starts_with("dfl-") {
-                    self.keys.dfile(id)
-                } else {
-                    self.keys.file(id)
-                };
-                let raw: Option<String> = redis::AsyncCommands::get(&mut con, key).await?;
-                let rec: Value = raw
-                    .as_deref()
-                    .and_then(|r| serde_json::from_str(r).ok())
+                let rec: Value = records
+                    .next()
+                    .flatten()
+                    .and_then(|r| serde_json::from_str(&r).ok())
                     .unwrap_or(Value::Null);
                 if rec["project_id"].as_str() != Some(project) || !rec["deleted_at"].is_null() {
                     return Err(Failure::Fail(format!(
