@@ -4,7 +4,8 @@ Runs one FAST classify batch over every file with a `label` in manifest.json, wi
 label written the way a user would write it (fixed here, never tuned to individual files), and
 prints accuracy, macro-F1, accuracy per language (the manifest's `lang:` and `non-latin:` tags;
 English otherwise), a confusion table, calibration (accuracy within confidence bins), and the
-workers' CPU per document (parse and classify; their processes' pids in var/fleet/pids).
+workers' CPU per document (parse and classify; their processes' pids in var/fleet/pids) and
+their resident memory after the batch.
 Reads DOCFLEET_API_URL / DOCFLEET_API_KEY (deploy/local/fleet up).
 
     deploy/local/classify-eval [path/to/shared]
@@ -27,6 +28,21 @@ client = LlamaCloud(api_key=os.environ["DOCFLEET_API_KEY"], base_url=os.environ[
 d = client.beta.directories.create(name=f"classify-eval-{int(time.time())}")
 
 
+def worker_pids():
+    pids = pathlib.Path(os.environ.get("DOCFLEET_FLEET_DIR", pathlib.Path(__file__).resolve().parents[2] / "var/fleet")) / "pids"
+    return {f.read_text().strip() for f in pids.glob("worker-*.pid")}
+
+
+def worker_rss_mb():
+    """Resident memory of each worker process (its parser children apart), in MB."""
+    sizes = []
+    for pid in sorted(worker_pids()):
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        sizes.append(round(kb / 1024))
+    return sizes
+
+
 def worker_cpu():
     """CPU seconds the fleet's worker processes and their parser children have used so far."""
 
@@ -36,8 +52,7 @@ def worker_cpu():
         except OSError:
             return None
 
-    pids = pathlib.Path(os.environ.get("DOCFLEET_FLEET_DIR", pathlib.Path(__file__).resolve().parents[2] / "var/fleet")) / "pids"
-    workers = {f.read_text().strip() for f in pids.glob("worker-*.pid")}
+    workers = worker_pids()
     total = 0
     for pid in (p.name for p in pathlib.Path("/proc").iterdir() if p.name.isdigit()):
         fields = stat(pid)
@@ -86,6 +101,7 @@ for lab in sorted({t for _, t, _, _ in rows}):
     f1s.append(2 * p * rc / (p + rc) if p + rc else 0.0)
 print(f"{n} documents, accuracy {acc:.3f}, macro-F1 {sum(f1s) / len(f1s):.3f}")
 print(f"workers' CPU per document (parse and classify): {1000 * cpu / n:.0f} ms")
+print(f"workers' resident memory after the batch (MB, parser children apart): {worker_rss_mb()}")
 print("\nper language (documents, accuracy; non-English misses answered with confidence >= 0.5):")
 for code in sorted(set(lang.values()), key=lambda c: (c != "en", c)):
     mine = [(t == g, c) for p, t, g, c in rows if lang[p] == code]

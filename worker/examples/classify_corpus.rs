@@ -13,6 +13,7 @@ use docfleet_worker::embedding::Embedder;
 use docfleet_worker::parse::{parse, ParseRequest};
 
 fn main() -> anyhow::Result<()> {
+    docfleet_worker::embedding::one_thread_per_inference();
     let args: Vec<String> = std::env::args().collect();
     let shared = std::path::PathBuf::from(args.get(1).map_or("../shared", String::as_str));
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -10,8 +10,12 @@
 //! (e5 reads `query: ` before a question and `passage: ` before a document) names them in
 //! `config_sentence_transformers.json`, as sentence-transformers does, and they are added here.
 //!
-//! The word-embedding matrix is kept in the dtype the file stores (fp16 for e5, whose matrix
-//! is 96 million weights: 192 MB rather than 384) and only the rows a text uses are widened.
+//! The word-embedding matrix stays in the model file ([`WordRows`]): a text needs a few
+//! dozen of its rows, read when it is embedded (a read per token, microseconds against the
+//! milliseconds of the encoder) from the page cache, which the kernel may reclaim; e5's matrix
+//! is 96 million weights, 192 MB in the fp16 it is stored in. The encoder's weights are read
+//! out, as float32.
+//! Inference runs on the calling thread: see [`one_thread_per_inference`].
 
 use std::path::Path;
 
@@ -112,9 +116,60 @@ impl Embedder {
     }
 }
 
+/// Makes candle run each inference on the thread that calls it, unless `RAYON_NUM_THREADS`
+/// says otherwise; call it before any thread starts. The worker embeds several documents at
+/// once on its engine threads, and candle's own threads, spinning between the small matrix
+/// products of a 48-token passage, cost 40% more CPU than they saved in time (model_memory:
+/// e5 82 ms of CPU per passage on two threads, 59 on one; all-MiniLM-L6-v2 38 and 27).
+/// candle reads its thread count from that variable alone.
+pub fn one_thread_per_inference() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+}
+
+/// The word-embedding matrix, left in the model file and read one row per token.
+struct WordRows {
+    file: std::fs::File,
+    path: String,
+    /// Where the matrix starts in the file.
+    offset: u64,
+    rows: usize,
+    dim: usize,
+    dtype: DType,
+}
+
+impl WordRows {
+    /// The rows of `ids`, as float32.
+    fn gather(&self, ids: &[u32]) -> Result<Tensor, EmbeddingError> {
+        use std::os::unix::fs::FileExt;
+        let row_bytes = self.dim * self.dtype.size_in_bytes();
+        let mut bytes = vec![0u8; ids.len() * row_bytes];
+        for (&id, row) in ids.iter().zip(bytes.chunks_exact_mut(row_bytes)) {
+            let id = id as usize;
+            if id >= self.rows {
+                return Err(candle_core::Error::Msg(format!(
+                    "token id {id} is outside the {} rows of the word embeddings",
+                    self.rows
+                ))
+                .into());
+            }
+            self.file
+                .read_exact_at(row, self.offset + (id * row_bytes) as u64)
+                .map_err(|source| EmbeddingError::File {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
+        let rows =
+            Tensor::from_raw_buffer(&bytes, self.dtype, &[ids.len(), self.dim], &Device::Cpu)?;
+        Ok(rows.to_dtype(DType::F32)?)
+    }
+}
+
 /// A sentence-embedding model run in this process.
 pub struct Model {
-    word: Tensor,
+    word: WordRows,
     positions: Tensor,
     token_type: Tensor,
     norm: candle_nn::LayerNorm,
@@ -160,6 +215,76 @@ fn take(
     })
 }
 
+const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
+
+/// The word matrix of the safetensors file at `path`, left in the file, and its other
+/// tensors, read out and named without a `bert.` prefix.
+fn weights(
+    path: &Path,
+) -> Result<(WordRows, std::collections::HashMap<String, Tensor>), EmbeddingError> {
+    use std::os::unix::fs::FileExt;
+    let shown = path.display().to_string();
+    let file_error = |source| EmbeddingError::File {
+        path: shown.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(file_error)?;
+    // A safetensors file: the header's length (u64, little-endian), the JSON header naming
+    // each tensor's dtype, shape and byte range after it, then the data.
+    let mut length = [0u8; 8];
+    file.read_exact_at(&mut length, 0).map_err(file_error)?;
+    let header_len = usize::try_from(u64::from_le_bytes(length))
+        .map_err(|_| candle_core::Error::from(safetensors::SafeTensorError::HeaderTooLarge))?;
+    if header_len > 100_000_000 {
+        return Err(candle_core::Error::from(safetensors::SafeTensorError::HeaderTooLarge).into());
+    }
+    let mut header = vec![0u8; header_len];
+    file.read_exact_at(&mut header, 8).map_err(file_error)?;
+    let metadata: safetensors::tensor::Metadata = serde_json::from_slice(&header)?;
+    let data_start = 8 + header_len as u64;
+    let mut word = None;
+    let mut tensors = std::collections::HashMap::new();
+    for (name, info) in metadata.tensors() {
+        let name = name.strip_prefix("bert.").unwrap_or(&name).to_owned();
+        let dtype = DType::try_from(info.dtype)?;
+        let (start, end) = info.data_offsets;
+        if name == WORD_EMBEDDINGS {
+            let &[rows, dim] = info.shape.as_slice() else {
+                return Err(candle_core::Error::Msg(format!(
+                    "{WORD_EMBEDDINGS} has shape {:?}, not [rows, dim]",
+                    info.shape
+                ))
+                .into());
+            };
+            word = Some((data_start + start as u64, rows, dim, dtype));
+        } else {
+            let mut bytes = vec![0u8; end.saturating_sub(start)];
+            file.read_exact_at(&mut bytes, data_start + start as u64)
+                .map_err(file_error)?;
+            tensors.insert(
+                name,
+                Tensor::from_raw_buffer(&bytes, dtype, &info.shape, &Device::Cpu)?,
+            );
+        }
+    }
+    let (offset, rows, dim, dtype) = word.ok_or_else(|| {
+        EmbeddingError::Model(candle_core::Error::CannotFindTensor {
+            path: WORD_EMBEDDINGS.to_owned(),
+        })
+    })?;
+    Ok((
+        WordRows {
+            file,
+            path: shown,
+            offset,
+            rows,
+            dim,
+            dtype,
+        },
+        tensors,
+    ))
+}
+
 impl Model {
     /// Loads the model from `dir` (see [`MODEL_FILES`]).
     pub fn load(dir: &Path) -> Result<Self, EmbeddingError> {
@@ -168,6 +293,7 @@ impl Model {
             Ok(bytes) => serde_json::from_slice(&bytes)?,
             Err(_) => Prompts::default(),
         };
+        let (word, mut tensors) = weights(&dir.join("model.safetensors"))?;
         let mut tokenizer = Tokenizer::from_bytes(read(dir, "tokenizer.json")?)
             .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
         // A shipped tokenizer may pad every text to a fixed length; padding would be averaged
@@ -179,12 +305,6 @@ impl Model {
                 ..Default::default()
             }))
             .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
-        let mut tensors: std::collections::HashMap<String, Tensor> =
-            candle_core::safetensors::load_buffer(&read(dir, "model.safetensors")?, &Device::Cpu)?
-                .into_iter()
-                .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_owned(), t))
-                .collect();
-        let word = take(&mut tensors, "embeddings.word_embeddings.weight")?;
         let f32 = |t: Tensor| t.to_dtype(DType::F32);
         let positions = f32(take(&mut tensors, "embeddings.position_embeddings.weight")?)?;
         let token_type = f32(take(
@@ -239,8 +359,7 @@ impl Model {
             ids.push(last);
         }
         let n = ids.len();
-        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
-        let words = self.word.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        let words = self.word.gather(&ids)?;
         let states = words
             .add(&self.positions.narrow(0, 0, n)?)?
             .broadcast_add(&self.token_type)?;

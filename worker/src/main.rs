@@ -71,6 +71,8 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // Before any thread starts, as setting the environment must be.
+    docfleet_worker::embedding::one_thread_per_inference();
     // Before the runtime: the configuration says how many threads it gets.
     let settings: WorkerSettings =
         match settings::load_for_binary("docfleet-worker", cli.config.as_deref()) {
