@@ -256,6 +256,12 @@ fn weights(
                 ))
                 .into());
             };
+            if end.saturating_sub(start) != rows * dim * dtype.size_in_bytes() {
+                return Err(candle_core::Error::Msg(format!(
+                    "{WORD_EMBEDDINGS}: its byte range does not hold {rows} × {dim} {dtype:?}"
+                ))
+                .into());
+            }
             word = Some((data_start + start as u64, rows, dim, dtype));
         } else {
             let mut bytes = vec![0u8; end.saturating_sub(start)];
