@@ -282,20 +282,24 @@ impl Example {
 }
 
 /// A rule's vector: its description's, joined by each example's (the mean of its two
-/// passages), every part weighing the same.
+/// passages), every part weighing the same. All the examples' passages go in one call (one
+/// request to a server).
 fn with_examples(
     embedder: &Embedder,
     description: Vec<f32>,
     examples: &[Example],
 ) -> Result<Vec<f32>, EmbeddingError> {
+    let texts: Vec<String> = examples
+        .iter()
+        .flat_map(|example| {
+            let doc = example.document();
+            passages(&doc, form_sentence(&doc).as_deref())
+        })
+        .collect();
     let mut sum = description;
-    for example in examples {
-        let doc = example.document();
-        let texts = passages(&doc, form_sentence(&doc).as_deref());
-        for v in embedder.embed_all(Role::Passage, &texts, PASSAGE_TOKENS)? {
-            for (s, x) in sum.iter_mut().zip(v) {
-                *s += x / 2.0;
-            }
+    for v in embedder.embed_all(Role::Passage, &texts, PASSAGE_TOKENS)? {
+        for (s, x) in sum.iter_mut().zip(v) {
+            *s += x / 2.0;
         }
     }
     Ok(crate::embedding::unit(sum))

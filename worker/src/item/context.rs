@@ -164,12 +164,12 @@ impl Processor {
                 .map(|rule| {
                     rule.iter()
                         .map(|f| {
-                            let file = match (&f.source, &buckets) {
-                                (None, _) => store.open_blocking(&f.storage_key)?,
-                                (Some((place, key)), Some(b)) => b.open_blocking(place, key)?,
-                                (Some(_), None) => super::unreachable_buckets()?,
-                            };
-                            let input = Input::new(file).map_err(super::unreadable)?;
+                            let input = super::open_stored(
+                                &store,
+                                buckets.as_deref(),
+                                f.source.as_ref(),
+                                &f.storage_key,
+                            )?;
                             let (parsed, _) = parse_in(
                                 isolation.as_ref(),
                                 &project,

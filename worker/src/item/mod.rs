@@ -381,12 +381,7 @@ impl Processor {
         let placed = self
             .engines
             .run(deadline, move || {
-                let file = match (&source, &buckets) {
-                    (None, _) => store.open_blocking(&storage_key)?,
-                    (Some((place, key)), Some(buckets)) => buckets.open_blocking(place, key)?,
-                    (Some(_), None) => unreachable_buckets()?,
-                };
-                let input = Input::new(file).map_err(unreadable)?;
+                let input = open_stored(&store, buckets.as_deref(), source.as_ref(), &storage_key)?;
                 let output = guarded(|| run_engine(&ctx, &input, &name, deadline, max_ocr_pages))?;
                 let exported = match (&ctx.outputs, &buckets) {
                     (Some(dest), Some(buckets)) => {
@@ -427,6 +422,22 @@ impl Processor {
             .map_err(|r| Failure::Fail(format!("stored file unavailable: {}", r.message)))?;
         Ok(Some((place, key)))
     }
+}
+
+/// A stored file for reading, blocking: from the store, or from the user's bucket it was
+/// imported from (`source`, see [`Processor::source`]).
+fn open_stored(
+    store: &FileStore,
+    buckets: Option<&UserBuckets>,
+    source: Option<&(docfleet_shared::buckets::Place, String)>,
+    storage_key: &str,
+) -> Result<Input, Failure> {
+    let file = match (source, buckets) {
+        (None, _) => store.open_blocking(storage_key)?,
+        (Some((place, key)), Some(buckets)) => buckets.open_blocking(place, key)?,
+        (Some(_), None) => unreachable_buckets()?,
+    };
+    Input::new(file).map_err(unreadable)
 }
 
 /// A job or a file of a user's bucket on a worker that cannot reach users' buckets: the
